@@ -13,7 +13,6 @@ Host-side only: the image never calls this module at run time.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import sys

@@ -1,0 +1,105 @@
+"""The self-describing model artifact in /opt/ml/model (SageMaker tars it into model.tar.gz).
+
+Files (format_version 1; serve/ reads them and never imports train/):
+
+- ``model.pt2``: a ``torch.export`` program of the eval-mode network. Input float32 NCHW
+  [B, 3, crop, crop], already normalised; B dynamic (1 to 1024). Output float32 logits
+  [B, num_classes]. Loading it needs torch, not this code, and unpickles no Python objects.
+- ``manifest.json``: architecture, class names in index order, preprocessing (resize, crop, mean,
+  std), versions, metrics and hyperparameters. Written last: its presence marks a complete
+  artifact, so a job that fails half way never leaves something serve would load.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from train.data import Preprocess, readable_label
+from train.errors import TrainingError
+
+FORMAT = "sagemaker-dog-breeds/model"
+FORMAT_VERSION = 1
+PROGRAM = "model.pt2"
+MANIFEST = "manifest.json"
+MAX_BATCH = 1024
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TrainingError(f"cannot write the model artifact {path}: {exc}") from exc
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(model: nn.Module, crop: int) -> torch.export.ExportedProgram:
+    """Export ``model`` (on the CPU, eval mode) with a dynamic batch dimension."""
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    example = torch.zeros(2, 3, crop, crop)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        return torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+
+
+def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str],
+          pre: Preprocess, job_name: str, metrics: dict, hyperparameters: dict) -> Path:
+    """Write ``model.pt2`` then ``manifest.json`` to ``model_dir``; returns the manifest path.
+
+    ``model`` must be a plain module (no DDP wrapper, no debugger hooks): export a fresh copy.
+
+    Raises:
+        TrainingError: the program cannot be written (disk full, permissions).
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / MANIFEST).unlink(missing_ok=True)  # an older artifact is incomplete from here on
+    program = export(model, pre.crop)
+    _atomic_write(model_dir / PROGRAM, lambda p: torch.export.save(program, str(p)))
+    digest = _sha256(model_dir / PROGRAM)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "program": PROGRAM,
+        "program_sha256": digest,
+        "arch": arch,
+        "num_classes": len(class_folders),
+        "classes": [readable_label(c) for c in class_folders],
+        "class_folders": list(class_folders),
+        "preprocess": {
+            "resize": pre.resize,
+            "crop": pre.crop,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "interpolation": "bilinear",
+            "color": "RGB",
+        },
+        "input": {"dtype": "float32", "layout": "NCHW", "max_batch": MAX_BATCH},
+        "output": "logits",
+        "model_version": f"{job_name}-{digest[:12]}",
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "metrics": metrics,
+        "hyperparameters": hyperparameters,
+    }
+    path = model_dir / MANIFEST
+    _atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2)))
+    return path

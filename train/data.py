@@ -1,0 +1,241 @@
+"""Channels in torchvision's ImageFolder layout, their transforms and DataLoaders.
+
+Each channel (``train``, ``valid``, optional ``test``) holds ``NNN.Class_name/*.jpg`` folders.
+All channels use the train channel's class-to-index map, so a class missing from ``valid`` does
+not shift the labels; a class in ``valid`` or ``test`` that ``train`` lacks fails the job.
+
+An unreadable photo (corrupt, truncated, not an image) is skipped, not fatal: it is logged once by
+path and counted, and the count reaches the epoch log (``skipped_images``). Grayscale, CMYK,
+palette and alpha photos are converted to RGB (alpha composited on white).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import default_collate
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from train.errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Truncated JPEGs must fail, not be padded with grey (Pillow's default is strict; keep it so).
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def readable_label(folder: str) -> str:
+    """"001.Affenpinscher" -> "Affenpinscher"; "017.Bull_terrier" -> "Bull terrier"."""
+    return re.sub(r"^\d+\.", "", folder).replace("_", " ")
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode ``path`` to an RGB PIL image: EXIF orientation applied, alpha composited on white.
+
+    Raises:
+        OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError: unreadable file.
+    """
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image geometry and normalisation shared by training, evaluation and the artifact:
+    ``crop`` (model input side, px), ``resize`` (shorter side before the centre crop, px), mean
+    and std per RGB channel on the 0-1 scale."""
+
+    crop: int
+    resize: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def for_size(cls, image_size: int) -> "Preprocess":
+        # ImageNet convention: resize to 256/224 of the crop, then centre-crop.
+        return cls(crop=image_size, resize=round(image_size * 256 / 224))
+
+    def train_transform(self, min_crop_scale: float) -> v2.Compose:
+        return v2.Compose([
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(self.crop, scale=(min_crop_scale, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(self.mean, self.std),
+        ])
+
+    def eval_transform(self) -> v2.Compose:
+        return v2.Compose([
+            v2.PILToTensor(),
+            v2.Resize(self.resize, antialias=True),
+            v2.CenterCrop(self.crop),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(self.mean, self.std),
+        ])
+
+
+class ChannelDataset(datasets.DatasetFolder):
+    """An ImageFolder over one channel with a fixed class-to-index map and skip-on-error loading.
+
+    ``__getitem__`` returns ``(image float32 [3, crop, crop], label int)`` or ``None`` for an
+    unreadable photo (``skip_collate`` drops it and counts it).
+    """
+
+    def __init__(self, root: str, class_to_idx: dict[str, int], transform, max_per_class: int,
+                 seed: int):
+        self._fixed = class_to_idx
+        super().__init__(root, loader=load_rgb, extensions=datasets.folder.IMG_EXTENSIONS,
+                         transform=transform, allow_empty=True)
+        if max_per_class:
+            by_class = defaultdict(list)
+            for sample in self.samples:
+                by_class[sample[1]].append(sample)
+            rng = random.Random(seed)
+            kept = []
+            for label in sorted(by_class):
+                items = by_class[label]
+                rng.shuffle(items)
+                kept.extend(sorted(items[:max_per_class]))
+            self.samples = kept
+            self.targets = [s[1] for s in kept]
+            self.imgs = self.samples
+
+    def find_classes(self, directory: str):
+        return sorted(self._fixed, key=self._fixed.get), dict(self._fixed)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = self.loader(path)
+        except DECODE_ERRORS as exc:
+            logger.warning("skipping unreadable image %s: %s", path, exc)
+            return None
+        return self.transform(image), label
+
+
+def skip_collate(batch):
+    """Collate ``(image, label)`` pairs, dropping ``None`` (unreadable photos).
+
+    Returns:
+        ``(images float32 [N, 3, H, W], labels int64 [N], skipped int)``; N may be 0.
+    """
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images, labels = default_collate(good)
+    return images, labels, skipped
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def discover_classes(channels: dict[str, str]) -> list[str]:
+    """The class folder names of the ``train`` channel, checked against ``valid`` and ``test``.
+
+    Args:
+        channels: channel name -> local folder (the toolkit's ``channel_input_dirs``).
+
+    Raises:
+        TrainingError: a missing or empty channel, or a class in valid/test that train lacks.
+    """
+    for required in ("train", "valid"):
+        if required not in channels:
+            raise TrainingError(
+                f"channel {required!r} is missing; give the job channels train and valid "
+                f"(test optional), each in ImageFolder layout NNN.Class_name/*.jpg"
+            )
+    classes: list[str] = []
+    for name in ("train", "valid", "test"):
+        if name not in channels:
+            continue
+        root = Path(channels[name])
+        if not root.is_dir() or not any(root.iterdir()):
+            raise TrainingError(f"channel {name!r} at {root} is empty")
+        folders = _class_folders(root)
+        if not folders:
+            raise TrainingError(
+                f"channel {name!r} at {root} has no class folders; expected NNN.Class_name/*.jpg"
+            )
+        if name == "train":
+            classes = folders
+            continue
+        extra = sorted(set(folders) - set(classes))
+        if extra:
+            raise TrainingError(
+                f"channel {name!r} has classes that train lacks: {', '.join(extra[:5])}"
+                + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+            )
+        missing = sorted(set(classes) - set(folders))
+        if missing:
+            logger.warning("channel %s lacks %d of train's classes (e.g. %s)", name, len(missing),
+                           missing[0])
+    if len(classes) < 2:
+        raise TrainingError(f"the train channel has {len(classes)} class folder; need at least 2")
+    return classes
+
+
+def build_datasets(channels: dict[str, str], classes: list[str], pre: Preprocess,
+                   min_crop_scale: float, max_per_class: int, seed: int
+                   ) -> dict[str, ChannelDataset]:
+    """One ChannelDataset per channel present (train gets the random augmentation).
+
+    Raises:
+        TrainingError: a channel with no image files at all.
+    """
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for name in ("train", "valid", "test"):
+        if name not in channels:
+            continue
+        transform = pre.train_transform(min_crop_scale) if name == "train" else pre.eval_transform()
+        ds = ChannelDataset(channels[name], class_to_idx, transform, max_per_class, seed)
+        if len(ds) == 0:
+            raise TrainingError(
+                f"channel {name!r} has no image files ({', '.join(datasets.folder.IMG_EXTENSIONS)})"
+            )
+        out[name] = ds
+    return out
+
+
+def default_num_workers() -> int:
+    """One DataLoader worker per vCPU, at most 8 (decoding a JPEG costs 2-10 ms of one core)."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def make_loader(ds: Dataset, batch_size: int, train: bool, num_workers: int, seed: int,
+                distributed: bool, pin_memory: bool) -> DataLoader:
+    """A DataLoader with skip_collate; in DDP a DistributedSampler shards the channel."""
+    sampler = DistributedSampler(ds, shuffle=train, seed=seed) if distributed else None
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=skip_collate,
+        pin_memory=pin_memory,
+        drop_last=False,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )

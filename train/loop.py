@@ -1,0 +1,324 @@
+"""One training process: data, model, epochs, checkpoints, the final evaluation and the artifact.
+
+Runs alone (one CPU or GPU) or as one rank of a DDP group started by torchrun (train/entry.py
+decides). Rank 0 alone prints metric lines and writes checkpoints, the artifact and reports;
+every rank computes, and metrics are summed across ranks before they are printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from train import artifact, checkpoint, data, debugger, metrics, model as model_lib, outputs
+from train.errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """Where a training process reads and writes, and what it trains with.
+
+    ``channels``: channel name -> folder. ``hyperparameters``: typed (train.hyperparameters).
+    """
+
+    channels: dict[str, str]
+    hyperparameters: dict
+    model_dir: str
+    output_data_dir: str
+    checkpoint_dir: str
+    input_config_dir: str
+    job_name: str = "local"
+
+
+@dataclass
+class Dist:
+    """This process's place in the DDP group (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(d: Dist) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def _reduce(values: list[float], d: Dist, device: torch.device) -> list[float]:
+    if not d.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class Trainer:
+    """Holds the model, optimiser and loaders of one training process."""
+
+    def __init__(self, job: Job, d: Dist):
+        self.job, self.d = job, d
+        hp = job.hyperparameters
+        self.hp = hp
+        _seed(hp["seed"] + d.rank)
+        self.device = _device(d)
+        self.cuda = self.device.type == "cuda"
+        self.amp = bool(hp["amp"]) and self.cuda
+        self.classes = data.discover_classes(job.channels)
+        self.pre = data.Preprocess.for_size(hp["image-size"])
+        self.datasets = data.build_datasets(job.channels, self.classes, self.pre,
+                                            hp["min-crop-scale"], hp["max-images-per-class"],
+                                            hp["seed"])
+        workers = hp["num-workers"] if hp["num-workers"] >= 0 else data.default_num_workers()
+        self.loaders = {
+            name: data.make_loader(ds, hp["batch-size"], name == "train", workers, hp["seed"],
+                                   d.enabled, self.cuda)
+            for name, ds in self.datasets.items()
+        }
+        self.net = model_lib.build(hp["arch"], len(self.classes))
+        self.backbone: set[str] = set()
+        if hp["pretrained"]:
+            self.backbone = model_lib.load_pretrained(self.net, hp["arch"],
+                                                      job.channels.get("pretrained"))
+        elif hp["freeze-epochs"]:
+            logger.info("pretrained=false: freeze-epochs ignored (nothing pretrained to keep)")
+        memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.memory_format = memory_format
+        self.net.to(self.device, memory_format=memory_format)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp["label-smoothing"])
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hp["lr"],
+                                         momentum=hp["momentum"],
+                                         weight_decay=hp["weight-decay"],
+                                         nesterov=hp["momentum"] > 0)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
+                                                                    T_max=hp["epochs"])
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.model = self.net
+        if d.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[d.local_rank] if self.cuda else None,
+                find_unused_parameters=bool(self.backbone and hp["freeze-epochs"]))
+        self.hook = debugger.create_hook(job.input_config_dir, self.net, self.loss_fn)
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self.best = {"valid_loss": math.inf, "epoch": -1}
+        self.best_state: dict | None = None
+        self.skipped = 0
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {
+            "epoch": len(self.history),
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "best_state": self.best_state,
+            "classes": self.classes,
+            "arch": self.hp["arch"],
+        }
+
+    def resume(self) -> None:
+        state = checkpoint.load_latest(Path(self.job.checkpoint_dir))
+        if state is None:
+            return
+        if state.get("arch") != self.hp["arch"] or state.get("classes") != self.classes:
+            raise TrainingError(
+                f"the checkpoint in {self.job.checkpoint_dir} is for arch "
+                f"{state.get('arch')!r} with {len(state.get('classes') or [])} classes, not "
+                f"{self.hp['arch']!r} with {len(self.classes)}; empty the checkpoint folder "
+                f"(or checkpoint_s3_uri) to start afresh"
+            )
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
+        self.best_state = state.get("best_state")
+        self.start_epoch = int(state["epoch"])
+        logger.info("resumed after epoch %d of %d", self.start_epoch, self.hp["epochs"])
+
+    # ---------------------------------------------------------------- epochs
+    def _forward(self, images: torch.Tensor, labels: torch.Tensor):
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        labels = labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            logits = self.model(images)
+            loss = self.loss_fn(logits, labels)
+        return logits, loss, labels
+
+    def train_epoch(self, epoch: int) -> dict:
+        frozen = bool(self.backbone) and epoch < self.hp["freeze-epochs"]
+        trainable = model_lib.set_backbone_frozen(self.net, self.backbone, frozen)
+        self.model.train()
+        if frozen:
+            model_lib.freeze_batchnorm_stats(self.net)
+        if self.d.enabled:
+            self.loaders["train"].sampler.set_epoch(epoch)
+        debugger.set_mode(self.hook, train=True)
+        loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
+        start = time.perf_counter()
+        for step, (images, labels, n_skipped) in enumerate(self.loaders["train"]):
+            skipped += n_skipped
+            if images.numel() == 0:
+                continue
+            logits, loss, labels = self._forward(images, labels)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingError(
+                    f"the training loss became {loss_value} at epoch {epoch + 1} step {step}; "
+                    f"lower lr (now {self.hp['lr']}) or check the data; the last checkpoint "
+                    f"(after epoch {len(self.history)}) is kept"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = labels.shape[0]
+            loss_sum += loss_value * n
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += n
+        elapsed = time.perf_counter() - start
+        loss_sum, correct, seen, skipped = _reduce([loss_sum, correct, seen, skipped], self.d,
+                                                   self.device)
+        if seen == 0:
+            raise TrainingError("no readable image in the train channel")
+        logger.info("epoch %d: %s backbone, %d trainable parameters", epoch + 1,
+                    "frozen" if frozen else "trainable", trainable)
+        self.skipped = int(skipped)
+        return {
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "images_per_second": seen / max(elapsed, 1e-9),
+            "epoch_seconds": elapsed,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, split: str, confusion: bool = False) -> tuple[dict, np.ndarray | None]:
+        """Loss, top-1 and top-5 accuracy on ``split`` (summed over ranks); optionally the
+        confusion matrix int64 [C, C] (rows true)."""
+        self.model.eval()
+        debugger.set_mode(self.hook, train=False)
+        c = len(self.classes)
+        matrix = torch.zeros(c, c, dtype=torch.int64)
+        loss_sum, correct, top5, seen = 0.0, 0, 0, 0
+        for images, labels, _ in self.loaders[split]:
+            if images.numel() == 0:
+                continue
+            logits, loss, labels = self._forward(images, labels)
+            n = labels.shape[0]
+            loss_sum += loss.item() * n
+            pred = logits.argmax(1)
+            correct += int((pred == labels).sum())
+            k = min(5, c)
+            top5 += int((logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
+            seen += n
+            if confusion:
+                idx = labels.cpu() * c + pred.cpu()
+                matrix += torch.bincount(idx, minlength=c * c).reshape(c, c)
+        loss_sum, correct, top5, seen = _reduce([loss_sum, correct, top5, seen], self.d,
+                                                self.device)
+        if self.d.enabled and confusion:
+            m = matrix.to(self.device)
+            dist.all_reduce(m)
+            matrix = m.cpu()
+        if seen == 0:
+            raise TrainingError(f"no readable image in the {split} channel")
+        result = {f"{split}_loss": loss_sum / seen, f"{split}_accuracy": correct / seen,
+                  f"{split}_top5_accuracy": top5 / seen}
+        return result, (matrix.numpy() if confusion else None)
+
+    def fit(self) -> None:
+        hp = self.hp
+        patience = hp["early-stopping-patience"]
+        for epoch in range(self.start_epoch, hp["epochs"]):
+            lr = self.optimizer.param_groups[0]["lr"]
+            row = {"epoch": epoch + 1}
+            row.update(self.train_epoch(epoch))
+            valid, _ = self.evaluate("valid")
+            row.update(valid)
+            row["learning_rate"] = lr
+            self.scheduler.step()
+            self.history.append(row)
+            improved = row["valid_loss"] < self.best["valid_loss"]
+            if improved:
+                self.best = {"valid_loss": row["valid_loss"], "epoch": epoch + 1}
+                self.best_state = {k: v.detach().cpu().clone()
+                                   for k, v in self.net.state_dict().items()}
+            if self.d.main:
+                metrics.log_metrics({k: row[k] for k in metrics.EPOCH_METRICS if k in row})
+                if self.skipped:
+                    logger.warning("epoch %d skipped %d unreadable images", epoch + 1,
+                                   self.skipped)
+                checkpoint.save(Path(self.job.checkpoint_dir), epoch + 1, self.state())
+            if patience and epoch + 1 - self.best["epoch"] >= patience:
+                logger.info("early stopping: no better valid_loss for %d epochs (best: epoch %d)",
+                            patience, self.best["epoch"])
+                break
+
+    def finish(self) -> None:
+        """Evaluate the best weights on test (or valid), log the final line, and on rank 0 write
+        the reports and the artifact."""
+        if self.best_state is not None:
+            self.net.load_state_dict(self.best_state)
+        split = "test" if "test" in self.loaders else "valid"
+        final, matrix = self.evaluate(split, confusion=True)
+        if split == "test" and self.d.main:
+            metrics.log_metrics(final)
+        if self.hook is not None:
+            self.hook.close()
+        if not self.d.main:
+            return
+        outputs.write(Path(self.job.output_data_dir), self.history, final, self.classes, matrix,
+                      split)
+        plain = model_lib.build(self.hp["arch"], len(self.classes))
+        plain.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
+        summary = dict(final)
+        if self.history:
+            summary.update({k: self.history[-1][k] for k in ("valid_loss", "valid_accuracy")})
+        summary["best_epoch"] = self.best["epoch"]
+        manifest = artifact.write(Path(self.job.model_dir), plain, self.hp["arch"], self.classes,
+                                  self.pre, self.job.job_name, summary, self.hp)
+        logger.info("model artifact written: %s", manifest.parent)
+
+
+def run(job: Job, d: Dist | None = None) -> None:
+    """Train, evaluate and write the artifact.
+
+    Raises:
+        TrainingError: bad input or environment (the message is the job's FailureReason).
+    """
+    d = d or Dist()
+    trainer = Trainer(job, d)
+    trainer.resume()
+    trainer.fit()
+    trainer.finish()
