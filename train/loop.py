@@ -298,8 +298,8 @@ class Trainer:
             self.hook.close()
         if not self.d.main:
             return
-        outputs.write(Path(self.job.output_data_dir), self.history, final, self.classes, matrix,
-                      split)
+        labels = [data.readable_label(c) for c in self.classes]
+        outputs.write(Path(self.job.output_data_dir), self.history, final, labels, matrix, split)
         plain = model_lib.build(self.hp["arch"], len(self.classes))
         plain.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
         summary = dict(final)

@@ -1,0 +1,123 @@
+"""Shared fixtures: real data sets on disk and a model artifact made by the real `train` entry.
+
+Everything here runs the same code SageMaker runs: ``container/train`` as a subprocess against a
+temporary /opt/ml tree (``SAGEMAKER_BASE_DIR``), with hyperparameters written as strings the way
+SageMaker writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_ENTRY = ROOT / "container" / "train"
+SERVE_ENTRY = ROOT / "container" / "serve"
+DOG_PHOTOS = sorted((ROOT / "tests" / "data" / "dogs").glob("*.jpg"))
+
+# A small, honest training run: resnet18 from scratch on 32-pixel digits reaches > 90 % on valid
+# in 5 epochs (about a minute on 2 cores).
+FAST_HYPERPARAMETERS = {
+    "arch": "resnet18",
+    "epochs": 5,
+    "batch-size": 32,
+    "lr": 0.05,
+    "image-size": 32,
+    "min-crop-scale": 0.6,
+    "pretrained": False,
+    "num-workers": 1,
+}
+
+
+@dataclass
+class TrainingRun:
+    """A finished run of container/train: its /opt/ml ``base``, exit ``returncode`` and the
+    combined stdout+stderr ``log``."""
+
+    base: Path
+    returncode: int
+    log: str
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def failure(self) -> str | None:
+        path = self.output_dir / "failure"
+        return path.read_text() if path.exists() else None
+
+
+def make_job(base: Path, channels: dict[str, Path], hyperparameters: dict,
+             hosts: tuple[str, ...] = ("localhost",)) -> Path:
+    """Lay out an /opt/ml tree under ``base`` as SageMaker does before ``train`` starts:
+    config JSON files (every hyperparameter a string) and one folder per channel (symlinked).
+    Returns ``base``."""
+    cfg = base / "input" / "config"
+    cfg.mkdir(parents=True, exist_ok=True)
+    data = base / "input" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, src in channels.items():
+        link = data / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(src).resolve(), target_is_directory=True)
+    config = {name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
+                     "RecordWrapperType": "None"} for name in channels}
+    (cfg / "inputdataconfig.json").write_text(json.dumps(config))
+    (cfg / "resourceconfig.json").write_text(
+        json.dumps({"current_host": hosts[0], "hosts": list(hosts)}))
+    as_strings = {k: (str(v).lower() if isinstance(v, bool) else str(v))
+                  for k, v in hyperparameters.items()}
+    (cfg / "hyperparameters.json").write_text(json.dumps(as_strings))
+    return base
+
+
+def run_train(base: Path, env: dict | None = None, timeout: float = 600) -> TrainingRun:
+    """Run the real ``container/train`` against ``base``; never raises on a failed job."""
+    full_env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base), PYTHONUNBUFFERED="1",
+                    OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, str(TRAIN_ENTRY)], env=full_env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+    return TrainingRun(base=base, returncode=proc.returncode, log=proc.stdout)
+
+
+def digit_channels(root: Path) -> dict[str, Path]:
+    return {name: root / name for name in ("train", "valid", "test")}
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """scikit-learn's real handwritten digits as 32x32 RGB JPEGs in ImageFolder layout."""
+    from train.datasets import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits") / "digits", image_size=32)
+
+
+@pytest.fixture(scope="session")
+def trained_job(tmp_path_factory, digits_dir) -> TrainingRun:
+    """One real, successful `train` run on digits (resnet18, 5 epochs); shared by all tests
+    that need a trained model, its log or its reports."""
+    base = make_job(tmp_path_factory.mktemp("job") / "ml", digit_channels(digits_dir),
+                    FAST_HYPERPARAMETERS)
+    run = run_train(base)
+    assert run.returncode == 0, run.log[-4000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(trained_job) -> Path:
+    """The model dir (manifest.json + model.pt2) written by the real `train` entry."""
+    return trained_job.model_dir

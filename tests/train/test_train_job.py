@@ -1,0 +1,280 @@
+"""The real `train` entry, through the sagemaker-training toolkit, on real images.
+
+Each test lays out an /opt/ml tree (tests/conftest.py: make_job) and runs container/train as
+SageMaker would; assertions read what SageMaker reads: the exit code, output/failure,
+output/success, model/, output/data/, checkpoints/ and the log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import (DOG_PHOTOS, FAST_HYPERPARAMETERS, ROOT, TRAIN_ENTRY, digit_channels,
+                            make_job, run_train)
+from train import metrics
+
+pytestmark = pytest.mark.slow
+
+TINY = {"arch": "resnet18", "epochs": 1, "batch-size": 16, "lr": 0.05, "image-size": 16,
+        "pretrained": False, "num-workers": 0, "max-images-per-class": 4}
+
+
+def metric_values(log: str, name: str) -> list[float]:
+    regex = dict((d["Name"], d["Regex"]) for d in metrics.METRIC_DEFINITIONS)[name]
+    return [float(m.group(1)) for m in re.finditer(regex, log)]
+
+
+@pytest.fixture
+def tiny_digits(tmp_path, digits_dir) -> Path:
+    """A copy of the digits set, 4 photos per class and channel, that a test may damage."""
+    from train.datasets import subset
+
+    return subset(digits_dir, tmp_path / "tiny", per_class=4)
+
+
+# ------------------------------------------------------------------ a good run
+def test_training_learns_and_writes_every_output(trained_job):
+    log = trained_job.log
+    valid = metric_values(log, "valid_accuracy")
+    assert len(valid) == FAST_HYPERPARAMETERS["epochs"]
+    # Chance is 10 %; the run must learn, not just run.
+    assert max(valid) >= 0.90, valid
+    assert metric_values(log, "test_accuracy")[0] >= 0.85
+    assert (trained_job.output_dir / "success").exists()
+    assert trained_job.failure is None
+
+    data = trained_job.output_dir / "data"
+    doc = json.loads((data / "metrics.json").read_text())
+    assert [h["epoch"] for h in doc["history"]] == [1, 2, 3, 4, 5]
+    assert doc["evaluated_on"] == "test" and 0 <= doc["final"]["test_top5_accuracy"] <= 1
+    assert set(doc["per_class_accuracy"]) == {f"digit {i}" for i in range(10)}
+    for png in ("learning_curves.png", "confusion_matrix.png"):
+        with Image.open(data / png) as img:
+            assert img.format == "PNG" and img.width > 300
+
+
+def test_artifact_is_self_describing_and_predicts(trained_job, digits_dir):
+    manifest = json.loads((trained_job.model_dir / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["arch"] == "resnet18"
+    assert manifest["classes"][2] == "digit 2" and manifest["class_folders"][2] == "003.digit_2"
+    assert manifest["preprocess"]["crop"] == 32 and manifest["preprocess"]["resize"] == 37
+    assert manifest["model_version"].startswith("local-")
+    # Load the program the way serve does: torch alone, no train code, no pickled objects.
+    program = torch.export.load(str(trained_job.model_dir / manifest["program"])).module()
+    mean = torch.tensor(manifest["preprocess"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(manifest["preprocess"]["std"]).view(1, 3, 1, 1)
+    correct = total = 0
+    for label, folder in enumerate(manifest["class_folders"]):
+        for path in sorted((digits_dir / "test" / folder).glob("*.jpg"))[:5]:
+            with Image.open(path) as img:
+                x = torch.from_numpy(np.asarray(img.convert("RGB").resize((32, 32)))).float()
+            x = (x.permute(2, 0, 1)[None] / 255 - mean) / std
+            correct += int(program(x).argmax(1).item() == label)
+            total += 1
+    assert correct / total >= 0.8
+
+
+def test_checkpoints_are_written_each_epoch(trained_job):
+    names = sorted(p.name for p in (trained_job.base / "checkpoints").iterdir())
+    assert names == ["epoch-0004.pt", "epoch-0005.pt"]  # the newest two are kept
+    state = torch.load(trained_job.base / "checkpoints" / "epoch-0005.pt", weights_only=True)
+    assert state["epoch"] == 5 and len(state["history"]) == 5
+
+
+def test_resume_after_interruption_finishes_the_same_epochs(tmp_path, digits_dir):
+    """A spot interruption: the job is killed after its first checkpoint and started again with
+    the same /opt/ml/checkpoints; it resumes and ends with every epoch and a loadable model."""
+    hp = dict(TINY, epochs=3, **{"max-images-per-class": 20})
+    base = make_job(tmp_path / "ml", digit_channels(digits_dir), hp)
+    import os
+
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(TRAIN_ENTRY)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = base / "checkpoints" / "epoch-0001.pt"
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    assert not (base / "model" / "manifest.json").exists()
+
+    run = run_train(base)
+    assert run.returncode == 0, run.log[-3000:]
+    assert "resuming from checkpoint epoch-0001.pt" in run.log
+    assert re.findall(r"^epoch=(\d+)", run.log, re.M)[0] != "1"
+    doc = json.loads((base / "output" / "data" / "metrics.json").read_text())
+    assert [h["epoch"] for h in doc["history"]] == [1, 2, 3]
+    program = torch.export.load(str(base / "model" / "model.pt2")).module()
+    assert program(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_two_process_ddp_with_gloo(tmp_path, digits_dir):
+    hp = dict(TINY, epochs=2, **{"processes-per-host": 2, "max-images-per-class": 8})
+    run = run_train(make_job(tmp_path / "ml", digit_channels(digits_dir), hp))
+    assert run.returncode == 0, run.log[-3000:]
+    assert "torch.distributed.run" in run.log and "rank1" in run.log
+    # Rank 0 alone prints metric lines; the counts cover both ranks' shards.
+    assert len(metric_values(run.log, "valid_accuracy")) == 2
+    assert (run.model_dir / "manifest.json").exists()
+
+
+def test_smdebug_hook_saves_losses_in_train_and_eval(tmp_path, tiny_digits):
+    from smdebug import modes
+    from smdebug.trials import create_trial
+
+    base = make_job(tmp_path / "ml", digit_channels(tiny_digits), TINY)
+    out = tmp_path / "tensors"
+    config = {"LocalPath": str(out), "HookParameters": {"save_interval": "1"},
+              "CollectionConfigurations": [{"CollectionName": "losses"}]}
+    (base / "input" / "config" / "debughookconfig.json").write_text(json.dumps(config))
+    run = run_train(base)
+    assert run.returncode == 0, run.log[-3000:]
+    trial = create_trial(str(out))
+    losses = trial.tensor_names(collection="losses")
+    assert losses
+    tensor = trial.tensor(losses[0])
+    assert tensor.steps(mode=modes.TRAIN) and tensor.steps(mode=modes.EVAL)
+    assert np.isfinite(tensor.value(tensor.steps(mode=modes.TRAIN)[0], mode=modes.TRAIN))
+
+
+def test_no_hook_config_means_no_tensors(trained_job):
+    assert "smdebug hook" not in trained_job.log
+    assert not list(trained_job.base.rglob("*.tfevents"))
+
+
+# ------------------------------------------------------------------ pretrained weights
+def test_pretrained_channel_and_frozen_backbone(tmp_path, tiny_digits):
+    import torchvision
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights / "resnet18.pth")
+    channels = dict(digit_channels(tiny_digits), pretrained=weights)
+    hp = dict(TINY, epochs=2, pretrained=True, **{"freeze-epochs": 1})
+    run = run_train(make_job(tmp_path / "ml", channels, hp))
+    assert run.returncode == 0, run.log[-3000:]
+    assert "loaded 120 of 122 tensors" in run.log  # all but fc.weight and fc.bias
+    assert "epoch 1: frozen backbone" in run.log and "epoch 2: trainable backbone" in run.log
+
+
+def test_pretrained_without_weights_fails_clearly(tmp_path, tiny_digits):
+    run = run_train(make_job(tmp_path / "ml", digit_channels(tiny_digits),
+                             dict(TINY, pretrained=True)),
+                    env={"TORCH_HOME": str(tmp_path / "empty-cache")})
+    assert run.returncode != 0
+    assert "no pretrained weights for resnet18" in run.failure
+    assert "pretrained=false" in run.failure
+
+
+def test_pretrained_file_for_another_arch_fails(tmp_path, tiny_digits):
+    import torchvision
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(),
+               weights / "w.pth")
+    channels = dict(digit_channels(tiny_digits), pretrained=weights)
+    run = run_train(make_job(tmp_path / "ml", channels, dict(TINY, pretrained=True)))
+    assert run.returncode != 0 and "does not fit resnet18" in run.failure
+
+
+# ------------------------------------------------------------------ bad input
+def _expect_failure(run, *words):
+    assert run.returncode != 0, run.log[-2000:]
+    assert run.failure, "no output/failure written"
+    for word in words:
+        assert word in run.failure, run.failure
+    assert not (run.model_dir / "manifest.json").exists()
+    assert not (run.output_dir / "success").exists()
+
+
+def test_bad_hyperparameter_fails_with_the_key(tmp_path, tiny_digits):
+    run = run_train(make_job(tmp_path / "ml", digit_channels(tiny_digits), dict(TINY, lr="fast")))
+    _expect_failure(run, "'lr'", "'fast'", "a number > 0")
+    assert len(run.failure) <= 1024
+
+
+def test_unknown_hyperparameter_fails(tmp_path, tiny_digits):
+    run = run_train(make_job(tmp_path / "ml", digit_channels(tiny_digits),
+                             dict(TINY, **{"learning_rate": "0.1"})))
+    _expect_failure(run, "unknown hyperparameter 'learning_rate'", "lr")
+
+
+def test_missing_valid_channel_fails(tmp_path, tiny_digits):
+    run = run_train(make_job(tmp_path / "ml", {"train": tiny_digits / "train"}, TINY))
+    _expect_failure(run, "channel 'valid' is missing")
+
+
+def test_empty_channel_fails(tmp_path, tiny_digits):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    channels = dict(digit_channels(tiny_digits), valid=empty)
+    _expect_failure(run_train(make_job(tmp_path / "ml", channels, TINY)),
+                    "channel 'valid'", "empty")
+
+
+def test_channel_without_images_fails(tmp_path, tiny_digits):
+    for f in (tiny_digits / "test").rglob("*.jpg"):
+        f.rename(f.with_suffix(".txt"))
+    _expect_failure(run_train(make_job(tmp_path / "ml", digit_channels(tiny_digits), TINY)),
+                    "channel 'test' has no image files")
+
+
+def test_class_in_valid_but_not_train_fails(tmp_path, tiny_digits):
+    shutil.copytree(tiny_digits / "valid" / "001.digit_0", tiny_digits / "valid" / "099.Zebra")
+    _expect_failure(run_train(make_job(tmp_path / "ml", digit_channels(tiny_digits), TINY)),
+                    "'valid' has classes that train lacks", "099.Zebra")
+
+
+def test_unreadable_photos_are_skipped_and_counted(tmp_path, tiny_digits):
+    """Corrupt, truncated and non-image files are skipped with a count; grayscale, CMYK,
+    palette and alpha photos are converted and used."""
+    folder = tiny_digits / "train" / "001.digit_0"
+    good = sorted(folder.glob("*.jpg"))[0]
+    data = good.read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "garbage.jpg").write_bytes(b"this is not an image at all" * 10)
+    (folder / "empty.jpg").write_bytes(b"")
+    shutil.copy(DOG_PHOTOS[0], folder / "dog.jpg")
+    with Image.open(good) as img:
+        img.convert("L").save(folder / "grey.jpg")
+        img.convert("CMYK").save(folder / "cmyk.jpg")
+        img.convert("P").save(folder / "palette.png")
+        rgba = img.convert("RGBA")
+        rgba.putalpha(128)
+        rgba.save(folder / "alpha.png")
+    (folder / "notes.txt").write_text("not an image extension: ignored, not counted")
+    run = run_train(make_job(tmp_path / "ml", digit_channels(tiny_digits),
+                             dict(TINY, **{"max-images-per-class": 0})))
+    assert run.returncode == 0, run.log[-3000:]
+    assert "epoch 1 skipped 3 unreadable images" in run.log
+    for name in ("truncated.jpg", "garbage.jpg", "empty.jpg"):
+        assert re.search(rf"skipping unreadable image \S+/001\.digit_0/{name}: ", run.log)
+    assert "grey.jpg" not in run.log and "cmyk.jpg" not in run.log
+
+
+def test_nan_loss_fails_without_a_model(tmp_path, tiny_digits):
+    import torchvision
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                for k, v in state.items()}, weights / "nan.pth")
+    channels = dict(digit_channels(tiny_digits), pretrained=weights)
+    run = run_train(make_job(tmp_path / "ml", channels, dict(TINY, pretrained=True)))
+    _expect_failure(run, "training loss became nan", "lower lr")
