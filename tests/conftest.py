@@ -121,3 +121,77 @@ def trained_job(tmp_path_factory, digits_dir) -> TrainingRun:
 def trained_model_dir(trained_job) -> Path:
     """The model dir (manifest.json + model.pt2) written by the real `train` entry."""
     return trained_job.model_dir
+
+
+# ------------------------------------------------------------------ a real `serve` process
+@dataclass
+class Server:
+    """A running ``container/serve`` (gunicorn master ``proc``) on loopback ``url``."""
+
+    proc: "subprocess.Popen"
+    url: str
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> set[int]:
+        import psutil
+
+        return {c.pid for c in psutil.Process(self.proc.pid).children()}
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: Path, log_path: Path, env: dict | None = None,
+                 wait_ready: float = 120) -> Server:
+    """Start the real serve entry on a free loopback port; wait for /ping 200 unless
+    ``wait_ready`` is 0."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    full_env = dict(os.environ, SM_MODEL_DIR=str(model_dir), SAGEMAKER_BIND_TO_PORT=str(port),
+                    SAGEMAKER_MODEL_SERVER_WORKERS="1", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, str(SERVE_ENTRY)], env=full_env, cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + wait_ready
+    while wait_ready and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited with {proc.returncode}:\n{server.log[-3000:]}")
+        try:
+            with urllib.request.urlopen(server.url + "/ping", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    if wait_ready:
+        server.stop()
+        raise RuntimeError(f"serve not ready in {wait_ready} s:\n{server.log[-3000:]}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(trained_model_dir, tmp_path_factory):
+    """serve, with the model `train` made, ready on loopback for the whole session."""
+    s = start_server(trained_model_dir, tmp_path_factory.mktemp("serve") / "serve.log")
+    yield s
+    s.stop()

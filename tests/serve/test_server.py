@@ -1,0 +1,255 @@
+"""A real gunicorn process on loopback, serving the model the real `train` made, with the dog
+photos as uploads. Every bad request is followed by a good one, with the workers unchanged."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import signal
+import socket
+import time
+
+import pytest
+from PIL import Image
+
+from tests.conftest import DOG_PHOTOS, start_server
+
+pytestmark = pytest.mark.slow
+
+
+def call(url: str, body: bytes | None = None, headers: dict | None = None, method: str = "POST",
+         timeout: float = 60) -> tuple[int, dict, float]:
+    """One HTTP request; returns (status, JSON body, latency in ms). A server that answers
+    before reading the whole body (413) may close the socket under the sender: the answer is
+    still read."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    start = time.perf_counter()
+    try:
+        conn.putrequest(method, parts.path + (f"?{parts.query}" if parts.query else ""))
+        for key, value in (headers or {}).items():
+            conn.putheader(key, value)
+        conn.putheader("Content-Length", str(len(body or b"")))
+        conn.endheaders()
+        try:
+            if body:
+                conn.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = conn.getresponse()
+        status, raw = response.status, response.read()
+    finally:
+        conn.close()
+    return status, json.loads(raw), (time.perf_counter() - start) * 1000
+
+
+def predict(server, path=DOG_PHOTOS[0], **headers):
+    return call(server.url + "/invocations", path.read_bytes(),
+                {"Content-Type": "image/jpeg", **headers})
+
+
+def jpeg_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_ping_and_a_dog_photo(server, trained_model_dir):
+    status, body, _ = call(server.url + "/ping", method="GET")
+    manifest = json.loads((trained_model_dir / "manifest.json").read_text())
+    assert status == 200 and body["model_version"] == manifest["model_version"]
+    status, body, _ = predict(server)
+    assert status == 200
+    assert body["model_version"] == manifest["model_version"]
+    top = body["predictions"][0]["top_k"]
+    assert len(top) == 5
+    assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+    for t in top:
+        assert manifest["classes"][t["index"]] == t["label"]
+
+
+def test_every_sample_photo_in_one_json_request(server):
+    instances = [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in DOG_PHOTOS]
+    status, body, _ = call(server.url + "/invocations",
+                           json.dumps({"instances": instances, "k": 3}).encode(),
+                           {"Content-Type": "application/json"})
+    assert status == 200
+    assert len(body["predictions"]) == len(DOG_PHOTOS)
+    assert all(len(p["top_k"]) == 3 for p in body["predictions"])
+
+
+def test_k_and_all_probabilities_through_custom_attributes(server):
+    status, body, _ = predict(server, **{"X-Amzn-SageMaker-Custom-Attributes":
+                                         "k=2;probabilities=true"})
+    assert status == 200
+    prediction = body["predictions"][0]
+    assert len(prediction["top_k"]) == 2
+    probabilities = prediction["probabilities"]
+    assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-3
+    best = max(range(10), key=probabilities.__getitem__)
+    assert prediction["top_k"][0]["index"] == best  # argmax clients get the same answer
+
+
+@pytest.mark.parametrize("convert", ["L", "CMYK", "P", "RGBA", "12MP", "PNG"])
+def test_odd_but_valid_photos_are_converted(server, convert):
+    with Image.open(DOG_PHOTOS[1]) as img:
+        img = img.convert("RGB")
+    if convert == "12MP":
+        body, ctype = jpeg_bytes(img.resize((4000, 3000)), quality=85), "image/jpeg"
+    elif convert in ("P", "RGBA", "PNG"):
+        mode = {"P": "P", "RGBA": "RGBA", "PNG": "RGB"}[convert]
+        im = img.convert(mode)
+        if mode == "RGBA":
+            im.putalpha(100)
+        body, ctype = png_bytes(im), "image/png"
+    else:
+        body, ctype = jpeg_bytes(img.convert(convert)), "application/x-image"
+    status, out, _ = call(server.url + "/invocations", body, {"Content-Type": ctype})
+    assert status == 200, out
+
+
+def _bad_inputs():
+    photo = DOG_PHOTOS[0].read_bytes()
+    bomb = png_bytes(Image.new("L", (12000, 12000)))  # 144 MP of zeros: a tiny file
+    jpeg = {"Content-Type": "image/jpeg"}
+    as_json = {"Content-Type": "application/json"}
+    b64 = base64.b64encode(photo).decode()
+    return {
+        "truncated jpeg": (photo[: len(photo) // 3], jpeg, 400),
+        "random bytes": (bytes(range(256)) * 40, jpeg, 400),
+        "empty body": (b"", jpeg, 400),
+        "pdf as image": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", jpeg, 400),
+        "decompression bomb": (bomb, {"Content-Type": "image/png"}, 400),
+        "bad json": (b'{"instances": [', as_json, 400),
+        "json without instances": (b'{"images": []}', as_json, 400),
+        "json empty instances": (b'{"instances": []}', as_json, 400),
+        "json instance without b64": (b'{"instances": [{"bytes": "x"}]}', as_json, 400),
+        "bad base64": (b'{"instances": [{"b64": "not base64!!"}]}', as_json, 400),
+        "base64 of garbage": (json.dumps({"instances": [{"b64": b64}, {"b64": "aGVsbG8="}]})
+                              .encode(), as_json, 400),
+        "k zero": (photo, {**jpeg, "X-Amzn-SageMaker-Custom-Attributes": "k=0"}, 400),
+        "k not a number": (json.dumps({"instances": [{"b64": b64}], "k": "five"}).encode(),
+                           as_json, 400),
+        "k over classes": (photo, {**jpeg, "X-Amzn-SageMaker-Custom-Attributes": "k=500"}, 400),
+        "text content type": (b"hello", {"Content-Type": "text/plain"}, 415),
+        "no content type": (photo, {"Content-Type": ""}, 415),
+        "csv accept": (photo, {**jpeg, "Accept": "text/csv"}, 406),
+        "over the payload cap": (b"\xff\xd8" + b"\0" * (6 * 1024 * 1024 + 10), jpeg, 413),
+    }
+
+
+BAD = _bad_inputs()
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server, name):
+    body, headers, expected = BAD[name]
+    workers = server.worker_pids()
+    status, out, _ = call(server.url + "/invocations", body, headers)
+    assert status == expected, out
+    assert out["status"] == expected and out["reason"], out
+    status, out, _ = predict(server)
+    assert status == 200, out
+    assert server.worker_pids() == workers
+
+
+def test_exif_orientation_is_honoured(server):
+    """A tall photo stored sideways with EXIF orientation 6 classifies like the upright one."""
+    with Image.open(DOG_PHOTOS[2]) as img:
+        upright = img.convert("RGB")
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera stores
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    _, a, _ = call(server.url + "/invocations", jpeg_bytes(upright, quality=95),
+                   {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes":
+                    "probabilities=true"})
+    _, b, _ = call(server.url + "/invocations", jpeg_bytes(sideways, quality=95, exif=exif),
+                   {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes":
+                    "probabilities=true"})
+    pa, pb = a["predictions"][0]["probabilities"], b["predictions"][0]["probabilities"]
+    assert max(abs(x - y) for x, y in zip(pa, pb)) < 0.05
+
+
+def test_execution_parameters(server):
+    status, body, _ = call(server.url + "/execution-parameters", method="GET")
+    assert status == 200
+    assert body == {"MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD",
+                    "MaxPayloadInMB": 6}
+
+
+def test_access_log_is_structured_and_never_holds_the_image(server):
+    predict(server)
+    lines = [json.loads(line.split(" INFO ", 1)[1]) for line in server.log.splitlines()
+             if "serve.access" in line]
+    assert any(e["path"] == "/invocations" and e["status"] == 200 and e["latency_ms"] > 0
+               and e["bytes"] == DOG_PHOTOS[0].stat().st_size for e in lines)
+    assert base64.b64encode(DOG_PHOTOS[0].read_bytes()[:30]).decode()[:20] not in server.log
+
+
+def test_ping_is_503_until_the_model_is_there(tmp_path, trained_model_dir):
+    """Started on an empty model dir, /ping says 503 with the reason; once the artifact lands
+    (program first, manifest last, as train writes it) the worker loads it and says 200."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    server = start_server(model_dir, tmp_path / "serve.log", wait_ready=0)
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                status, body, ms = call(server.url + "/ping", method="GET", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert status == 503 and "manifest.json" in body["reason"]
+        assert ms < 2000
+        status, body, _ = predict(server)
+        assert status == 503
+        shutil.copy(trained_model_dir / "model.pt2", model_dir / "model.pt2")
+        shutil.copy(trained_model_dir / "manifest.json", model_dir / "manifest.json")
+        while time.monotonic() < deadline:
+            status, body, _ = call(server.url + "/ping", method="GET", timeout=2)
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert status == 200
+        assert predict(server)[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_finishes_the_request_in_flight(tmp_path, trained_model_dir):
+    """SIGTERM arrives while a request's body is still being sent: that request is answered,
+    and the server exits within SageMaker's 30 s."""
+    server = start_server(trained_model_dir, tmp_path / "serve.log")
+    photo = DOG_PHOTOS[0].read_bytes()
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = (f"POST /invocations HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(photo)}\r\nConnection: close\r\n\r\n").encode()
+    sock.sendall(head + photo[:1000])
+    time.sleep(0.5)
+    start = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    sock.sendall(photo[1000:])
+    response = b""
+    while chunk := sock.recv(65536):
+        response += chunk
+    sock.close()
+    assert response.startswith(b"HTTP/1.1 200"), response[:200]
+    assert b'"top_k"' in response
+    code = server.proc.wait(timeout=30)
+    assert time.monotonic() - start < 30
+    assert code == 0
