@@ -1,10 +1,16 @@
-# The README's two commands: `make demo` (the main job) and `make test` (every test).
+# The README's two commands: `make demo` (the main job, local, no AWS, no Docker engine) and
+# `make test` (every test, the container smoke test included). Both set up what they need.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+IMAGE ?= sagemaker-dog-breeds
+TAG ?= latest
+# Debian packages the tests need: podman (with runc, as crun fails on cgroups on these
+# machines) and debootstrap for the container smoke test's local base image.
+SYSTEM_PACKAGES := podman runc debootstrap uidmap slirp4netns fuse-overlayfs
 
-.PHONY: venv test demo lint clean
+.PHONY: venv system-deps test test-fast demo lint image bench clean
 
 venv: $(STAMP)
 
@@ -15,8 +21,35 @@ $(STAMP): requirements/container.txt requirements/dev.txt requirements/constrain
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-test: venv
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "install as root: apt-get install$$missing" >&2; exit 1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@bash container/local_test/podman_setup.sh
+
+test: venv system-deps
 	$(PY) -m pytest
 
+# Everything but the slow tests (no training runs, no image build): seconds.
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
+
+demo: venv
+	$(PY) container/local_test/demo.py
+
+lint: venv
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/ruff check --select F,E9 train serve container tests deploy.py
+
+image:
+	docker build -t $(IMAGE):$(TAG) .
+
+bench: venv
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_serve.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache out .wheelhouse

@@ -7,7 +7,6 @@ SageMaker writes them.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -60,27 +59,10 @@ class TrainingRun:
 
 def make_job(base: Path, channels: dict[str, Path], hyperparameters: dict,
              hosts: tuple[str, ...] = ("localhost",)) -> Path:
-    """Lay out an /opt/ml tree under ``base`` as SageMaker does before ``train`` starts:
-    config JSON files (every hyperparameter a string) and one folder per channel (symlinked).
-    Returns ``base``."""
-    cfg = base / "input" / "config"
-    cfg.mkdir(parents=True, exist_ok=True)
-    data = base / "input" / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    for name, src in channels.items():
-        link = data / name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(Path(src).resolve(), target_is_directory=True)
-    config = {name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
-                     "RecordWrapperType": "None"} for name in channels}
-    (cfg / "inputdataconfig.json").write_text(json.dumps(config))
-    (cfg / "resourceconfig.json").write_text(
-        json.dumps({"current_host": hosts[0], "hosts": list(hosts)}))
-    as_strings = {k: (str(v).lower() if isinstance(v, bool) else str(v))
-                  for k, v in hyperparameters.items()}
-    (cfg / "hyperparameters.json").write_text(json.dumps(as_strings))
-    return base
+    """An /opt/ml tree as SageMaker lays it out (train.local.write_job)."""
+    from train.local import write_job
+
+    return write_job(base, channels, hyperparameters, hosts)
 
 
 def run_train(base: Path, env: dict | None = None, timeout: float = 600) -> TrainingRun:

@@ -1,0 +1,51 @@
+# One image for SageMaker training and hosting: `docker run IMAGE train` / `docker run IMAGE serve`.
+#
+# BASE_IMAGE: an NVIDIA CUDA + cuDNN runtime image. torch's wheels bring their own CUDA 13 user
+# libraries; the base adds the CUDA forward-compatibility libraries (/usr/local/cuda/compat) that
+# container/cuda_compat.py enables on hosts whose driver is older than 580. CI passes a local
+# Debian base (debootstrap), since no image can be pulled there.
+ARG BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
+
+# Build from a wheelhouse with no network: --build-arg PIP_NO_INDEX=1 --build-arg
+# PIP_FIND_LINKS=/wheelhouse (and mount the wheelhouse there). Empty: install from the registry.
+ARG PIP_NO_INDEX=""
+ARG PIP_FIND_LINKS=""
+# ImageNet weights fetched into the image for network-isolated jobs ("" skips: CI has no route
+# to download.pytorch.org).
+ARG PRETRAINED_ARCH=resnet50
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    VIRTUAL_ENV=/opt/venv \
+    TORCH_HOME=/opt/torch \
+    PATH=/opt/program:/opt/venv/bin:$PATH
+
+COPY requirements/container.txt requirements/constraints.txt /tmp/requirements/
+# One layer: smdebug needs pyinstrument-cext, which PyPI ships only as source, so a compiler is
+# installed for the pip run and removed in the same layer.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
+        ca-certificates \
+ && python3 -m venv /opt/venv \
+ && PIP_NO_INDEX="${PIP_NO_INDEX}" PIP_FIND_LINKS="${PIP_FIND_LINKS}" \
+    pip install -r /tmp/requirements/container.txt -c /tmp/requirements/constraints.txt \
+ && apt-get purge -y --auto-remove python3-dev gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY pyproject.toml /tmp/src/
+COPY train /tmp/src/train
+COPY serve /tmp/src/serve
+RUN pip install --no-deps /tmp/src \
+ && rm -rf /tmp/src /tmp/requirements \
+ && if [ -n "${PRETRAINED_ARCH}" ]; then \
+      python -c "import sys, torchvision; torchvision.models.get_model_weights(sys.argv[1]).DEFAULT.get_state_dict(progress=False, check_hash=True)" "${PRETRAINED_ARCH}"; \
+    fi
+
+COPY container/train container/serve container/gpu_check.py container/cuda_compat.py /opt/program/
+WORKDIR /opt/program
+EXPOSE 8080

@@ -1,0 +1,115 @@
+"""The real image, built from our Dockerfile with podman, runs `train` and `serve` as SageMaker
+runs them: `IMAGE train` with /opt/ml mounted, then `IMAGE serve` with the model it made.
+
+No image can be pulled here, so the base is Debian made with debootstrap and passed as
+BASE_IMAGE; the Python wheels come from a wheelhouse made on the host (pip download), mounted
+into the build. The Dockerfile is otherwise the one users build on the CUDA base.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DOG_PHOTOS, ROOT, digit_channels, free_port, make_job
+
+pytestmark = pytest.mark.slow
+
+BASE = "localhost/debian-python:bookworm"
+IMAGE = "localhost/sagemaker-dog-breeds:test"
+WHEELHOUSE = ROOT / ".wheelhouse"
+
+
+def sh(*cmd: str, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=timeout, **kw)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n"
+                             f"{result.stdout[-4000:]}")
+    return result
+
+
+def test_hadolint_passes_on_the_dockerfile():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = sh(str(hadolint), str(ROOT / "Dockerfile"), check=False)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> str:
+    if sh("podman", "image", "exists", BASE, check=False).returncode != 0:
+        rootfs = tmp_path_factory.mktemp("rootfs")
+        sh("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+           "bookworm", str(rootfs), "http://deb.debian.org/debian", timeout=1200)
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        sh("podman", "import", "-", BASE, stdin=tar.stdout, timeout=600)
+        tar.wait()
+        shutil.rmtree(rootfs, ignore_errors=True)
+    sh(sys.executable, "-m", "pip", "download", "-q", "-r",
+       str(ROOT / "requirements" / "container.txt"), "-c",
+       str(ROOT / "requirements" / "constraints.txt"), "setuptools>=68", "-d", str(WHEELHOUSE),
+       timeout=1800)
+    sh("podman", "build", "-v", f"{WHEELHOUSE}:/wheelhouse:ro",
+       "--build-arg", f"BASE_IMAGE={BASE}", "--build-arg", "PIP_NO_INDEX=1",
+       "--build-arg", "PIP_FIND_LINKS=/wheelhouse", "--build-arg", "PRETRAINED_ARCH=",
+       "-t", IMAGE, str(ROOT), timeout=2400)
+    return IMAGE
+
+
+def test_train_then_serve_in_the_container(image, tmp_path, digits_dir):
+    base = make_job(tmp_path / "ml", digit_channels(digits_dir),
+                    {"arch": "resnet18", "epochs": 2, "batch-size": 32, "lr": 0.05,
+                     "image-size": 32, "pretrained": False, "num-workers": 1,
+                     "max-images-per-class": 40}, copy=True)
+    run = sh("podman", "run", "--rm", "-v", f"{base}:/opt/ml", image, "train", timeout=900,
+             check=False)
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert "valid_accuracy=" in run.stdout and "Reporting training SUCCESS" in run.stdout
+    manifest = json.loads((base / "model" / "manifest.json").read_text())
+    assert (base / "model" / "model.pt2").is_file() and (base / "output" / "success").exists()
+
+    port = free_port()
+    name = f"serve-{port}"
+    sh("podman", "run", "-d", "--name", name, "--network", "host",
+       "-e", f"SAGEMAKER_BIND_TO_PORT={port}", "-v", f"{base / 'model'}:/opt/ml/model:ro",
+       image, "serve")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=2) as r:
+                    ready = r.status == 200
+            except OSError:
+                time.sleep(0.5)
+        assert ready, sh("podman", "logs", name, check=False).stdout[-3000:]
+        request = urllib.request.Request(url + "/invocations", data=DOG_PHOTOS[0].read_bytes(),
+                                         headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            body = json.load(r)
+        assert body["model_version"] == manifest["model_version"]
+        assert len(body["predictions"][0]["top_k"]) == 5
+        assert body["predictions"][0]["top_k"][0]["label"] in manifest["classes"]
+
+        start = time.monotonic()
+        sh("podman", "kill", "--signal", "TERM", name)
+        code = sh("podman", "wait", name, timeout=60).stdout.strip()
+        assert time.monotonic() - start < 30
+        assert code == "0", sh("podman", "logs", name, check=False).stdout[-3000:]
+    finally:
+        sh("podman", "rm", "-f", name, check=False)
+
+
+def test_failed_job_reports_a_failure_reason_from_the_container(image, tmp_path, digits_dir):
+    base = make_job(tmp_path / "ml", digit_channels(digits_dir), {"lr": "fast"}, copy=True)
+    run = sh("podman", "run", "--rm", "-v", f"{base}:/opt/ml", image, "train", check=False)
+    assert run.returncode != 0
+    assert "'lr'" in (base / "output" / "failure").read_text()
