@@ -58,11 +58,11 @@ class TrainingRun:
 
 
 def make_job(base: Path, channels: dict[str, Path], hyperparameters: dict,
-             hosts: tuple[str, ...] = ("localhost",)) -> Path:
+             hosts: tuple[str, ...] = ("localhost",), copy: bool = False) -> Path:
     """An /opt/ml tree as SageMaker lays it out (train.local.write_job)."""
     from train.local import write_job
 
-    return write_job(base, channels, hyperparameters, hosts)
+    return write_job(base, channels, hyperparameters, hosts, copy)
 
 
 def run_train(base: Path, env: dict | None = None, timeout: float = 600) -> TrainingRun:
