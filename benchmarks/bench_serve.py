@@ -92,7 +92,10 @@ def main() -> int:
 
             p = pre
             x = Preprocessor(p.resize, p.crop, p.mean, p.std, 50_000_000)(bodies[0])[None]
-            program = torch.export.load(str(model_dir / "model.pt2")).module()
+            # As the server runs it: channels_last weights and input.
+            program = torch.export.load(str(model_dir / "model.pt2")).module().to(
+                memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
             forward = []
             with torch.inference_mode():

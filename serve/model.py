@@ -8,8 +8,8 @@ fork; each worker may be pinned to its own GPU.
 from __future__ import annotations
 
 import json
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +62,11 @@ class Prediction:
 class Classifier:
     """A loaded artifact: preprocessing and the network on one device.
 
-    ``predict`` is thread-safe (one forward at a time per worker: concurrent forwards in one
-    process only fight over the same cores or GPU).
+    ``predict`` is thread-safe. All torch work (preprocessing and forward) runs on one dedicated
+    thread per worker: on the CPU each thread that calls torch gets its own OpenMP thread team,
+    and a team that just finished spin-waits on the same cores the busy one needs (measured:
+    server p50 1.7x the bare forward while gunicorn's request threads did the preprocessing);
+    concurrent forwards in one process only fight over the same cores or GPU anyway.
     """
 
     def __init__(self, model_dir: Path, device: torch.device, max_pixels: int):
@@ -82,22 +85,23 @@ class Classifier:
         except Exception as exc:  # torch raises several types for a bad archive
             raise ArtifactError(f"cannot load {program_path}: {exc}") from exc
         self.module = program.module().to(device)
-        self.channels_last = device.type == "cuda"
-        if self.channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
-        self._lock = threading.Lock()
+        # channels_last: faster convolutions on CUDA and with oneDNN on the CPU (ResNet50 on 2
+        # cores: 113 -> 89 ms per image).
+        self.module = self.module.to(memory_format=torch.channels_last)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
 
-    @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities float32 [N, num_classes] for a preprocessed float32
-        [N, 3, crop, crop] batch."""
-        batch = batch.to(self.device, non_blocking=True)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._lock:
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
-                logits = self.module(batch)
-            return torch.softmax(logits.float(), dim=1).cpu()
+        [N, 3, crop, crop] batch (run on the worker's forward thread)."""
+        return self._executor.submit(self._forward, batch).result()
+
+    @torch.inference_mode()
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            logits = self.module(batch)
+        return torch.softmax(logits.float(), dim=1).cpu()
 
     def predict(self, bodies: list[bytes]) -> list[Prediction]:
         """Decode, preprocess and classify images in one forward pass.
@@ -106,6 +110,9 @@ class Classifier:
             serve.decode.BadImage: an image cannot be used (the message names its index when
                 there are several).
         """
+        return self._executor.submit(self._predict, bodies).result()
+
+    def _predict(self, bodies: list[bytes]) -> list[Prediction]:
         from serve.decode import BadImage
 
         tensors = []
@@ -114,7 +121,7 @@ class Classifier:
                 tensors.append(self.preprocess(body))
             except BadImage as exc:
                 raise BadImage(f"image {i}: {exc}" if len(bodies) > 1 else str(exc)) from None
-        probabilities = self.forward(torch.stack(tensors))
+        probabilities = self._forward(torch.stack(tensors))
         return [Prediction(p) for p in probabilities]
 
     def warm_up(self) -> float:
