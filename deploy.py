@@ -43,13 +43,20 @@ try:  # one source of truth for the metric lines and the hyperparameter names (t
 except ImportError:  # pragma: no cover - deploy.py copied away from the repository
     sys.exit("error: run deploy.py from the repository (it imports train/metrics.py)")
 
-# Hyperparameter names `train` accepts (train/hyperparameters.py SPECS). Kept here as well so
-# deploy.py works on a workstation without sagemaker-training; tests/deploy checks they agree.
-HYPERPARAMETER_NAMES = (
-    "amp", "arch", "batch-size", "early-stopping-patience", "epochs", "freeze-epochs",
-    "image-size", "label-smoothing", "lr", "max-images-per-class", "min-crop-scale", "momentum",
-    "num-workers", "pretrained", "processes-per-host", "seed", "weight-decay",
+# Hyperparameter names `train` accepts: train/hyperparameters.py SPECS when it imports (it needs
+# sagemaker-training but not torch), else this copy; tests/deploy checks that they agree.
+FALLBACK_HYPERPARAMETER_NAMES = (
+    "amp", "arch", "batch-size", "debugger-rules", "early-stopping-patience", "epochs",
+    "freeze-epochs", "image-size", "label-smoothing", "lr", "max-images-per-class",
+    "min-crop-scale", "momentum", "num-workers", "pretrained", "processes-per-host", "seed",
+    "weight-decay",
 )
+try:
+    from train.hyperparameters import SPECS as _SPECS
+
+    HYPERPARAMETER_NAMES = tuple(sorted(_SPECS))
+except ImportError:  # a workstation without sagemaker-training
+    HYPERPARAMETER_NAMES = FALLBACK_HYPERPARAMETER_NAMES
 
 
 class UserError(Exception):
@@ -829,7 +836,7 @@ def describe_error(exc: BaseException) -> str | None:
                 code in ("AccessDenied", "403"):
             hint = "the bucket cannot be written; pass another --bucket or grant s3:PutObject"
         else:
-            hint = HINTS.get(code, "see the AWS message above")
+            hint = HINTS.get(code, "the AWS message says what to change")
         return f"{operation} failed ({code}): {message.rstrip('.')}. Fix: {hint}"
     try:
         from boto3.exceptions import S3UploadFailedError

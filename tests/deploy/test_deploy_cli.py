@@ -1,0 +1,508 @@
+"""deploy.py against moto 5.2.5 with botocore's own parameter validation, botocore's Stubber
+where moto has gaps, the real `train` log for the metric regexes and a real `serve` process for
+predict. No AWS, no network."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import urllib.request
+from collections import defaultdict
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.stub import Stubber
+from moto import mock_aws
+
+import deploy
+from tests.conftest import DOG_PHOTOS, FAST_HYPERPARAMETERS
+from train import metrics
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/SageMakerRole"
+REPO = "sagemaker-dog-breeds"
+IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{REPO}:latest"
+BUCKET = "dog-breeds-test"
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch, tmp_path):
+    """Fake credentials and region, SDK telemetry off, no deploy.toml, state in tmp."""
+    config = tmp_path / "sagemaker.yaml"
+    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n"
+                      "      TelemetryOptOut: true\n")
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+                       "AWS_EC2_METADATA_DISABLED": "true",
+                       "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config),
+                       "DEPLOY_ROLE": ROLE, "DEPLOY_BUCKET": BUCKET}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DEPLOY_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(deploy, "STATE_FILE", tmp_path / "state.json")
+
+
+def _copy(value):
+    try:
+        return copy.deepcopy(value)
+    except TypeError:  # upload bodies (open files)
+        return repr(value)
+
+
+class Recorder:
+    """Every request's parameters, per (service, operation), as botocore validated them."""
+
+    def __init__(self):
+        self.session = boto3.Session(region_name=REGION)
+        self.calls: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        self.session.events.register("before-parameter-build.*.*", self._record)
+
+    def _record(self, params, model, event_name, **_):
+        service = event_name.split(".")[1]
+        self.calls[(service, model.name)].append({k: _copy(v) for k, v in params.items()})
+
+    def one(self, operation: str, service: str = "sagemaker") -> dict:
+        calls = self.calls[(service, operation)]
+        assert len(calls) == 1, (operation, len(calls))
+        return calls[0]
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """moto with an ECR image and a bucket; deploy.py's sessions record their requests."""
+    with mock_aws():
+        ecr = boto3.client("ecr", region_name=REGION)
+        ecr.create_repository(repositoryName=REPO)
+        manifest = json.dumps({"schemaVersion": 2, "mediaType":
+                               "application/vnd.docker.distribution.manifest.v2+json",
+                               "config": {}, "layers": []})
+        ecr.put_image(repositoryName=REPO, imageManifest=manifest, imageTag="latest")
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+        recorder = Recorder()
+        monkeypatch.setattr(deploy, "make_boto_session", lambda region: recorder.session)
+        yield recorder
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = deploy.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def channels(request: dict) -> dict[str, str]:
+    return {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in request["InputDataConfig"]}
+
+
+# ------------------------------------------------------------------------------------ names
+def test_hyperparameter_names_match_train():
+    from train.hyperparameters import SPECS
+
+    assert deploy.HYPERPARAMETER_NAMES == tuple(sorted(SPECS))
+    assert sorted(deploy.FALLBACK_HYPERPARAMETER_NAMES) == sorted(SPECS)
+
+
+# ------------------------------------------------------------------------------------ train
+def test_train_sends_spot_checkpoints_channels_and_no_debugger(aws, capsys):
+    code, out, err = run(capsys, "train", "--no-wait", "--job-name", "dogs-1", "--hp", "lr=0.02",
+                         "--hp", "epochs=3", "--pretrained", f"s3://{BUCKET}/weights/r50.pth")
+    assert code == 0, err
+    req = aws.one("CreateTrainingJob")
+    assert req["TrainingJobName"] == "dogs-1"
+    assert req["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert req["AlgorithmSpecification"]["MetricDefinitions"] == metrics.METRIC_DEFINITIONS
+    assert req["RoleArn"] == ROLE
+    assert req["HyperParameters"] == {"lr": "0.02", "epochs": "3"}
+    assert channels(req) == {s: f"s3://{BUCKET}/dog-breeds/data/{s}"
+                             for s in ("train", "valid", "test")} | {
+        "pretrained": f"s3://{BUCKET}/weights/r50.pth"}
+    assert req["EnableManagedSpotTraining"] is True
+    assert req["StoppingCondition"]["MaxWaitTimeInSeconds"] >= \
+        req["StoppingCondition"]["MaxRuntimeInSeconds"]
+    assert req["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/dog-breeds/checkpoints/dogs-1"
+    assert "DebugHookConfig" not in req and "DebugRuleConfigurations" not in req
+    assert "ProfilerRuleConfigurations" not in req
+    assert req.get("ProfilerConfig", {}).get("DisableProfiler", True) is True
+    assert "started training job dogs-1" in out
+    assert json.loads(deploy.STATE_FILE.read_text())["training_job"] == "dogs-1"
+
+
+def test_train_debugger_service_sends_hook_rules_and_profiler(aws, capsys):
+    code, _, err = run(capsys, "train", "--no-wait", "--no-spot", "--job-name", "dogs-2",
+                       "--debugger-service")
+    assert code == 0, err
+    req = aws.one("CreateTrainingJob")
+    assert "EnableManagedSpotTraining" not in req or not req["EnableManagedSpotTraining"]
+    assert "CheckpointConfig" not in req
+    hook = req["DebugHookConfig"]
+    assert {c["CollectionName"] for c in hook["CollectionConfigurations"]} == {
+        "losses", "gradients", "weights"}
+    rules = {r["RuleConfigurationName"] for r in req["DebugRuleConfigurations"]}
+    assert {"LossNotDecreasing", "Overfit", "Overtraining", "VanishingGradient",
+            "PoorWeightInitialization"} <= rules
+    assert req["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    assert [r["RuleConfigurationName"] for r in req["ProfilerRuleConfigurations"]] \
+        == ["ProfilerReport"]
+
+
+def test_train_rejects_unknown_hyperparameter(aws, capsys):
+    code, out, err = run(capsys, "train", "--no-wait", "--hp", "learning_rate=1")
+    assert code == 1 and "unknown hyperparameter 'learning_rate'" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not aws.calls[("sagemaker", "CreateTrainingJob")]
+
+
+# ------------------------------------------------------------------------------------- tune
+def test_tune_sends_bayesian_job_with_ranges_and_metrics(aws, capsys):
+    code, out, err = run(capsys, "tune", "--no-wait", "--job-name", "dogs-tune-1",
+                         "--max-jobs", "8", "--max-parallel-jobs", "2",
+                         "--objective", "valid_loss", "--hp", "arch=resnet50")
+    assert code == 0, err
+    req = aws.one("CreateHyperParameterTuningJob")
+    config = req["HyperParameterTuningJobConfig"]
+    assert req["HyperParameterTuningJobName"] == "dogs-tune-1"
+    assert config["Strategy"] == "Bayesian"
+    assert config["TrainingJobEarlyStoppingType"] == "Auto"
+    assert config["ResourceLimits"]["MaxNumberOfTrainingJobs"] == 8
+    assert config["ResourceLimits"]["MaxParallelTrainingJobs"] == 2
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize",
+                                                          "MetricName": "valid_loss"}
+    ranges = config["ParameterRanges"]
+    cont = {r["Name"]: r for r in ranges["ContinuousParameterRanges"]}
+    assert cont["lr"]["ScalingType"] == "Logarithmic"
+    assert cont["weight-decay"]["ScalingType"] == "Logarithmic"
+    assert "momentum" in cont
+    assert ranges["CategoricalParameterRanges"] == [{"Name": "batch-size",
+                                                     "Values": ["32", "64", "128"]}]
+    assert ranges["IntegerParameterRanges"][0]["Name"] == "epochs"
+    job = req["TrainingJobDefinition"]
+    assert job["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert job["AlgorithmSpecification"]["MetricDefinitions"] == metrics.METRIC_DEFINITIONS
+    assert job["StaticHyperParameters"]["arch"] == "resnet50"
+    assert not {"lr", "batch-size", "epochs"} & set(job["StaticHyperParameters"])
+    assert job["EnableManagedSpotTraining"] is True
+    assert set(channels(job)) == {"train", "valid", "test"}
+    assert "started tuning job dogs-tune-1" in out
+
+
+TUNING_DESCRIPTION = {
+    "HyperParameterTuningJobName": "dogs-tune-1",
+    "HyperParameterTuningJobArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:hyper-parameter-"
+                                  "tuning-job/dogs-tune-1",
+    "HyperParameterTuningJobConfig": {
+        "Strategy": "Bayesian",
+        "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": "valid_accuracy"},
+        "ResourceLimits": {"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 1}},
+    "HyperParameterTuningJobStatus": "Completed",
+    "CreationTime": "2026-11-21T10:00:00Z",
+    "TrainingJobStatusCounters": {}, "ObjectiveStatusCounters": {},
+    "BestTrainingJob": {
+        "TrainingJobName": "dogs-tune-1-002-b", "TrainingJobArn": "arn:aws:sagemaker:x:1:t/b",
+        "CreationTime": "2026-11-21T10:00:00Z", "TrainingJobStatus": "Completed",
+        "TunedHyperParameters": {"lr": "0.01", "batch-size": "64", "epochs": "12"},
+        "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid_accuracy",
+                                                        "Value": 0.83}},
+}
+
+
+def summary(name, lr, value):
+    return {"TrainingJobName": name, "TrainingJobArn": f"arn:aws:sagemaker:x:1:t/{name}",
+            "CreationTime": "2026-11-21T10:00:00Z", "TrainingJobStatus": "Completed",
+            "TunedHyperParameters": {"lr": lr, "batch-size": "64", "epochs": "12"},
+            "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid_accuracy",
+                                                            "Value": value}}
+
+
+def test_tune_attach_prints_jobs_best_first(capsys):
+    sm = boto3.client("sagemaker", region_name=REGION)
+    with Stubber(sm) as stub:  # moto lacks ListTrainingJobsForHyperParameterTuningJob
+        stub.add_response("describe_hyper_parameter_tuning_job", TUNING_DESCRIPTION,
+                          {"HyperParameterTuningJobName": "dogs-tune-1"})
+        stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job",
+                          {"TrainingJobSummaries": [summary("dogs-tune-1-001-a", "0.1", 0.41)],
+                           "NextToken": "t"})
+        stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job",
+                          {"TrainingJobSummaries": [summary("dogs-tune-1-002-b", "0.01", 0.83)]})
+        assert deploy.print_tuning_results(sm, "dogs-tune-1") == 0
+        stub.assert_no_pending_responses()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1].split()[:3] == ["training", "job", "status"]
+    assert lines[3].startswith("dogs-tune-1-002-b") and "0.8300" in lines[3]
+    assert lines[4].startswith("dogs-tune-1-001-a")
+    assert "best: dogs-tune-1-002-b valid_accuracy=0.83" in out
+
+
+def test_train_from_tuning_job_uses_best_hyperparameters(aws, capsys, monkeypatch):
+    sm = boto3.client("sagemaker", region_name=REGION)
+    stub = Stubber(sm)
+    stub.add_response("describe_hyper_parameter_tuning_job", TUNING_DESCRIPTION)
+    job = {k: v for k, v in TUNING_DESCRIPTION["BestTrainingJob"].items()
+           if k in ("TrainingJobName", "TrainingJobArn", "CreationTime", "TrainingJobStatus")}
+    job.update(ModelArtifacts={"S3ModelArtifacts": "s3://b/m.tar.gz"},
+               SecondaryStatus="Completed",
+               AlgorithmSpecification={"TrainingInputMode": "File"},
+               ResourceConfig={"VolumeSizeInGB": 50}, StoppingCondition={},
+               HyperParameters={"lr": '"0.01"', "batch-size": '"64"', "epochs": '"12"',
+                                "arch": '"resnet50"', "_tuning_objective_metric": "valid_accuracy"})
+    stub.add_response("describe_training_job", job, {"TrainingJobName": "dogs-tune-1-002-b"})
+    stub.activate()
+    real = deploy.best_hyperparameters
+    monkeypatch.setattr(deploy, "best_hyperparameters", lambda _sm, name: real(sm, name))
+    code, out, err = run(capsys, "train", "--no-wait", "--tuning-job", "dogs-tune-1",
+                         "--job-name", "dogs-best", "--hp", "epochs=20")
+    assert code == 0, err
+    assert aws.one("CreateTrainingJob")["HyperParameters"] == {
+        "lr": "0.01", "batch-size": "64", "epochs": "20", "arch": "resnet50"}
+    assert "the best job of dogs-tune-1" in out
+
+
+# ----------------------------------------------------------------------------------- deploy
+def test_deploy_real_time_with_autoscaling_then_delete_twice(aws, capsys):
+    model_data = f"s3://{BUCKET}/dog-breeds/output/dogs-1/output/model.tar.gz"
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
+                         "--endpoint", "dogs-ep", "--instance-type", "ml.m5.xlarge",
+                         "--startup-timeout", "900", "--autoscale-max", "4")
+    assert code == 0, err
+    model = aws.one("CreateModel")
+    assert model["PrimaryContainer"]["Image"] == IMAGE
+    assert model["PrimaryContainer"]["ModelDataUrl"] == model_data
+    assert model["ExecutionRoleArn"] == ROLE
+    config = aws.one("CreateEndpointConfig")
+    (variant,) = config["ProductionVariants"]
+    assert variant["ModelName"] == model["ModelName"]
+    assert variant["InstanceType"] == "ml.m5.xlarge"
+    assert variant["InitialInstanceCount"] == 1
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 900
+    endpoint = aws.one("CreateEndpoint")
+    assert endpoint["EndpointName"] == "dogs-ep"
+    assert endpoint["EndpointConfigName"] == config["EndpointConfigName"]
+    target = aws.one("RegisterScalableTarget", "application-auto-scaling")
+    assert target["ResourceId"] == "endpoint/dogs-ep/variant/AllTraffic"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
+    policy = aws.one("PutScalingPolicy", "application-auto-scaling")
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert "created model" in out and "autoscaling" in out
+
+    code, out, _ = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
+                       "--endpoint", "dogs-ep")
+    assert code == 0 and "already exists" in out
+    assert len(aws.calls[("sagemaker", "CreateModel")]) == 1
+
+    code, out, err = run(capsys, "delete", "--endpoint", "dogs-ep")
+    assert code == 0, err
+    assert "deleted endpoint dogs-ep" in out and "deleted endpoint config" in out
+    assert f"deleted model {model['ModelName']}" in out
+    code, out, err = run(capsys, "delete", "--endpoint", "dogs-ep")
+    assert code == 0, err
+    assert "endpoint dogs-ep: already gone" in out
+
+
+def test_deploy_serverless_and_async(aws, capsys):
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--endpoint", "dogs-sl", "--serverless", "--memory-mb", "4096")
+    assert code == 0, err
+    (variant,) = aws.one("CreateEndpointConfig")["ProductionVariants"]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 5}
+    assert "InstanceType" not in variant
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--endpoint", "dogs-async", "--async",
+                       "--instance-type", "ml.g4dn.xlarge")  # moto's enum lacks ml.g5
+    assert code == 0, err
+    config = aws.calls[("sagemaker", "CreateEndpointConfig")][1]
+    assert config["AsyncInferenceConfig"]["OutputConfig"]["S3OutputPath"] == \
+        f"s3://{BUCKET}/dog-breeds/async-output/dogs-async"
+
+
+# -------------------------------------------------------------------------------- bad input
+def test_image_missing_from_ecr_is_one_line(aws, capsys):
+    code, _, err = run(capsys, "train", "--no-wait", "--image",
+                       f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{REPO}:nope")
+    assert code == 1 and "is not in ECR" in err and "build_and_push.sh" in err
+    assert err.count("\n") == 1
+
+
+def test_missing_role_is_one_line(aws, capsys, monkeypatch):
+    monkeypatch.delenv("DEPLOY_ROLE")
+    code, _, err = run(capsys, "train", "--no-wait")
+    assert code == 1 and err.startswith("error: no IAM role") and err.count("\n") == 1
+
+
+def test_no_credentials_is_one_line(capsys, monkeypatch, tmp_path):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    code, _, err = run(capsys, "delete", "--endpoint", "x")
+    assert code == 1 and "no AWS credentials" in err and err.count("\n") == 1
+
+
+def test_unwritable_bucket_is_one_line(aws, capsys, tmp_path):
+    from train.datasets import write_digits
+
+    src = write_digits(tmp_path / "d", image_size=8, per_class=3)
+    code, _, err = run(capsys, "data", "--source", str(src), "--bucket", "no-such-bucket")
+    assert code == 1 and "NoSuchBucket" in err and err.count("\n") == 1
+
+
+def test_deploy_without_a_model_is_one_line(aws, capsys):
+    code, _, err = run(capsys, "deploy", "--endpoint", "x", "--no-wait")
+    assert code == 1 and "no model" in err
+
+
+# ------------------------------------------------------------------------------------- data
+def test_data_uploads_once_and_prints_uris(aws, capsys, tmp_path):
+    from train.datasets import write_digits
+
+    src = write_digits(tmp_path / "digits", image_size=8, per_class=5)
+    files = sorted(p for p in src.rglob("*.jpg"))
+    code, out, err = run(capsys, "data", "--source", str(src))
+    assert code == 0, err
+    assert f"uploaded {len(files)} files" in out
+    for split in ("train", "valid", "test"):
+        assert f"{split}: s3://{BUCKET}/dog-breeds/data/{split}" in out
+    keys = {o["Key"] for o in boto3.client("s3", region_name=REGION)
+            .list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert keys == {f"dog-breeds/data/{f.relative_to(src).as_posix()}" for f in files}
+    code, out, _ = run(capsys, "data", "--source", str(src))
+    assert code == 0 and f"uploaded 0 files (0.0 MB), {len(files)} already there" in out
+
+
+# ------------------------------------------------------------------ metric regexes, real log
+@pytest.mark.slow
+def test_metric_regexes_match_a_real_train_log(trained_job):
+    lines = trained_job.log.splitlines()
+    found = {}
+    for definition in metrics.METRIC_DEFINITIONS:
+        values = [m.group(1) for line in lines
+                  for m in [re.search(definition["Regex"], line)] if m]
+        assert values, f"{definition['Name']} never matched the real train log"
+        found[definition["Name"]] = [float(v) for v in values]
+    epoch_lines = [line for line in lines if re.match(r"epoch=\d+ ", line)]
+    assert len(found["valid_accuracy"]) == len(epoch_lines) == FAST_HYPERPARAMETERS["epochs"]
+    assert found["valid_accuracy"][-1] > 0.5  # digits: learning, as the train tests show
+    assert len(found["test_accuracy"]) == 1
+    # names are whole words: the valid_* regexes never read the final test_* line
+    (final,) = [line for line in lines if "test_accuracy=" in line]
+    valid = {d["Name"]: d["Regex"] for d in metrics.METRIC_DEFINITIONS}["valid_accuracy"]
+    assert re.search(valid, final) is None or "valid_accuracy=" in final
+
+
+# ------------------------------------------------------------------ predict via a real serve
+class _Raw:
+    def __init__(self, body: bytes):
+        self._body = body
+
+    def stream(self, **_):
+        yield self._body
+
+
+@pytest.mark.slow
+def test_predict_goes_through_sdk_predictor_to_real_serve(server, capsys, monkeypatch):
+    session = boto3.Session(region_name=REGION)
+    sent = []
+
+    def to_serve(request, **_):
+        if not request.url.endswith("/invocations"):
+            return None
+        headers = {k: v.decode() if isinstance(v, bytes) else v
+                   for k, v in request.headers.items()
+                   if k in ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")}
+        sent.append(headers)
+        req = urllib.request.Request(server.url + "/invocations", data=request.body,
+                                     headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return AWSResponse(request.url, r.status, dict(r.headers), _Raw(r.read()))
+
+    session.events.register("before-send.sagemaker-runtime.InvokeEndpoint", to_serve)
+    monkeypatch.setattr(deploy, "make_boto_session", lambda region: session)
+    photos = [str(p) for p in DOG_PHOTOS[:2]]
+    code, out, err = run(capsys, "predict", "--endpoint", "dogs-ep", "-k", "2", *photos)
+    assert code == 0, err
+    assert sent and sent[0]["Content-Type"] == "image/jpeg"
+    assert sent[0]["X-Amzn-SageMaker-Custom-Attributes"] == "k=2"
+    classes = json.loads(_manifest_of(server).read_text())["class_names"] if "class_names" in json.loads(_manifest_of(server).read_text()) else json.loads(_manifest_of(server).read_text())
+    for photo in photos:
+        direct = urllib.request.Request(server.url + "/invocations",
+                                        data=open(photo, "rb").read(),
+                                        headers={"Content-Type": "image/jpeg"}, method="POST")
+        with urllib.request.urlopen(direct, timeout=60) as r:
+            top = json.loads(r.read())["predictions"][0]["top_k"][0]["label"]
+        row = next(line for line in out.splitlines() if line.startswith(photo.split("/")[-1]))
+        assert top in row, (top, row)
+    assert classes  # the manifest serve loaded names the labels printed
+
+
+def _manifest_of(server):
+    """The manifest.json of the model the running serve process loaded (its SM_MODEL_DIR)."""
+    from pathlib import Path
+
+    import psutil
+
+    env = psutil.Process(server.proc.pid).environ()
+    return Path(env["SM_MODEL_DIR"]) / "manifest.json"
+
+
+# ------------------------------------------------------------------------------------ local
+def test_local_builds_local_session_train_and_deploy(capsys, monkeypatch, tmp_path):
+    """Local mode without a Docker engine: the LocalSession, fit and deploy calls are checked;
+    the real run against podman is not part of this test."""
+    from sagemaker.estimator import Estimator
+    from sagemaker.local import LocalSession
+    from sagemaker.model import Model
+    from train.datasets import write_digits
+
+    data = write_digits(tmp_path / "digits", image_size=8, per_class=3)
+    seen = {}
+
+    def fit(self, inputs, job_name=None, **kw):
+        seen["fit"] = (self, inputs, job_name)
+        self._fake_model = f"file://{tmp_path}/out/model.tar.gz"
+
+    class FakePredictor:
+        serializer = None
+
+        def predict(self, data, custom_attributes=None):
+            return {"predictions": [{"top_k": [{"label": "digit_1", "index": 1,
+                                                "probability": 0.9}]}]}
+
+        def delete_endpoint(self):
+            seen["deleted"] = True
+
+    def deploy_(self, **kw):
+        seen["deploy"] = (self, kw)
+        return FakePredictor()
+
+    monkeypatch.setattr(Estimator, "fit", fit)
+    monkeypatch.setattr(Estimator, "model_data", property(lambda self: self._fake_model))
+    monkeypatch.setattr(Model, "deploy", deploy_)
+    code, out, err = run(capsys, "local", "--data-dir", str(data), "--mode", "local_gpu",
+                         "--hp", "epochs=1", "--output", str(tmp_path / "out"),
+                         "--images", str(DOG_PHOTOS[0]))
+    assert code == 0, err
+    est, inputs, _ = seen["fit"]
+    assert isinstance(est.sagemaker_session, LocalSession)
+    assert est.instance_type == "local_gpu" and est.image_uri == "sagemaker-dog-breeds:latest"
+    assert inputs == {s: f"file://{data / s}" for s in ("train", "valid", "test")}
+    assert est.hyperparameters() == {"epochs": "1"}
+    model, kw = seen["deploy"]
+    assert kw == {"initial_instance_count": 1, "instance_type": "local_gpu"}
+    assert model.model_data == f"file://{tmp_path}/out/model.tar.gz"
+    assert isinstance(model.sagemaker_session, LocalSession)
+    assert seen["deleted"] and "digit_1" in out
+
+
+# --------------------------------------------------------------------------------- settings
+def test_settings_file_then_environment_then_options(monkeypatch, tmp_path):
+    example = deploy.ROOT / "deploy.example.toml"
+    settings = deploy.load_settings(str(example))
+    assert settings["role"].startswith("arn:aws:iam::") and settings["region"] == "eu-west-1"
+    monkeypatch.setenv("DEPLOY_ENDPOINT", "from-env")
+    assert deploy.load_settings(str(example))["endpoint"] == "from-env"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('rgion = "x"\n')
+    with pytest.raises(deploy.UserError, match="unknown key"):
+        deploy.load_settings(str(bad))
