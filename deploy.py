@@ -453,10 +453,9 @@ def print_tuning_results(sm, name: str) -> int:
           f"{objective['MetricName']} ({objective['Type']})")
     jobs = tuning_jobs(sm, name)
     reverse = objective["Type"] == "Maximize"
+    missing = float("-inf") if reverse else float("inf")  # jobs without a value sort last
     scored = sorted(jobs, key=lambda j: j.get("FinalHyperParameterTuningJobObjectiveMetric",
-                                              {}).get("Value", float("nan") if False else
-                                                      (-1e300 if reverse else 1e300)),
-                    reverse=reverse)
+                                              {}).get("Value", missing), reverse=reverse)
     names = sorted({k for j in jobs for k in j.get("TunedHyperParameters", {})})
     header = ["training job", "status", objective["MetricName"]] + names
     rows = []

@@ -506,3 +506,25 @@ def test_settings_file_then_environment_then_options(monkeypatch, tmp_path):
     bad.write_text('rgion = "x"\n')
     with pytest.raises(deploy.UserError, match="unknown key"):
         deploy.load_settings(str(bad))
+
+
+@pytest.mark.parametrize("operation, code, message, expected", [
+    ("InvokeEndpoint", "ValidationException", "Endpoint dogs-ep of account 1 not found.",
+     "python deploy.py deploy"),
+    ("CreateTrainingJob", "ResourceLimitExceeded", "The account-level service limit "
+     "'ml.g5.xlarge for spot training job usage' is 0 Instances", "Service Quotas"),
+    ("PutObject", "AccessDenied", "Access Denied", "cannot be written"),
+    ("CreateEndpoint", "ValidationException", "Cannot create already existing endpoint",
+     "the AWS message says what to change"),
+])
+def test_aws_errors_become_one_line_with_a_fix(operation, code, message, expected):
+    from botocore.exceptions import ClientError
+
+    exc = ClientError({"Error": {"Code": code, "Message": message}}, operation)
+    line = deploy.describe_error(exc)
+    assert line.startswith(f"{operation} failed ({code})") and expected in line
+    assert "\n" not in line
+
+
+def test_a_bug_keeps_its_traceback():
+    assert deploy.describe_error(KeyError("x")) is None
