@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 IMAGE ?= sagemaker-dog-breeds
 TAG ?= latest
 # Debian packages the tests need: podman (with runc, as crun fails on cgroups on these
-# machines) and debootstrap for the container smoke test's local base image.
-SYSTEM_PACKAGES := podman runc debootstrap uidmap slirp4netns fuse-overlayfs
+# machines) and debootstrap for the container smoke test's local base image; chromium renders
+# the training report in a test.
+SYSTEM_PACKAGES := podman runc debootstrap uidmap slirp4netns fuse-overlayfs chromium
 
 .PHONY: venv system-deps test test-fast demo lint image bench clean
 

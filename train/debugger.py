@@ -33,14 +33,23 @@ def config_path(input_config_dir: str) -> Path | None:
     return None
 
 
-def create_hook(input_config_dir: str, model, loss_fn):
-    """An smdebug hook from the job's config with ``model`` and ``loss_fn`` registered, or None.
+# What the in-container rules (train/rules.py) need when the job has no hook config of its own:
+# the loss at every step, weights and gradients at the first steps and every RULES_INTERVAL
+# steps. Writing resnet50's gradients costs about 100 MB a save, hence the interval.
+RULES_INTERVAL = 100
+
+
+def create_hook(input_config_dir: str, model, loss_fn, rules_dir: str | None = None):
+    """An smdebug hook with ``model`` and ``loss_fn`` registered, or None.
+
+    From the job's config when there is one (SageMaker Debugger); else, when ``rules_dir`` is
+    given, a local hook writing what the in-container rules read to ``rules_dir``; else None.
 
     Raises:
-        TrainingError: the config exists but numpy 2 is installed, or the config is invalid.
+        TrainingError: numpy 2 is installed, or the job's config is invalid.
     """
     path = config_path(input_config_dir)
-    if path is None:
+    if path is None and rules_dir is None:
         return None
     if int(np.__version__.split(".")[0]) >= 2:
         raise TrainingError(
@@ -49,13 +58,20 @@ def create_hook(input_config_dir: str, model, loss_fn):
         )
     import smdebug.pytorch as smd
 
-    try:
-        hook = smd.Hook.create_from_json_file(str(path))
-    except Exception as exc:  # smdebug raises plain exceptions for a bad config
-        raise TrainingError(f"invalid debugger hook config {path}: {exc}") from exc
+    if path is not None:
+        try:
+            hook = smd.Hook.create_from_json_file(str(path))
+        except Exception as exc:  # smdebug raises plain exceptions for a bad config
+            raise TrainingError(f"invalid debugger hook config {path}: {exc}") from exc
+        logger.info("smdebug hook from %s writing to %s", path, hook.out_dir)
+    else:
+        hook = smd.Hook(out_dir=rules_dir, include_collections=["losses", "weights", "gradients"],
+                        save_config=smd.SaveConfig(save_interval=RULES_INTERVAL,
+                                                   save_steps=[0, 1]))
+        hook.get_collection("losses").save_config = smd.SaveConfig(save_interval=1)
+        logger.info("smdebug hook for the in-container rules writing to %s", rules_dir)
     hook.register_module(model)
     hook.register_loss(loss_fn)
-    logger.info("smdebug hook from %s writing to %s", path, hook.out_dir)
     return hook
 
 

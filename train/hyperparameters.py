@@ -119,6 +119,9 @@ SPECS: dict[str, Spec] = {
                                  "cap per class and channel, for quick runs"),
     "pretrained": Spec(_bool, True, "true or false",
                        "start from ImageNet weights (pretrained channel or torchvision's cache)"),
+    "debugger-rules": Spec(_bool, True, "true or false",
+                           "evaluate the debugger and profiler rules in the container and write "
+                           "output/data/report/ (false: no hook, no monitoring)"),
     "processes-per-host": Spec(_int(0, 64), 0, "an integer from 0 to 64 (0: one per GPU, else 1)",
                                "training processes per host; more than one in all runs DDP"),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from train import artifact, checkpoint, data, debugger, metrics, model as model_lib, outputs
+from train import monitor as monitor_lib, report, rules
 from train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -124,7 +126,16 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[d.local_rank] if self.cuda else None,
                 find_unused_parameters=bool(self.backbone and hp["freeze-epochs"]))
-        self.hook = debugger.create_hook(job.input_config_dir, self.net, self.loss_fn)
+        # Debugger and profiler rules in the container (train/rules.py): a local smdebug hook
+        # when the job configured none, step timings, utilisation samples and a trace.
+        self.rules = bool(hp["debugger-rules"])
+        rules_dir = tempfile.mkdtemp(prefix="smdebug-") if self.rules else None
+        self.hook = debugger.create_hook(job.input_config_dir, self.net, self.loss_fn, rules_dir)
+        self.report_dir = Path(job.output_data_dir) / "report"
+        self.monitor = monitor_lib.StepMonitor() if self.rules else None
+        self.sampler = monitor_lib.SystemSampler() if self.rules and d.main else None
+        self.trace = (monitor_lib.TraceWindow(self.report_dir / report.TRACE_JSON, cuda=self.cuda)
+                      if self.rules and d.main else None)
         self.history: list[dict] = []
         self.start_epoch = 0
         self.best = {"valid_loss": math.inf, "epoch": -1}
@@ -187,7 +198,10 @@ class Trainer:
         debugger.set_mode(self.hook, train=True)
         loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
         start = time.perf_counter()
-        for step, (images, labels, n_skipped) in enumerate(self.loaders["train"]):
+        batches = self.loaders["train"]
+        if self.monitor is not None:
+            batches = self.monitor.iterate(batches, epoch)
+        for step, (images, labels, n_skipped) in enumerate(batches):
             skipped += n_skipped
             if images.numel() == 0:
                 continue
@@ -204,6 +218,10 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             n = labels.shape[0]
+            if self.monitor is not None:
+                self.monitor.step_end(n)  # loss.item() above synchronised the step
+            if self.trace is not None:
+                self.trace.step()
             loss_sum += loss_value * n
             correct += int((logits.argmax(1) == labels).sum())
             seen += n
@@ -260,6 +278,8 @@ class Trainer:
     def fit(self) -> None:
         hp = self.hp
         patience = hp["early-stopping-patience"]
+        if self.sampler is not None:
+            self.sampler.start()
         for epoch in range(self.start_epoch, hp["epochs"]):
             lr = self.optimizer.param_groups[0]["lr"]
             row = {"epoch": epoch + 1}
@@ -298,6 +318,8 @@ class Trainer:
             self.hook.close()
         if not self.d.main:
             return
+        if self.rules:
+            self.write_report()
         labels = [data.readable_label(c) for c in self.classes]
         outputs.write(Path(self.job.output_data_dir), self.history, final, labels, matrix, split)
         plain = model_lib.build(self.hp["arch"], len(self.classes))
@@ -311,6 +333,23 @@ class Trainer:
         logger.info("model artifact written: %s", manifest.parent)
 
 
+    def write_report(self) -> None:
+        """Evaluate every rule, log one ``rule_<Name>=0|1`` line, write report.html/summary.json."""
+        self.sampler.stop()
+        self.trace.close()
+        results = []
+        if self.hook is not None:
+            results += rules.evaluate_trial(self.hook.out_dir)
+        results += [rules.overfit(self.history), rules.overtraining(self.history)]
+        results += rules.system_rules(self.monitor.steps, self.sampler.samples)
+        metrics.log_metrics({f"rule_{r.name}": int(r.status == rules.TRIGGERED)
+                             for r in results if r.status != rules.NO_DATA})
+        path = report.write_report(self.report_dir, results, self.history, self.monitor.steps,
+                                   self.sampler.samples, self.job.job_name, self.trace.written)
+        fired = [r.name for r in results if r.status == rules.TRIGGERED]
+        logger.info("debugger report %s: %s", path, ", ".join(fired) or "no rule triggered")
+
+
 def run(job: Job, d: Dist | None = None) -> None:
     """Train, evaluate and write the artifact.
 
@@ -320,5 +359,16 @@ def run(job: Job, d: Dist | None = None) -> None:
     d = d or Dist()
     trainer = Trainer(job, d)
     trainer.resume()
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingError:
+        # A failing job (a NaN loss) is when the rules matter most: report, then fail.
+        if trainer.rules and d.main:
+            try:
+                if trainer.hook is not None:
+                    trainer.hook.close()
+                trainer.write_report()
+            except Exception:  # noqa: BLE001 - the job's own failure is the one to report
+                logger.exception("could not write the debugger report")
+        raise
     trainer.finish()

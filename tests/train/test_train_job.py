@@ -151,9 +151,12 @@ def test_smdebug_hook_saves_losses_in_train_and_eval(tmp_path, tiny_digits):
     assert np.isfinite(tensor.value(tensor.steps(mode=modes.TRAIN)[0], mode=modes.TRAIN))
 
 
-def test_no_hook_config_means_no_tensors(trained_job):
-    assert "smdebug hook" not in trained_job.log
-    assert not list(trained_job.base.rglob("*.tfevents"))
+def test_no_hook_config_and_rules_off_means_no_hook(tmp_path, tiny_digits):
+    run = run_train(make_job(tmp_path / "ml", digit_channels(tiny_digits),
+                             dict(TINY, **{"debugger-rules": False})))
+    assert run.returncode == 0, run.log[-3000:]
+    assert "smdebug hook" not in run.log
+    assert not (run.output_dir / "data" / "report").exists()
 
 
 # ------------------------------------------------------------------ pretrained weights

@@ -1,0 +1,223 @@
+"""Step and system metrics recorded inside the training loop, for the profiler rules and report.
+
+What SageMaker's profiler agent recorded on the host (step duration, data-loader wait, CPU and GPU
+utilisation, GPU memory) we record in-process, because the managed Debugger/Profiler service closed
+to new customers on 2026-07-30 (DESIGN.md). Cost per step: two ``time.perf_counter`` calls and a list
+append; a daemon thread samples utilisation every ``sample_interval_s`` (psutil, and NVML through
+nvidia-ml-py when a GPU is present). A torch.profiler trace (Chrome trace format) covers a few steps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import psutil
+
+
+@dataclass
+class StepRecord:
+    """One training step: ``step`` (global, 0-based), ``epoch``, ``wait_ms`` (time blocked on the
+    DataLoader), ``step_ms`` (whole iteration: wait plus compute), ``batch_size`` (images)."""
+
+    step: int
+    epoch: int
+    wait_ms: float
+    step_ms: float
+    batch_size: int
+    first_of_epoch: bool
+
+
+@dataclass
+class SystemSample:
+    """One utilisation sample: ``t_s`` seconds since the monitor started, ``cpu_percent``
+    (0-100, all cores), ``rss_bytes`` of this process, and per-GPU utilisation (0-100) and used
+    memory (bytes) when NVML sees GPUs (empty lists otherwise)."""
+
+    t_s: float
+    cpu_percent: float
+    rss_bytes: int
+    gpu_percent: list[float] = field(default_factory=list)
+    gpu_memory_bytes: list[int] = field(default_factory=list)
+    gpu_memory_total_bytes: list[int] = field(default_factory=list)
+
+
+class _Nvml:
+    """NVML (nvidia-ml-py) when a driver is present; ``available`` is False otherwise."""
+
+    def __init__(self) -> None:
+        self.handles = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self.handles = [
+                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+        except Exception:  # no driver, no library, no GPU: all mean "no GPU metrics"
+            self.handles = []
+
+    @property
+    def available(self) -> bool:
+        return bool(self.handles)
+
+    def read(self) -> tuple[list[float], list[int], list[int]]:
+        util, used, total = [], [], []
+        for h in self.handles:
+            util.append(float(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu))
+            mem = self._nvml.nvmlDeviceGetMemoryInfo(h)
+            used.append(int(mem.used))
+            total.append(int(mem.total))
+        return util, used, total
+
+
+class SystemSampler:
+    """Samples CPU, memory and (when present) GPU utilisation on a daemon thread.
+
+    Args:
+        interval_s: seconds between samples (default 0.5; psutil's cpu_percent is the average over
+            the interval, so shorter intervals are noisier, not costlier).
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.samples: list[SystemSample] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._nvml = _Nvml()
+        self._process = psutil.Process()
+        self._t0 = time.perf_counter()
+
+    @property
+    def has_gpu(self) -> bool:
+        return self._nvml.available
+
+    def start(self) -> "SystemSampler":
+        psutil.cpu_percent(interval=None)  # primes the counter: the first real reading is an average
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="system-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.samples.append(self._sample())
+
+    def _sample(self) -> SystemSample:
+        gpu, used, total = self._nvml.read() if self._nvml.available else ([], [], [])
+        return SystemSample(
+            t_s=time.perf_counter() - self._t0,
+            cpu_percent=psutil.cpu_percent(interval=None),
+            rss_bytes=self._process.memory_info().rss,
+            gpu_percent=gpu,
+            gpu_memory_bytes=used,
+            gpu_memory_total_bytes=total,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+class StepMonitor:
+    """Times every training step and the DataLoader wait inside it.
+
+    Use::
+
+        monitor = StepMonitor()
+        for epoch in ...:
+            for images, labels in monitor.iterate(train_loader, epoch):
+                ...forward, backward, step...
+                monitor.step_end(batch_size=images.shape[0])
+
+    ``iterate`` measures how long ``next()`` on the loader blocks (``wait_ms``); ``step_end`` closes
+    the step (``step_ms`` = from asking for the batch to the end of the optimiser step). On CUDA
+    the step time is only honest when the step synchronises (``loss.item()`` does).
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[StepRecord] = []
+        self._step_start = 0.0
+        self._wait_ms = 0.0
+        self._epoch = 0
+        self._first = True
+        self._open = False
+
+    def iterate(self, loader: Iterable, epoch: int) -> Iterator:
+        """Yield the batches of ``loader``, timing the wait for each one."""
+        self._epoch = epoch
+        self._first = True
+        iterator = iter(loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self._step_start = start
+            self._wait_ms = (time.perf_counter() - start) * 1000.0
+            self._open = True
+            yield batch
+
+    def step_end(self, batch_size: int) -> StepRecord | None:
+        """Close the step opened by the last batch; returns its record (None if no step is open)."""
+        if not self._open:
+            return None
+        record = StepRecord(
+            step=len(self.steps),
+            epoch=self._epoch,
+            wait_ms=self._wait_ms,
+            step_ms=(time.perf_counter() - self._step_start) * 1000.0,
+            batch_size=int(batch_size),
+            first_of_epoch=self._first,
+        )
+        self.steps.append(record)
+        self._first = False
+        self._open = False
+        return record
+
+
+class TraceWindow:
+    """A torch.profiler trace (Chrome trace format) of ``active`` training steps after ``skip``
+    steps of the first epoch, written to ``path`` (open it in chrome://tracing or Perfetto).
+
+    Call ``step()`` once per training step; it starts, advances and stops the profiler itself, so
+    steps outside the window cost one integer comparison.
+    """
+
+    def __init__(self, path: Path, skip: int = 2, active: int = 3, cuda: bool = False) -> None:
+        self.path = Path(path)
+        self.skip, self.active, self.cuda = skip, active, cuda
+        self._n = 0
+        self._prof = None
+        self.written = False
+
+    def step(self) -> None:
+        import torch.profiler as tp
+
+        n = self._n
+        self._n += 1
+        if n == self.skip and not self.written:
+            activities = [tp.ProfilerActivity.CPU]
+            if self.cuda:
+                activities.append(tp.ProfilerActivity.CUDA)
+            self._prof = tp.profile(activities=activities, record_shapes=False)
+            self._prof.__enter__()
+        elif self._prof is not None and n == self.skip + self.active:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the profiler if it runs and write the trace."""
+        if self._prof is None:
+            return
+        prof, self._prof = self._prof, None
+        prof.__exit__(None, None, None)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(self.path))
+        self.written = True
