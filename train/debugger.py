@@ -34,8 +34,8 @@ def config_path(input_config_dir: str) -> Path | None:
 
 
 # What the in-container rules (train/rules.py) need when the job has no hook config of its own:
-# the loss at every step, weights and gradients at the first steps and every RULES_INTERVAL
-# steps. Writing resnet50's gradients costs about 100 MB a save, hence the interval.
+# the loss at every step, weights and gradients at the first step and every RULES_INTERVAL
+# steps. Writing resnet50's weights and gradients costs about 200 MB a save, hence the interval.
 RULES_INTERVAL = 100
 
 
@@ -67,7 +67,7 @@ def create_hook(input_config_dir: str, model, loss_fn, rules_dir: str | None = N
     else:
         hook = smd.Hook(out_dir=rules_dir, include_collections=["losses", "weights", "gradients"],
                         save_config=smd.SaveConfig(save_interval=RULES_INTERVAL,
-                                                   save_steps=[0, 1]))
+                                                   save_steps=[0]))
         hook.get_collection("losses").save_config = smd.SaveConfig(save_interval=1)
         logger.info("smdebug hook for the in-container rules writing to %s", rules_dir)
     hook.register_module(model)

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""What the in-container debugger and profiler rules cost: the same training job with
+``debugger-rules=false`` and ``true``, each in its own process (smdebug keeps process-wide
+state), alternating, in the same run. Wall time covers the whole job: epochs, evaluation, the
+hook's saves, the rule evaluation, the report and the artifact.
+
+    .venv/bin/python benchmarks/bench_rules.py [--arch resnet18] [--images 160] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_train import make_folder  # noqa: E402
+
+JOB = """
+import sys
+from train import hyperparameters, loop
+root, out, arch, epochs, rules = sys.argv[1:6]
+hp = hyperparameters.parse({"arch": arch, "pretrained": False, "epochs": epochs,
+                            "batch-size": 16, "debugger-rules": rules})
+loop.run(loop.Job(channels={c: f"{root}/{c}" for c in ("train", "valid")}, hyperparameters=hp,
+                  model_dir=f"{out}/model", output_data_dir=f"{out}/data",
+                  checkpoint_dir=f"{out}/ckpt", input_config_dir=f"{out}/config"))
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--images", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    times = {"false": [], "true": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        make_folder(Path(tmp) / "data", args.images)
+        for i in range(args.repeats):
+            for rules in ("false", "true"):
+                out = Path(tmp) / f"run-{i}-{rules}"
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-c", JOB, f"{tmp}/data", str(out), args.arch,
+                                str(args.epochs), rules], check=True, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                times[rules].append(time.perf_counter() - start)
+    off, on = statistics.median(times["false"]), statistics.median(times["true"])
+    print(f"{args.arch}, image size 224, {args.images} images x {args.epochs} epochs, "
+          f"batch 16, {args.repeats} runs each")
+    print(f"debugger-rules=false: {off:.1f} s  (runs: {', '.join(f'{t:.1f}' for t in times['false'])})")
+    print(f"debugger-rules=true:  {on:.1f} s  (runs: {', '.join(f'{t:.1f}' for t in times['true'])})")
+    print(f"overhead ratio: {on / off:.3f} (goal <= 1.05)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
