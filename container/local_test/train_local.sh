@@ -17,7 +17,8 @@ from pathlib import Path
 from train.local import write_job
 base, data = Path(sys.argv[1]), Path(sys.argv[2])
 channels = {c: data / c for c in ("train", "valid", "test") if (data / c).is_dir()}
-write_job(base, channels, {"arch": "resnet18", "epochs": 2, "image-size": 32,
+write_job(base, channels, {"arch": "resnet18", "epochs": 5, "image-size": 32,
+                           "min-crop-scale": 0.6,
                            "pretrained": False, "batch-size": 32, "lr": 0.05}, copy=True)
 PY
 )
