@@ -15,31 +15,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from train.checkpoint import atomic_write
 from train.data import Preprocess, readable_label
-from train.errors import TrainingError
 
 FORMAT = "sagemaker-dog-breeds/model"
 FORMAT_VERSION = 1
 PROGRAM = "model.pt2"
 MANIFEST = "manifest.json"
 MAX_BATCH = 1024
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise TrainingError(f"cannot write the model artifact {path}: {exc}") from exc
 
 
 def _sha256(path: Path) -> str:
@@ -72,7 +61,8 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / MANIFEST).unlink(missing_ok=True)  # an older artifact is incomplete from here on
     program = export(model, pre.crop)
-    _atomic_write(model_dir / PROGRAM, lambda p: torch.export.save(program, str(p)))
+    atomic_write(model_dir / PROGRAM, lambda p: torch.export.save(program, str(p)),
+                 "the model program")
     digest = _sha256(model_dir / PROGRAM)
     manifest = {
         "format": FORMAT,
@@ -101,5 +91,5 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
         "hyperparameters": hyperparameters,
     }
     path = model_dir / MANIFEST
-    _atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2)), "the manifest")
     return path

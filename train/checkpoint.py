@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -26,25 +26,37 @@ PATTERN = re.compile(r"^epoch-(\d{4,})\.pt$")
 KEEP = 2  # newest checkpoints kept; older ones are deleted after a successful write
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file, fsync and rename.
+def atomic_write(path: Path, write: Callable[[Path], None], what: str = "file") -> None:
+    """Write ``path`` through ``write(temporary path)``, fsync and rename, so a crash or a full
+    disk leaves the previous file (or none), never half of one. The temporary name keeps the
+    final suffix (torch.export wants ``.pt2``) and starts with a dot.
 
     Raises:
         TrainingError: the disk is full or not writable (the previous file at ``path`` stays).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".tmp-{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        what = "no space left on the device" if exc.errno == errno.ENOSPC else str(exc)
-        raise TrainingError(f"cannot write {path}: {what}; earlier files are kept") from exc
+        cause = "no space left on the device" if exc.errno == errno.ENOSPC else str(exc)
+        raise TrainingError(f"cannot write {what} {path}: {cause}; earlier files are "
+                            f"kept") from exc
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` ``obj`` to ``path`` with ``atomic_write``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write, "checkpoint")
 
 
 def save(checkpoint_dir: Path, epoch: int, state: dict) -> Path:

@@ -77,7 +77,6 @@ def _float(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: b
 
 
 def _arch(v: Any) -> str:
-
     name = str(v).strip()
     if name not in classification_models():
         raise ValueError(v)
