@@ -7,7 +7,6 @@ import tarfile
 
 import boto3
 
-import deploy
 from tests.deploy.test_deploy_cli import BUCKET, REGION, ROLE, aws, aws_env, run  # noqa: F401
 
 
@@ -48,4 +47,3 @@ def test_report_before_the_job_wrote_output_is_one_line(aws, capsys, tmp_path): 
 def test_report_of_an_unknown_job_is_one_line(aws, capsys, tmp_path):  # noqa: F811
     code, out, err = run(capsys, "report", "nope", "--output", str(tmp_path))
     assert code == 1 and err.count("\n") == 1
-    assert deploy  # the module under test
