@@ -34,16 +34,36 @@ def config_path(input_config_dir: str) -> Path | None:
 
 
 # What the in-container rules (train/rules.py) need when the job has no hook config of its own:
-# the loss at every step, weights and gradients at the first step and every RULES_INTERVAL
-# steps. Writing resnet50's weights and gradients costs about 200 MB a save, hence the interval.
-RULES_INTERVAL = 100
+# the loss at every step; for weights and gradients only per-tensor reductions (a float per
+# tensor instead of the tensor: resnet50's weights and gradients are about 200 MB a save) at
+# about RULES_SAVES training steps spread over the job, step 0 included, never closer than
+# RULES_MIN_INTERVAL steps. The rules read them through smdebug's ``Tensor.reduction_value``,
+# which computes the same reduction from the whole tensor when a job's own hook config
+# (SageMaker Debugger) saved that instead. Each reduction is one more pass over the tensor, so
+# only what a rule reads: std of weights (PoorWeightInitialization; NaN/inf make it non-finite,
+# for ExplodingTensor) and mean |gradient| (VanishingGradient, ExplodingTensor).
+RULES_SAVES = 10
+RULES_MIN_INTERVAL = 50
+RULES_REDUCTIONS = {
+    "weights": {"reductions": ["std"], "save_shape": True},
+    "gradients": {"abs_reductions": ["mean"]},
+}
 
 
-def create_hook(input_config_dir: str, model, loss_fn, rules_dir: str | None = None):
+def rules_save_steps(total_steps: int) -> list[int]:
+    """The TRAIN steps at which the rules hook saves weights and gradients: 0, then every
+    ``max(RULES_MIN_INTERVAL, ceil(total_steps / RULES_SAVES))`` steps before ``total_steps``."""
+    interval = max(RULES_MIN_INTERVAL, -(-int(total_steps) // RULES_SAVES))
+    return list(range(0, max(int(total_steps), 1), interval))
+
+
+def create_hook(input_config_dir: str, model, loss_fn, rules_dir: str | None = None,
+                total_steps: int = 0):
     """An smdebug hook with ``model`` and ``loss_fn`` registered, or None.
 
     From the job's config when there is one (SageMaker Debugger); else, when ``rules_dir`` is
-    given, a local hook writing what the in-container rules read to ``rules_dir``; else None.
+    given, a local hook writing what the in-container rules read to ``rules_dir``, with weights
+    and gradients at ``rules_save_steps(total_steps)`` (TRAIN steps); else None.
 
     Raises:
         TrainingError: numpy 2 is installed, or the job's config is invalid.
@@ -65,11 +85,18 @@ def create_hook(input_config_dir: str, model, loss_fn, rules_dir: str | None = N
             raise TrainingError(f"invalid debugger hook config {path}: {exc}") from exc
         logger.info("smdebug hook from %s writing to %s", path, hook.out_dir)
     else:
+        never = smd.SaveConfigMode(start_step=0, end_step=0)
+        steps = rules_save_steps(total_steps)
         hook = smd.Hook(out_dir=rules_dir, include_collections=["losses", "weights", "gradients"],
-                        save_config=smd.SaveConfig(save_interval=RULES_INTERVAL,
-                                                   save_steps=[0]))
+                        save_config=smd.SaveConfig(mode_save_configs={
+                            smd.modes.TRAIN: smd.SaveConfigMode(save_steps=steps),
+                            smd.modes.EVAL: never, smd.modes.PREDICT: never,
+                            smd.modes.GLOBAL: never}))
         hook.get_collection("losses").save_config = smd.SaveConfig(save_interval=1)
-        logger.info("smdebug hook for the in-container rules writing to %s", rules_dir)
+        for name, reductions in RULES_REDUCTIONS.items():
+            hook.get_collection(name).reduction_config = smd.ReductionConfig(**reductions)
+        logger.info("smdebug hook for the in-container rules writing to %s (weights and "
+                    "gradients at steps %s)", rules_dir, ", ".join(map(str, steps)))
     hook.register_module(model)
     hook.register_loss(loss_fn)
     return hook

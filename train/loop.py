@@ -130,7 +130,8 @@ class Trainer:
         # when the job configured none, step timings, utilisation samples and a trace.
         self.rules = bool(hp["debugger-rules"])
         rules_dir = tempfile.mkdtemp(prefix="smdebug-") if self.rules else None
-        self.hook = debugger.create_hook(job.input_config_dir, self.net, self.loss_fn, rules_dir)
+        self.hook = debugger.create_hook(job.input_config_dir, self.net, self.loss_fn, rules_dir,
+                                         len(self.loaders["train"]) * hp["epochs"])
         self.report_dir = Path(job.output_data_dir) / "report"
         self.monitor = monitor_lib.StepMonitor() if self.rules else None
         self.sampler = monitor_lib.SystemSampler() if self.rules and d.main else None
@@ -318,36 +319,50 @@ class Trainer:
             self.hook.close()
         if not self.d.main:
             return
-        if self.rules:
-            self.write_report()
-        labels = [data.readable_label(c) for c in self.classes]
-        outputs.write(Path(self.job.output_data_dir), self.history, final, labels, matrix, split)
-        plain = model_lib.build(self.hp["arch"], len(self.classes))
-        plain.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
-        summary = dict(final)
-        if self.history:
-            summary.update({k: self.history[-1][k] for k in ("valid_loss", "valid_accuracy")})
-        summary["best_epoch"] = self.best["epoch"]
-        manifest = artifact.write(Path(self.job.model_dir), plain, self.hp["arch"], self.classes,
-                                  self.pre, self.job.job_name, summary, self.hp)
-        logger.info("model artifact written: %s", manifest.parent)
+        pending = self.start_report() if self.rules else None
+        try:
+            labels = [data.readable_label(c) for c in self.classes]
+            outputs.write(Path(self.job.output_data_dir), self.history, final, labels, matrix,
+                          split)
+            plain = model_lib.build(self.hp["arch"], len(self.classes))
+            plain.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
+            summary = dict(final)
+            if self.history:
+                summary.update({k: self.history[-1][k] for k in ("valid_loss", "valid_accuracy")})
+            summary["best_epoch"] = self.best["epoch"]
+            manifest = artifact.write(Path(self.job.model_dir), plain, self.hp["arch"],
+                                      self.classes, self.pre, self.job.job_name, summary, self.hp)
+            logger.info("model artifact written: %s", manifest.parent)
+        finally:
+            if pending is not None:
+                try:
+                    self.finish_report(pending)
+                except RuntimeError as exc:  # the model is good: keep the job, say what is missing
+                    logger.error("debugger report not written: %s", exc)
 
-
-    def write_report(self) -> None:
-        """Evaluate every rule, log one ``rule_<Name>=0|1`` line, write report.html/summary.json."""
+    def start_report(self) -> report.ReportProcess:
+        """Stop the monitors, evaluate every rule, log one ``rule_<Name>=0|1`` metric line and the
+        rules that fired, and start writing report.html and summary.json in a child process
+        (train.report.ReportProcess). The hook must be closed."""
         self.sampler.stop()
         self.trace.close()
-        results = []
-        if self.hook is not None:
-            results += rules.evaluate_trial(self.hook.out_dir)
-        results += [rules.overfit(self.history), rules.overtraining(self.history)]
-        results += rules.system_rules(self.monitor.steps, self.sampler.samples)
+        results = rules.evaluate_all(self.hook.out_dir if self.hook else None, self.history,
+                                     self.monitor.steps, self.sampler.samples)
         metrics.log_metrics({f"rule_{r.name}": int(r.status == rules.TRIGGERED)
                              for r in results if r.status != rules.NO_DATA})
-        path = report.write_report(self.report_dir, results, self.history, self.monitor.steps,
-                                   self.sampler.samples, self.job.job_name, self.trace.written)
         fired = [r.name for r in results if r.status == rules.TRIGGERED]
-        logger.info("debugger report %s: %s", path, ", ".join(fired) or "no rule triggered")
+        logger.info("debugger rules: %s", ", ".join(fired) or "none triggered")
+        return report.ReportProcess(self.report_dir, results, self.history, self.monitor.steps,
+                                    self.sampler.samples, self.job.job_name, self.trace.written)
+
+    @staticmethod
+    def finish_report(pending: report.ReportProcess) -> None:
+        """Wait for the report.
+
+        Raises:
+            RuntimeError: the report process failed.
+        """
+        logger.info("debugger report written: %s", pending.wait())
 
 
 def run(job: Job, d: Dist | None = None) -> None:
@@ -367,7 +382,7 @@ def run(job: Job, d: Dist | None = None) -> None:
             try:
                 if trainer.hook is not None:
                     trainer.hook.close()
-                trainer.write_report()
+                trainer.finish_report(trainer.start_report())
             except Exception:  # noqa: BLE001 - the job's own failure is the one to report
                 logger.exception("could not write the debugger report")
         raise

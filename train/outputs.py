@@ -33,10 +33,9 @@ def write(output_dir: Path, history: list[dict], final: dict, classes: list[str]
         final: the final evaluation's metrics (test_accuracy, ... or valid_*).
         confusion: int64 [C, C] of the final evaluation on ``split`` (None: none made).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib's object API, not pyplot: no global figure state, no GUI backend to choose, and
+    # a third less import time (matplotlib's "Embed in a web application server" advice).
+    from matplotlib.figure import Figure
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +46,8 @@ def write(output_dir: Path, history: list[dict], final: dict, classes: list[str]
     paths = [output_dir / METRICS_JSON]
     paths[0].write_text(json.dumps(doc, indent=2))
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
     for key in ("train_loss", "valid_loss"):
         ax_loss.plot(epochs, [h[key] for h in history], marker="o", label=key)
@@ -59,12 +59,12 @@ def write(output_dir: Path, history: list[dict], final: dict, classes: list[str]
     ax_acc.legend()
     fig.tight_layout()
     fig.savefig(output_dir / CURVES_PNG, dpi=100)
-    plt.close(fig)
     paths.append(output_dir / CURVES_PNG)
 
     if confusion is not None:
         size = min(16, 4 + len(classes) * 0.1)
-        fig, ax = plt.subplots(figsize=(size, size))
+        fig = Figure(figsize=(size, size))
+        ax = fig.subplots()
         rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
         ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
         ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix ({split}, row-normalised)")
@@ -73,6 +73,5 @@ def write(output_dir: Path, history: list[dict], final: dict, classes: list[str]
             ax.set_yticks(range(len(classes)), classes, fontsize=7)
         fig.tight_layout()
         fig.savefig(output_dir / CONFUSION_PNG, dpi=100)
-        plt.close(fig)
         paths.append(output_dir / CONFUSION_PNG)
     return paths

@@ -12,6 +12,11 @@ import base64
 import html
 import io
 import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -26,21 +31,22 @@ TRACE_JSON = "trace.json"
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    fig.savefig(buf, format="png", dpi=90)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _axes(figsize=(7, 3.2)):
+    # matplotlib's object API, not pyplot (see train/outputs.py); constrained layout fits the
+    # labels in one drawing pass, where bbox_inches="tight" draws every figure twice.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots()
+
+
 def _plots(history: Sequence[dict], steps: Sequence, samples: Sequence) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     plots = {}
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = _axes()
     epochs = [h["epoch"] for h in history]
     for key, style in (("train_loss", "o-"), ("valid_loss", "s-")):
         ys = [h.get(key, np.nan) for h in history]
@@ -53,7 +59,7 @@ def _plots(history: Sequence[dict], steps: Sequence, samples: Sequence) -> dict[
         ax.legend()
     plots["loss"] = _png(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = _axes()
     times = np.array([s.step_ms for s in steps if not s.first_of_epoch])
     limit = step_outlier_limit_ms(steps)
     if times.size:
@@ -70,7 +76,7 @@ def _plots(history: Sequence[dict], steps: Sequence, samples: Sequence) -> dict[
     ax.set_title("Step time")
     plots["steps"] = _png(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = _axes()
     if samples:
         t = [s.t_s for s in samples]
         ax.plot(t, [s.cpu_percent for s in samples], label="CPU %")
@@ -187,3 +193,65 @@ img {{ max-width: 100%; }}
     path = report_dir / REPORT_HTML
     path.write_text(page, encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# The report in a process of its own.
+# --------------------------------------------------------------------------------------------
+# Drawing the plots costs about a second of Python (matplotlib's import, font set-up and
+# drawing). Done in-line, at the end of training, that second adds straight to the job. In a
+# child process it overlaps the artifact export and the metrics plots, which keep one core busy.
+# A plain ``python -m train.report`` child, not multiprocessing: it imports neither torch nor the
+# job's __main__ (the toolkit's or torchrun's), only numpy and matplotlib.
+class ReportProcess:
+    """Writes ``report.html`` and ``summary.json`` (the arguments of :func:`write_report`) in a
+    child process; ``wait()`` returns the HTML's path.
+
+    Raises (from ``wait``):
+        RuntimeError: the child failed or ran past ``timeout_s``; the message holds its stderr.
+    """
+
+    def __init__(self, report_dir: Path, rules: Sequence[RuleResult], history: Sequence[dict],
+                 steps: Sequence, samples: Sequence, job_name: str = "local",
+                 trace_written: bool = False) -> None:
+        self.report_dir = Path(report_dir)
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        args = (str(self.report_dir), list(rules), list(history), list(steps), list(samples),
+                job_name, trace_written)
+        fd, self._inputs = tempfile.mkstemp(prefix="report-inputs-", suffix=".pkl")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(args, f)
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen([sys.executable, "-m", "train.report", self._inputs],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
+
+    def wait(self, timeout_s: float = 600.0) -> Path:
+        try:
+            code = self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+            code = f"killed after {timeout_s:.0f} s"
+        finally:
+            os.unlink(self._inputs)
+        self._stderr.seek(0)
+        err = self._stderr.read().decode("utf-8", "replace")[-3000:]
+        self._stderr.close()
+        if code != 0:
+            raise RuntimeError(f"report process failed ({code}): {err}")
+        return self.report_dir / REPORT_HTML
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m train.report ARGS.pkl``: the child side of :class:`ReportProcess`."""
+    with open(argv[0], "rb") as f:
+        args = pickle.load(f)
+    write_report(*args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -21,12 +21,15 @@ the report states:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
 TRIGGERED, OK, NO_DATA = "triggered", "ok", "no data"
+# smdebug.core.config_constants.TRAINING_END_DELAY_REFRESH_KEY (seconds, default 1)
+TRAINING_END_DELAY_REFRESH = "SMDEBUG_TRAINING_END_DELAY_REFRESH"
 
 
 @dataclass
@@ -87,6 +90,12 @@ def _tensor_rules():
     """Build the smdebug Rule subclasses lazily, so importing this module needs no smdebug."""
     Rule = _rule_base()
     from smdebug.core.modes import ModeKeys
+    from smdebug.exceptions import ShapeUnavailableForStep
+
+    def reduction(tensor, step, name, abs_=False) -> float:
+        """One reduction of ``tensor`` at ``step`` as a float: the saved one when the hook saved
+        reductions (ours does), else smdebug computes it from the saved tensor."""
+        return float(tensor.reduction_value(step, name, abs=abs_))
 
     class VanishingGradient(Rule):
         """Triggers when the mean absolute value of any gradient tensor falls below
@@ -101,32 +110,36 @@ def _tensor_rules():
                 tensor = self.base_trial.tensor(name)
                 if step not in tensor.steps():
                     continue
-                value = np.asarray(tensor.value(step), dtype=np.float64)
-                if value.size and float(np.mean(np.abs(value))) < self.threshold:
+                if reduction(tensor, step, "mean", abs_=True) < self.threshold:
                     self.detail = f"mean |{name}| below {self.threshold:g} at step {step}"
                     return True
             return False
 
     class ExplodingTensor(Rule):
-        """Triggers when any saved loss, gradient or weight holds NaN or infinity."""
+        """Triggers when any saved loss, gradient or weight holds NaN or infinity. Read from one
+        reduction per collection: NaN and infinity make a mean or a standard deviation
+        non-finite, so the reductions the hook saves suffice."""
+
+        CHECKS = {"losses": ("max", True), "gradients": ("mean", True), "weights": ("std", False)}
 
         def __init__(self, base_trial):
             super().__init__(base_trial, action_str="")
 
         def invoke_at_step(self, step):
-            for collection in ("losses", "gradients", "weights"):
+            for collection, (red, abs_) in self.CHECKS.items():
                 for name in self.base_trial.tensor_names(collection=collection):
                     tensor = self.base_trial.tensor(name)
                     if step not in tensor.steps():
                         continue
-                    if not np.all(np.isfinite(np.asarray(tensor.value(step), dtype=np.float64))):
+                    if not math.isfinite(reduction(tensor, step, red, abs_=abs_)):
                         self.detail = f"{name} is not finite at step {step}"
                         return True
             return False
 
     class PoorWeightInitialization(Rule):
         """Triggers when, at the first saved step, a weight tensor of two or more dimensions is
-        constant (standard deviation below ``std_threshold``), e.g. an all-zero layer."""
+        constant (standard deviation below ``std_threshold``), e.g. an all-zero layer.
+        (One-dimensional weights are left out: BatchNorm starts at a constant 1 by design.)"""
 
         def __init__(self, base_trial, std_threshold: float = 1e-8):
             super().__init__(base_trial, action_str="")
@@ -141,9 +154,14 @@ def _tensor_rules():
                 if step not in tensor.steps():
                     continue
                 self._checked = True
-                value = np.asarray(tensor.value(step), dtype=np.float64)
-                if value.ndim >= 2 and float(value.std()) < self.std_threshold:
-                    self.detail = f"{name} is constant ({value.flat[0]:g}) at step {step}"
+                try:
+                    if len(tensor.shape(step)) < 2:
+                        continue
+                except ShapeUnavailableForStep:  # reductions saved without their shape
+                    continue
+                std = reduction(tensor, step, "std")
+                if std < self.std_threshold:
+                    self.detail = f"{name} is constant (std {std:g}) at step {step}"
                     return True
             return False
 
@@ -200,10 +218,15 @@ def _tensor_rules():
 
 
 def evaluate_trial(trial_dir: str) -> list[RuleResult]:
-    """Run the tensor rules over the smdebug trial in ``trial_dir`` (all saved steps).
+    """Run the tensor rules over the smdebug trial in ``trial_dir`` (all saved steps). Call it
+    after the hook has closed (``hook.close()``): it reads the trial as complete.
 
     Returns one RuleResult per rule; ``no data`` when the trial holds no tensors a rule needs.
     """
+    # The trial is read after the hook has closed, so every file is complete: smdebug's wait
+    # for late writes after the end-of-training marker (1 s by default, meant for rules running
+    # beside a live job) is pure cost here. Read at Trial creation.
+    os.environ[TRAINING_END_DELAY_REFRESH] = "0"
     from smdebug.exceptions import RuleEvaluationConditionMet
     from smdebug.rules.rule_invoker import invoke_rule
     from smdebug.trials import create_trial
@@ -384,3 +407,14 @@ def system_rules(steps: Sequence, samples: Sequence) -> list[RuleResult]:
                                                      "gpu_memory_threshold_p95": 70}),
         _gpu_rule("GPUMemoryIncrease", samples, memory_increase, {"increase": 5}),
     ]
+
+
+def evaluate_all(trial_dir: str | None, history: Sequence[dict], steps: Sequence,
+                 samples: Sequence) -> list[RuleResult]:
+    """Every rule, in report order: the tensor rules on the smdebug trial in ``trial_dir``
+    (skipped when None), Overfit and Overtraining on the per-epoch ``history``, and the system
+    rules on ``steps`` (train.monitor.StepRecord) and ``samples`` (train.monitor.SystemSample)."""
+    results = evaluate_trial(trial_dir) if trial_dir else []
+    results += [overfit(history), overtraining(history)]
+    results += system_rules(steps, samples)
+    return results

@@ -159,3 +159,63 @@ def test_report_renders_in_chromium_without_console_errors(trained_job, tmp_path
     log = _chromium(report_html.as_uri(), shot, tmp_path / "p2")
     assert not re.findall(r"INFO:CONSOLE.*", log), log
     assert shot.stat().st_size > 20_000  # a rendered page with plots, not a blank one
+
+
+def _one_step_trial(out_dir: Path, hook_factory) -> list[rules.RuleResult]:
+    """Train a zero-initialised linear layer for one step under ``hook_factory``'s hook and
+    evaluate the tensor rules on the trial it wrote."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    torch.nn.init.zeros_(net[1].weight)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    hook = hook_factory(net, loss_fn)
+    from smdebug import modes
+
+    hook.set_mode(modes.TRAIN)
+    loss = loss_fn(net(torch.randn(4, 12)), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    hook.close()
+    return {r.name: r for r in rules.evaluate_trial(str(out_dir))}
+
+
+def test_tensor_rules_read_saved_reductions_and_whole_tensors_alike(tmp_path):
+    import smdebug.pytorch as smd
+
+    from train import debugger
+
+    # Ours: reductions only (a float per tensor), as the in-container rules hook saves them.
+    ours = _one_step_trial(tmp_path / "ours", lambda net, loss_fn: debugger.create_hook(
+        str(tmp_path / "no-config"), net, loss_fn, str(tmp_path / "ours"), total_steps=1))
+    assert not list((tmp_path / "ours").rglob("*.npy"))
+    # A job's own Debugger config: whole tensors; smdebug computes the same reductions.
+    def whole(net, loss_fn):
+        hook = smd.Hook(out_dir=str(tmp_path / "whole"), save_config=smd.SaveConfig(save_steps=[0]),
+                        include_collections=["losses", "weights", "gradients"])
+        hook.register_module(net)
+        hook.register_loss(loss_fn)
+        return hook
+
+    theirs = _one_step_trial(tmp_path / "whole", whole)
+    for results in (ours, theirs):
+        assert results["PoorWeightInitialization"].status == rules.TRIGGERED, results
+        assert "_1.weight is constant" in results["PoorWeightInitialization"].detail
+        assert results["ExplodingTensor"].status == rules.OK
+        assert results["VanishingGradient"].status == rules.OK  # the bias gets gradients
+
+
+def test_rules_hook_saves_weights_at_about_ten_steps_of_the_job():
+    from train.debugger import rules_save_steps
+
+    assert rules_save_steps(20) == [0]
+    assert rules_save_steps(2090) == list(range(0, 2090, 209))
+    assert rules_save_steps(0) == [0]
+
+
+def test_report_process_writes_the_report_and_reports_its_own_failure(tmp_path):
+    from train import report
+
+    history = [{"epoch": 1, "train_loss": 1.0, "valid_loss": 1.2}]
+    ok = report.ReportProcess(tmp_path / "ok", [], history, [], [], "job-1").wait()
+    assert ok == tmp_path / "ok" / report.REPORT_HTML and "job-1" in ok.read_text()
+    broken = report.ReportProcess(tmp_path / "broken", [], [{"no": "epoch"}], [], [])
+    with pytest.raises(RuntimeError, match="KeyError"):
+        broken.wait()
