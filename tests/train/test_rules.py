@@ -90,6 +90,13 @@ def test_diverging_learning_rate_fails_with_a_report(tmp_path, digits_dir):
     assert run.returncode != 0 and "loss became" in run.failure
     fired = summary(run)["triggered"]
     assert "ExplodingTensor" in fired and "LossNotDecreasing" in fired, summary(run)["rules"]
+    # The failed job's report, as a user would open it (saved with the test output).
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report-diverging-lr.png"
+    report_html = run.output_dir / "data" / "report" / "report.html"
+    log = _chromium(report_html.as_uri(), shot, tmp_path / "profile")
+    assert not re.findall(r"INFO:CONSOLE.*", log), log
+    assert shot.stat().st_size > 20_000
 
 
 SLOW_LOADER = """
