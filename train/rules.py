@@ -34,8 +34,10 @@ TRAINING_END_DELAY_REFRESH = "SMDEBUG_TRAINING_END_DELAY_REFRESH"
 
 @dataclass
 class RuleResult:
-    """The outcome of one rule: ``status`` is ``triggered``, ``ok`` or ``no data``; ``step`` is the
-    global training step (or, for epoch rules, the epoch) at which it first triggered."""
+    """The outcome of one rule: ``status`` is ``triggered``, ``ok`` or ``no data``; ``step`` is
+    where it first triggered: for tensor rules the step within its mode (``detail`` says "train
+    step 20" or "eval step 3"; train steps count from 0 across epochs, as the step-time histogram
+    does), for system rules the training step, for epoch rules the epoch."""
 
     name: str
     kind: str  # "tensor", "training" or "system"
@@ -92,6 +94,12 @@ def _tensor_rules():
     from smdebug.core.modes import ModeKeys
     from smdebug.exceptions import ShapeUnavailableForStep
 
+    def where(trial, step) -> str:
+        """``step`` (smdebug's global step, counting eval steps too) as the user sees it:
+        "train step 20" (the step-time histogram's numbering) or "eval step 3"."""
+        mode, mode_step = trial.mode_modestep(step)
+        return f"{mode.name.lower()} step {mode_step}" if mode is not None else f"step {step}"
+
     def reduction(tensor, step, name, abs_=False) -> float:
         """One reduction of ``tensor`` at ``step`` as a float: the saved one when the hook saved
         reductions (ours does), else smdebug computes it from the saved tensor."""
@@ -111,7 +119,8 @@ def _tensor_rules():
                 if step not in tensor.steps():
                     continue
                 if reduction(tensor, step, "mean", abs_=True) < self.threshold:
-                    self.detail = f"mean |{name}| below {self.threshold:g} at step {step}"
+                    self.detail = (f"mean |{name}| below {self.threshold:g} at "
+                                   f"{where(self.base_trial, step)}")
                     return True
             return False
 
@@ -132,7 +141,7 @@ def _tensor_rules():
                     if step not in tensor.steps():
                         continue
                     if not math.isfinite(reduction(tensor, step, red, abs_=abs_)):
-                        self.detail = f"{name} is not finite at step {step}"
+                        self.detail = f"{name} is not finite at {where(self.base_trial, step)}"
                         return True
             return False
 
@@ -161,7 +170,8 @@ def _tensor_rules():
                     continue
                 std = reduction(tensor, step, "std")
                 if std < self.std_threshold:
-                    self.detail = f"{name} is constant (std {std:g}) at step {step}"
+                    self.detail = (f"{name} is constant (std {std:g}) at "
+                                   f"{where(self.base_trial, step)}")
                     return True
             return False
 
@@ -196,7 +206,7 @@ def _tensor_rules():
             loss = values[0]
             if not math.isfinite(loss):
                 self.evaluated = True
-                self.detail = f"training loss is {loss} at step {step}"
+                self.detail = f"training loss is {loss} at {where(self.base_trial, step)}"
                 return True
             self._values.append(loss)
             if len(self._values) % self.num_steps:
@@ -209,7 +219,8 @@ def _tensor_rules():
             if best > first * (1.0 - self.min_decrease):
                 self.detail = (
                     f"best mean loss of a {self.num_steps}-step window {best:.4g} is not "
-                    f"{self.min_decrease:.0%} below the first window's {first:.4g} (step {step})"
+                    f"{self.min_decrease:.0%} below the first window's {first:.4g} "
+                    f"({where(self.base_trial, step)})"
                 )
                 return True
             return False
@@ -252,7 +263,9 @@ def evaluate_trial(trial_dir: str) -> list[RuleResult]:
         try:
             invoke_rule(rule, start_step=steps[0], end_step=steps[-1] + 1, raise_eval_cond=True)
         except RuleEvaluationConditionMet as met:
-            results.append(RuleResult(name, "tensor", TRIGGERED, int(met.step),
+            mode_step = trial.mode_step(int(met.step))
+            results.append(RuleResult(name, "tensor", TRIGGERED,
+                                      int(met.step if mode_step is None else mode_step),
                                       getattr(rule, "detail", ""), ADVICE[name], params))
             continue
         if name == "LossNotDecreasing" and not rule.evaluated:

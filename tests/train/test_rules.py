@@ -90,6 +90,11 @@ def test_diverging_learning_rate_fails_with_a_report(tmp_path, digits_dir):
     assert run.returncode != 0 and "loss became" in run.failure
     fired = summary(run)["triggered"]
     assert "ExplodingTensor" in fired and "LossNotDecreasing" in fired, summary(run)["rules"]
+    # Steps as the user counts them: train steps, not smdebug's global steps (which count the
+    # validation steps too).
+    exploding = next(r for r in summary(run)["rules"] if r["name"] == "ExplodingTensor")
+    assert f"train step {exploding['step']}" in exploding["detail"], exploding
+    assert exploding["step"] <= summary(run)["statistics"]["steps"]  # the NaN step never ended
     # The failed job's report, as a user would open it (saved with the test output).
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report-diverging-lr.png"
