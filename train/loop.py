@@ -7,9 +7,11 @@ every rank computes, and metrics are summed across ranks before they are printed
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -130,6 +132,11 @@ class Trainer:
         # when the job configured none, step timings, utilisation samples and a trace.
         self.rules = bool(hp["debugger-rules"])
         rules_dir = tempfile.mkdtemp(prefix="smdebug-") if self.rules else None
+        if rules_dir:
+            # The local hook's trial is ours to delete. Registered before the hook's own atexit
+            # cleanup, so it runs after it (atexit is last in, first out): that cleanup writes
+            # an end-of-training marker into the folder.
+            atexit.register(shutil.rmtree, rules_dir, ignore_errors=True)
         self.hook = debugger.create_hook(job.input_config_dir, self.net, self.loss_fn, rules_dir,
                                          len(self.loaders["train"]) * hp["epochs"])
         self.report_dir = Path(job.output_data_dir) / "report"
@@ -206,6 +213,8 @@ class Trainer:
             skipped += n_skipped
             if images.numel() == 0:
                 continue
+            if self.trace is not None:
+                self.trace.step_begin()
             logits, loss, labels = self._forward(images, labels)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -221,12 +230,12 @@ class Trainer:
             n = labels.shape[0]
             if self.monitor is not None:
                 self.monitor.step_end(n)  # loss.item() above synchronised the step
-            if self.trace is not None:
-                self.trace.step()
             loss_sum += loss_value * n
             correct += int((logits.argmax(1) == labels).sum())
             seen += n
         elapsed = time.perf_counter() - start
+        if self.trace is not None:
+            self.trace.close()  # a window ends with its epoch at the latest: no validation in it
         loss_sum, correct, seen, skipped = _reduce([loss_sum, correct, seen, skipped], self.d,
                                                    self.device)
         if seen == 0:
@@ -281,6 +290,9 @@ class Trainer:
         patience = hp["early-stopping-patience"]
         if self.sampler is not None:
             self.sampler.start()
+        if self.trace is not None:  # the last steps this process will train (TraceWindow says why)
+            planned = len(self.loaders["train"]) * (hp["epochs"] - self.start_epoch)
+            self.trace.start = max(1, planned - self.trace.active)
         for epoch in range(self.start_epoch, hp["epochs"]):
             lr = self.optimizer.param_groups[0]["lr"]
             row = {"epoch": epoch + 1}

@@ -35,7 +35,15 @@ def test_healthy_run_fires_no_rule(trained_job):
         assert by_name[name] == "ok", (name, doc["rules"])
     assert by_name["LowGPUUtilization"] == "no data"  # no GPU here: said, not guessed
     assert "rule_Overfit=0" in trained_job.log
-    assert (trained_job.output_dir / "data" / "report" / "trace.json").stat().st_size > 1000
+    # The trace covers the job's last 3 training steps (train.monitor.TraceWindow says why).
+    trace = json.loads((trained_job.output_dir / "data" / "report" / "trace.json").read_text())
+    marked = sorted({int(e["name"].split("#")[1]) for e in trace["traceEvents"]
+                     if e.get("name", "").startswith("ProfilerStep#")})
+    steps = doc["statistics"]["steps"]
+    assert marked == [steps - 3, steps - 2, steps - 1], (marked, steps)
+    # The local hook's trial was a temporary folder: read, then removed.
+    trial = re.search(r"rules writing to (\S+) \(weights", trained_job.log)
+    assert trial and not Path(trial.group(1)).exists()
 
 
 def test_many_epochs_on_a_tiny_train_set_overfit(tmp_path, digits_dir):
