@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from train import artifact, checkpoint, data, debugger, metrics, model as model_lib, outputs
-from train import monitor as monitor_lib, report
+from train import monitor as monitor_lib, report, rules
 from train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -353,14 +353,19 @@ class Trainer:
                     logger.error("debugger report not written: %s", exc)
 
     def start_report(self) -> report.ReportProcess:
-        """Stop the monitors and start the child process that evaluates every rule, prints the
-        ``rule_<Name>=0|1`` metric line and writes report.html and summary.json
+        """Stop the monitors, evaluate every rule, log one ``rule_<Name>=0|1`` metric line and the
+        rules that fired, and start writing report.html and summary.json in a child process
         (train.report.ReportProcess). The hook must be closed."""
         self.sampler.stop()
         self.trace.close()
-        return report.ReportProcess(self.report_dir, self.hook.out_dir if self.hook else None,
-                                    self.history, self.monitor.steps, self.sampler.samples,
-                                    self.job.job_name, self.trace.written)
+        results = rules.evaluate_all(self.hook.out_dir if self.hook else None, self.history,
+                                     self.monitor.steps, self.sampler.samples)
+        metrics.log_metrics({f"rule_{r.name}": int(r.status == rules.TRIGGERED)
+                             for r in results if r.status != rules.NO_DATA})
+        fired = [r.name for r in results if r.status == rules.TRIGGERED]
+        logger.info("debugger rules: %s", ", ".join(fired) or "none triggered")
+        return report.ReportProcess(self.report_dir, results, self.history, self.monitor.steps,
+                                    self.sampler.samples, self.job.job_name, self.trace.written)
 
     @staticmethod
     def finish_report(pending: report.ReportProcess) -> None:

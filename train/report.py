@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import json
-import logging
 import os
 import pickle
 import subprocess
@@ -23,14 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
-from train.rules import (TRIGGERED, RuleResult, evaluate_all, log_results,
-                         step_outlier_limit_ms)
+from train.rules import TRIGGERED, RuleResult, step_outlier_limit_ms
 
 REPORT_HTML = "report.html"
 SUMMARY_JSON = "summary.json"
 TRACE_JSON = "trace.json"
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-CHILD_NICENESS = 10  # the report child yields the CPU to training processes (nice(2))
 
 
 def _png(fig) -> str:
@@ -202,30 +199,27 @@ img {{ max-width: 100%; }}
 
 
 # --------------------------------------------------------------------------------------------
-# The rules and the report in a process of its own.
+# The report in a process of its own.
 # --------------------------------------------------------------------------------------------
-# Reading the smdebug trial and drawing the plots cost about a second of Python (smdebug's
-# trial reader, matplotlib's import, font set-up and drawing). Done in-line, at the end of
-# training, that second adds straight to the job. In a child process it overlaps the artifact
-# export and the metrics plots, which keep one core busy; the child lowers its priority so that
-# it takes only what the job leaves. A plain ``python -m train.report`` child, not
-# multiprocessing: it imports neither torch nor the job's __main__ (the toolkit's or torchrun's).
+# Drawing the plots costs about a second of Python (matplotlib's import, font set-up and
+# drawing). Done in-line, at the end of training, that second adds straight to the job. In a
+# child process it overlaps the artifact export and the metrics plots, which keep one core busy.
+# A plain ``python -m train.report`` child, not multiprocessing: it imports neither torch nor the
+# job's __main__ (the toolkit's or torchrun's), only numpy and matplotlib.
 class ReportProcess:
-    """In a child process: evaluate every rule (train.rules.evaluate_all) on the smdebug trial in
-    ``trial_dir`` (None: no tensor rules) and on ``history``, ``steps`` and ``samples``; print the
-    ``rule_<Name>=0|1`` metric line to the job's stdout; write ``report.html`` and
-    ``summary.json`` to ``report_dir`` (:func:`write_report`). ``wait()`` returns the HTML's path.
+    """Writes ``report.html`` and ``summary.json`` (the arguments of :func:`write_report`) in a
+    child process; ``wait()`` returns the HTML's path.
 
     Raises (from ``wait``):
         RuntimeError: the child failed or ran past ``timeout_s``; the message holds its stderr.
     """
 
-    def __init__(self, report_dir: Path, trial_dir: str | None, history: Sequence[dict],
+    def __init__(self, report_dir: Path, rules: Sequence[RuleResult], history: Sequence[dict],
                  steps: Sequence, samples: Sequence, job_name: str = "local",
                  trace_written: bool = False) -> None:
         self.report_dir = Path(report_dir)
         self.report_dir.mkdir(parents=True, exist_ok=True)
-        args = (str(self.report_dir), trial_dir, list(history), list(steps), list(samples),
+        args = (str(self.report_dir), list(rules), list(history), list(steps), list(samples),
                 job_name, trace_written)
         fd, self._inputs = tempfile.mkstemp(prefix="report-inputs-", suffix=".pkl")
         with os.fdopen(fd, "wb") as f:
@@ -237,9 +231,8 @@ class ReportProcess:
         # spin on the core the training process is using (child CPU 1.1 s -> 0.7 s, same wall).
         env.update({name: "1" for name in BLAS_THREAD_VARIABLES})
         self._stderr = tempfile.TemporaryFile()
-        sys.stdout.flush()
         self._proc = subprocess.Popen([sys.executable, "-m", "train.report", self._inputs],
-                                      env=env, stderr=self._stderr)
+                                      env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
 
     def wait(self, timeout_s: float = 600.0) -> Path:
         try:
@@ -260,14 +253,9 @@ class ReportProcess:
 
 def main(argv: Sequence[str]) -> int:
     """``python -m train.report ARGS.pkl``: the child side of :class:`ReportProcess`."""
-    os.nice(CHILD_NICENESS)
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with open(argv[0], "rb") as f:
-        report_dir, trial_dir, history, steps, samples, job_name, trace_written = pickle.load(f)
-    results = evaluate_all(trial_dir, history, steps, samples)
-    log_results(results)
-    write_report(Path(report_dir), results, history, steps, samples, job_name, trace_written)
+        args = pickle.load(f)
+    write_report(*args)
     return 0
 
 

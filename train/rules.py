@@ -20,7 +20,6 @@ the report states:
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -432,14 +431,3 @@ def evaluate_all(trial_dir: str | None, history: Sequence[dict], steps: Sequence
     results += [overfit(history), overtraining(history)]
     results += system_rules(steps, samples)
     return results
-
-
-def log_results(results: Sequence[RuleResult]) -> None:
-    """Print one metric line ``rule_<Name>=0|1 ...`` (rules with data; train.metrics format, so
-    tuning and the console can chart them) and log which rules fired."""
-    from train import metrics
-
-    metrics.log_metrics({f"rule_{r.name}": int(r.status == TRIGGERED)
-                         for r in results if r.status != NO_DATA})
-    fired = [r.name for r in results if r.status == TRIGGERED]
-    logging.getLogger(__name__).info("debugger rules: %s", ", ".join(fired) or "none triggered")

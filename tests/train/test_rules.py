@@ -234,8 +234,8 @@ def test_report_process_writes_the_report_and_reports_its_own_failure(tmp_path):
     from train import report
 
     history = [{"epoch": 1, "train_loss": 1.0, "valid_loss": 1.2}]
-    ok = report.ReportProcess(tmp_path / "ok", None, history, [], [], "job-1").wait()
+    ok = report.ReportProcess(tmp_path / "ok", [], history, [], [], "job-1").wait()
     assert ok == tmp_path / "ok" / report.REPORT_HTML and "job-1" in ok.read_text()
-    broken = report.ReportProcess(tmp_path / "broken", None, [{"no": "epoch"}], [], [])
+    broken = report.ReportProcess(tmp_path / "broken", [], [{"no": "epoch"}], [], [])
     with pytest.raises(RuntimeError, match="KeyError"):
         broken.wait()
