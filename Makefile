@@ -51,6 +51,8 @@ image:
 bench: venv
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/bench_rules.py
+	$(PY) benchmarks/bench_trace.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache out .wheelhouse
