@@ -186,7 +186,7 @@ class StepMonitor:
 
 class TraceWindow:
     """A torch.profiler trace (Chrome trace format) of ``active`` consecutive training steps from
-    step ``start`` (0-based, counted by ``step()`` calls), written to ``path`` (open it in
+    step ``start`` (0-based, counted by ``step_begin()`` calls), written to ``path`` (open it in
     chrome://tracing or ui.perfetto.dev).
 
     Call ``step_begin()`` at the start of every training step; it starts and stops the profiler
