@@ -145,6 +145,7 @@ class Trainer:
         self.trace = (monitor_lib.TraceWindow(self.report_dir / report.TRACE_JSON, cuda=self.cuda)
                       if self.rules and d.main else None)
         self.history: list[dict] = []
+        self._first_pass: dict = {}  # split -> a DataLoader iterator started early (fit says why)
         self.start_epoch = 0
         self.best = {"valid_loss": math.inf, "epoch": -1}
         self.best_state: dict | None = None
@@ -256,10 +257,13 @@ class Trainer:
         confusion matrix int64 [C, C] (rows true)."""
         self.model.eval()
         debugger.set_mode(self.hook, train=False)
+        batches = self._first_pass.pop(split, None)
+        if batches is None:
+            batches = self.loaders[split]
         c = len(self.classes)
         matrix = torch.zeros(c, c, dtype=torch.int64)
         loss_sum, correct, top5, seen = 0.0, 0, 0, 0
-        for images, labels, _ in self.loaders[split]:
+        for images, labels, _ in batches:
             if images.numel() == 0:
                 continue
             logits, loss, labels = self._forward(images, labels)
@@ -285,9 +289,25 @@ class Trainer:
                   f"{split}_top5_accuracy": top5 / seen}
         return result, (matrix.numpy() if confusion else None)
 
+    def start_eval_workers(self) -> None:
+        """Fork the valid and test loaders' workers now, before the first training step; their
+        first pass reads the batches these iterators prefetch.
+
+        A DataLoader forks its workers on its first ``iter()``. Forked after training steps have
+        grown this process's heap (about 1 GB for resnet18 at batch 16), every heap page the next
+        training step writes is copied on write, once: the first training step after the first
+        validation pass took 3.5-3.8 s instead of about 1.2 s, with 235 thousand minor page
+        faults instead of 68 thousand (resnet18, batch 16, CPU), and a test pass after training
+        paid the same. Forked now, the shared heap is small.
+        """
+        for split, loader in self.loaders.items():
+            if split != "train" and loader.num_workers > 0 and split not in self._first_pass:
+                self._first_pass[split] = iter(loader)
+
     def fit(self) -> None:
         hp = self.hp
         patience = hp["early-stopping-patience"]
+        self.start_eval_workers()
         if self.sampler is not None:
             self.sampler.start()
         if self.trace is not None:  # the last steps this process will train (TraceWindow says why)

@@ -1,0 +1,46 @@
+"""train.loop in-process: when the DataLoader workers start, and where a resumed job starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import digit_channels
+from train import hyperparameters, loop
+
+HP = {"arch": "resnet18", "epochs": 1, "batch-size": 16, "image-size": 16, "pretrained": False,
+      "num-workers": 1, "max-images-per-class": 4, "debugger-rules": False}
+
+
+def make_trainer(tmp_path: Path, digits_dir: Path, **overrides) -> loop.Trainer:
+    job = loop.Job(channels={k: str(v) for k, v in digit_channels(digits_dir).items()},
+                   hyperparameters=hyperparameters.parse({**HP, **overrides}),
+                   model_dir=str(tmp_path / "model"), output_data_dir=str(tmp_path / "data"),
+                   checkpoint_dir=str(tmp_path / "ckpt"), input_config_dir=str(tmp_path / "cfg"))
+    return loop.Trainer(job, loop.Dist())
+
+
+def test_eval_workers_start_before_the_first_training_step(tmp_path, digits_dir, monkeypatch):
+    trainer = make_trainer(tmp_path, digits_dir)
+    started = {}
+    train_epoch = loop.Trainer.train_epoch
+
+    def spy(self, epoch):
+        # A persistent-worker DataLoader keeps its iterator (and so its workers) in _iterator.
+        started.update({s: dl._iterator is not None for s, dl in self.loaders.items()})
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", spy)
+    trainer.fit()
+    assert started == {"train": False, "valid": True, "test": True}
+    assert trainer.history and trainer._first_pass == {"test": trainer.loaders["test"]._iterator}
+
+
+def test_the_early_first_pass_reads_the_whole_split(tmp_path, digits_dir):
+    trainer = make_trainer(tmp_path, digits_dir)
+    trainer.start_eval_workers()
+    first, _ = trainer.evaluate("valid")  # from the iterator started early
+    assert "valid" not in trainer._first_pass
+    again, _ = trainer.evaluate("valid")  # a fresh pass over the same workers
+    assert first == pytest.approx(again)
