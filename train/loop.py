@@ -84,7 +84,8 @@ def _reduce(values: list[float], d: Dist, device: torch.device) -> list[float]:
 
 
 class Trainer:
-    """Holds the model, optimiser and loaders of one training process."""
+    """Holds the model, optimiser and loaders of one training process, resumed from the newest
+    checkpoint in ``job.checkpoint_dir`` when there is one."""
 
     def __init__(self, job: Job, d: Dist):
         self.job, self.d = job, d
@@ -128,6 +129,13 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[d.local_rank] if self.cuda else None,
                 find_unused_parameters=bool(self.backbone and hp["freeze-epochs"]))
+        self.history: list[dict] = []
+        self._first_pass: dict = {}  # split -> a DataLoader iterator started early (fit says why)
+        self.start_epoch = 0
+        self.best = {"valid_loss": math.inf, "epoch": -1}
+        self.best_state: dict | None = None
+        self.skipped = 0
+        self.resume()
         # Debugger and profiler rules in the container (train/rules.py): a local smdebug hook
         # when the job configured none, step timings, utilisation samples and a trace.
         self.rules = bool(hp["debugger-rules"])
@@ -137,19 +145,20 @@ class Trainer:
             # cleanup, so it runs after it (atexit is last in, first out): that cleanup writes
             # an end-of-training marker into the folder.
             atexit.register(shutil.rmtree, rules_dir, ignore_errors=True)
+        # After resume(): the hook counts steps from 0 in every process, so it spreads its saves
+        # over the steps this process will train, not the whole job's.
         self.hook = debugger.create_hook(job.input_config_dir, self.net, self.loss_fn, rules_dir,
-                                         len(self.loaders["train"]) * hp["epochs"])
+                                         self.planned_steps())
         self.report_dir = Path(job.output_data_dir) / "report"
         self.monitor = monitor_lib.StepMonitor() if self.rules else None
         self.sampler = monitor_lib.SystemSampler() if self.rules and d.main else None
         self.trace = (monitor_lib.TraceWindow(self.report_dir / report.TRACE_JSON, cuda=self.cuda)
                       if self.rules and d.main else None)
-        self.history: list[dict] = []
-        self._first_pass: dict = {}  # split -> a DataLoader iterator started early (fit says why)
-        self.start_epoch = 0
-        self.best = {"valid_loss": math.inf, "epoch": -1}
-        self.best_state: dict | None = None
-        self.skipped = 0
+
+    def planned_steps(self) -> int:
+        """Training steps this process will run if no epoch stops early: batches per epoch times
+        the epochs left after the checkpoint it resumed from."""
+        return len(self.loaders["train"]) * (self.hp["epochs"] - self.start_epoch)
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -167,6 +176,12 @@ class Trainer:
         }
 
     def resume(self) -> None:
+        """Load the newest checkpoint in the job's checkpoint folder, if any (the constructor
+        calls this).
+
+        Raises:
+            TrainingError: the checkpoint is for another arch or class list.
+        """
         state = checkpoint.load_latest(Path(self.job.checkpoint_dir))
         if state is None:
             return
@@ -311,8 +326,7 @@ class Trainer:
         if self.sampler is not None:
             self.sampler.start()
         if self.trace is not None:  # the last steps this process will train (TraceWindow says why)
-            planned = len(self.loaders["train"]) * (hp["epochs"] - self.start_epoch)
-            self.trace.start = max(1, planned - self.trace.active)
+            self.trace.start = max(1, self.planned_steps() - self.trace.active)
         for epoch in range(self.start_epoch, hp["epochs"]):
             lr = self.optimizer.param_groups[0]["lr"]
             row = {"epoch": epoch + 1}
@@ -404,8 +418,7 @@ def run(job: Job, d: Dist | None = None) -> None:
         TrainingError: bad input or environment (the message is the job's FailureReason).
     """
     d = d or Dist()
-    trainer = Trainer(job, d)
-    trainer.resume()
+    trainer = Trainer(job, d)  # resumes from the newest checkpoint
     try:
         trainer.fit()
     except TrainingError:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import digit_channels
-from train import hyperparameters, loop
+from train import debugger, hyperparameters, loop
 
 HP = {"arch": "resnet18", "epochs": 1, "batch-size": 16, "image-size": 16, "pretrained": False,
       "num-workers": 1, "max-images-per-class": 4, "debugger-rules": False}
@@ -44,3 +44,14 @@ def test_the_early_first_pass_reads_the_whole_split(tmp_path, digits_dir):
     assert "valid" not in trainer._first_pass
     again, _ = trainer.evaluate("valid")  # a fresh pass over the same workers
     assert first == pytest.approx(again)
+
+
+def test_a_resumed_job_spreads_the_hook_saves_over_the_epochs_left(tmp_path, digits_dir,
+                                                                    monkeypatch):
+    make_trainer(tmp_path, digits_dir, epochs=1).fit()  # leaves the checkpoint of epoch 1
+    planned = []
+    monkeypatch.setattr(debugger, "create_hook", lambda *args: planned.append(args[-1]))
+    trainer = make_trainer(tmp_path, digits_dir, epochs=3, **{"debugger-rules": True})
+    assert trainer.start_epoch == 1
+    # smdebug counts steps from 0 in every process: 2 epochs of steps are left, not 3.
+    assert planned == [len(trainer.loaders["train"]) * 2] == [trainer.planned_steps()]
