@@ -2,7 +2,10 @@
 """What the in-container debugger and profiler rules cost: the same training job with
 ``debugger-rules=false`` and ``true``, each in its own process (smdebug keeps process-wide
 state), alternating, in the same run. Wall time covers the whole job: epochs, evaluation, the
-hook's saves, the rule evaluation, the report and the artifact.
+hook's saves, the rule evaluation, the report and the artifact. CPU time (user + system, of the
+job and every process it waited for: DataLoader workers, the report's child) is printed beside
+it: it moves less than wall time on a shared machine, and it counts work that wall time hides
+on an idle core.
 
     .venv/bin/python benchmarks/bench_rules.py [--arch resnet18] [--images 160] [--epochs 2]
 """
@@ -10,6 +13,7 @@ hook's saves, the rule evaluation, the report and the artifact.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +38,12 @@ loop.run(loop.Job(channels={c: f"{root}/{c}" for c in ("train", "valid")}, hyper
 """
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of every child process waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18")
@@ -42,28 +52,36 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     times = {"false": [], "true": []}
-    ratios = []
+    cpu = {"false": [], "true": []}
+    ratios, cpu_ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         make_folder(Path(tmp) / "data", args.images)
         for i in range(args.repeats):
             # Pairs run back to back, in alternating order, so slow drifts of a shared machine
             # fall on both sides; the ratio is the median of the pairs' ratios.
-            pair = {}
+            pair, pair_cpu = {}, {}
             for rules in (("false", "true") if i % 2 == 0 else ("true", "false")):
                 out = Path(tmp) / f"run-{i}-{rules}"
                 start = time.perf_counter()
+                used = _children_cpu_s()
                 subprocess.run([sys.executable, "-c", JOB, f"{tmp}/data", str(out), args.arch,
                                 str(args.epochs), rules], check=True, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 pair[rules] = time.perf_counter() - start
+                pair_cpu[rules] = _children_cpu_s() - used
                 times[rules].append(pair[rules])
+                cpu[rules].append(pair_cpu[rules])
             ratios.append(pair["true"] / pair["false"])
+            cpu_ratios.append(pair_cpu["true"] / pair_cpu["false"])
     off, on = statistics.median(times["false"]), statistics.median(times["true"])
     print(f"{args.arch}, image size 224, {args.images} images x {args.epochs} epochs, "
           f"batch 16, {args.repeats} pairs")
     print(f"debugger-rules=false: {off:.1f} s  (runs: {', '.join(f'{t:.1f}' for t in times['false'])})")
     print(f"debugger-rules=true:  {on:.1f} s  (runs: {', '.join(f'{t:.1f}' for t in times['true'])})")
     print(f"pair ratios: {', '.join(f'{r:.3f}' for r in ratios)}")
+    print(f"CPU time: false {statistics.median(cpu['false']):.1f} s, true "
+          f"{statistics.median(cpu['true']):.1f} s; median pair ratio "
+          f"{statistics.median(cpu_ratios):.3f}")
     print(f"overhead ratio (median of pairs): {statistics.median(ratios):.3f} (goal <= 1.05)")
     return 0
 

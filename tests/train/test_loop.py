@@ -21,28 +21,34 @@ def make_trainer(tmp_path: Path, digits_dir: Path, **overrides) -> loop.Trainer:
     return loop.Trainer(job, loop.Dist())
 
 
-def test_eval_workers_start_before_the_first_training_step(tmp_path, digits_dir, monkeypatch):
+def test_workers_start_before_the_hook_and_the_first_step(tmp_path, digits_dir, monkeypatch):
+    calls = []
+    start_workers = loop.Trainer.start_workers
+    monkeypatch.setattr(loop.Trainer, "start_workers",
+                        lambda self: calls.append("start_workers") or start_workers(self))
+    monkeypatch.setattr(debugger, "create_hook", lambda *args: calls.append("create_hook"))
     trainer = make_trainer(tmp_path, digits_dir)
-    started = {}
-    train_epoch = loop.Trainer.train_epoch
-
-    def spy(self, epoch):
-        # A persistent-worker DataLoader keeps its iterator (and so its workers) in _iterator.
-        started.update({s: dl._iterator is not None for s, dl in self.loaders.items()})
-        return train_epoch(self, epoch)
-
-    monkeypatch.setattr(loop.Trainer, "train_epoch", spy)
-    trainer.fit()
-    assert started == {"train": False, "valid": True, "test": True}
-    assert trainer.history and trainer._first_pass == {"test": trainer.loaders["test"]._iterator}
+    assert calls == ["start_workers", "create_hook"]
+    # A persistent-worker DataLoader keeps its iterator (and so its workers) in _iterator.
+    assert {s: dl._iterator is not None for s, dl in trainer.loaders.items()} == {
+        "train": True, "valid": True, "test": True}
+    assert set(trainer._first_pass) == {"train", "valid", "test"}
 
 
-def test_the_early_first_pass_reads_the_whole_split(tmp_path, digits_dir):
+def test_each_split_s_first_pass_reads_the_whole_split(tmp_path, digits_dir, monkeypatch):
     trainer = make_trainer(tmp_path, digits_dir)
-    trainer.start_eval_workers()
-    first, _ = trainer.evaluate("valid")  # from the iterator started early
+    images = []
+    forward = loop.Trainer._forward
+    monkeypatch.setattr(loop.Trainer, "_forward",
+                        lambda self, x, y: images.append(len(y)) or forward(self, x, y))
+    n_train = len(trainer.datasets["train"])
+    trainer.train_epoch(0)  # from the iterator started in the constructor
+    assert "train" not in trainer._first_pass and sum(images) == n_train
+    trainer.train_epoch(1)  # a fresh pass over the same workers
+    assert sum(images) == 2 * n_train
+    first, _ = trainer.evaluate("valid")  # from the iterator started in the constructor
     assert "valid" not in trainer._first_pass
-    again, _ = trainer.evaluate("valid")  # a fresh pass over the same workers
+    again, _ = trainer.evaluate("valid")
     assert first == pytest.approx(again)
 
 
