@@ -7,6 +7,7 @@ SageMaker writes them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +75,14 @@ def run_train(base: Path, env: dict | None = None, timeout: float = 600) -> Trai
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
     return TrainingRun(base=base, returncode=proc.returncode, log=proc.stdout)
+
+
+def profiled_steps(trace_path: Path) -> list[int]:
+    """The training steps a torch.profiler trace (train.monitor.TraceWindow) marks
+    ``ProfilerStep#N``, sorted."""
+    events = json.loads(Path(trace_path).read_text())["traceEvents"]
+    return sorted({int(e["name"].split("#")[1]) for e in events
+                   if e.get("name", "").startswith("ProfilerStep#")})
 
 
 def digit_channels(root: Path) -> dict[str, Path]:

@@ -29,6 +29,12 @@ from train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
 
+# Trainer.start_workers() freezes the objects built before the workers fork (gc.freeze). Objects
+# still frozen at exit are never collected, and nanobind (triton's bindings, which torch imports)
+# then prints each of its own as a leak: 40 alarming lines per job. Unfreezing is harmless when
+# nothing was frozen, so it is registered once, here.
+atexit.register(gc.unfreeze)
+
 
 @dataclass
 class Job:
@@ -220,11 +226,7 @@ class Trainer:
         self.model.train()
         if frozen:
             model_lib.freeze_batchnorm_stats(self.net)
-        batches = self._first_pass.pop("train", None)  # its sampler is already at this epoch
-        if batches is None:
-            if self.d.enabled:
-                self.loaders["train"].sampler.set_epoch(epoch)
-            batches = self.loaders["train"]
+        batches = self._batches("train", epoch)
         debugger.set_mode(self.hook, train=True)
         loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
         start = time.perf_counter()
@@ -277,9 +279,7 @@ class Trainer:
         confusion matrix int64 [C, C] (rows true)."""
         self.model.eval()
         debugger.set_mode(self.hook, train=False)
-        batches = self._first_pass.pop(split, None)
-        if batches is None:
-            batches = self.loaders[split]
+        batches = self._batches(split)
         c = len(self.classes)
         matrix = torch.zeros(c, c, dtype=torch.int64)
         loss_sum, correct, top5, seen = 0.0, 0, 0, 0
@@ -326,13 +326,21 @@ class Trainer:
         """
         if self.d.enabled:
             self.loaders["train"].sampler.set_epoch(self.start_epoch)
-        gc.freeze()
-        # Objects still frozen at exit are never collected, and nanobind (triton's bindings,
-        # which torch imports) prints each of its own as a leak: 40 alarming lines per job.
-        atexit.register(gc.unfreeze)
+        gc.freeze()  # train.loop unfreezes at exit
         for split, loader in self.loaders.items():
             if loader.num_workers > 0:
                 self._first_pass[split] = iter(loader)
+
+    def _batches(self, split: str, epoch: int | None = None):
+        """What an epoch of ``split`` iterates: the iterator start_workers() started, the first
+        time; then the DataLoader itself (in DDP, the train sampler set to ``epoch`` first)."""
+        first = self._first_pass.pop(split, None)
+        if first is not None:
+            return first
+        loader = self.loaders[split]
+        if split == "train" and self.d.enabled:
+            loader.sampler.set_epoch(epoch)
+        return loader
 
     def fit(self) -> None:
         hp = self.hp

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import digit_channels, make_job, run_train
+from tests.conftest import digit_channels, make_job, profiled_steps, run_train
 from train import rules
 
 pytestmark = pytest.mark.slow
@@ -36,9 +36,7 @@ def test_healthy_run_fires_no_rule(trained_job):
     assert by_name["LowGPUUtilization"] == "no data"  # no GPU here: said, not guessed
     assert "rule_Overfit=0" in trained_job.log
     # The trace covers the job's last 3 training steps (train.monitor.TraceWindow says why).
-    trace = json.loads((trained_job.output_dir / "data" / "report" / "trace.json").read_text())
-    marked = sorted({int(e["name"].split("#")[1]) for e in trace["traceEvents"]
-                     if e.get("name", "").startswith("ProfilerStep#")})
+    marked = profiled_steps(trained_job.output_dir / "data" / "report" / "trace.json")
     steps = doc["statistics"]["steps"]
     assert marked == [steps - 3, steps - 2, steps - 1], (marked, steps)
     # The local hook's trial was a temporary folder: read, then removed.
