@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import digit_channels
 from train import debugger, hyperparameters, loop
+from train.errors import TrainingError
 
 HP = {"arch": "resnet18", "epochs": 1, "batch-size": 16, "image-size": 16, "pretrained": False,
       "num-workers": 1, "max-images-per-class": 4, "debugger-rules": False}
@@ -61,3 +62,12 @@ def test_a_resumed_job_spreads_the_hook_saves_over_the_epochs_left(tmp_path, dig
     assert trainer.start_epoch == 1
     # smdebug counts steps from 0 in every process: 2 epochs of steps are left, not 3.
     assert planned == [len(trainer.loaders["train"]) * 2] == [trainer.planned_steps()]
+
+
+def test_a_checkpoint_for_another_arch_fails_clearly_and_is_kept(tmp_path, digits_dir):
+    make_trainer(tmp_path, digits_dir).fit()  # resnet18, checkpoint of epoch 1
+    kept = sorted((tmp_path / "ckpt").iterdir())
+    assert kept
+    with pytest.raises(TrainingError, match=r"is for arch 'resnet18'.*empty the checkpoint"):
+        make_trainer(tmp_path, digits_dir, arch="resnet34")
+    assert sorted((tmp_path / "ckpt").iterdir()) == kept
