@@ -11,8 +11,11 @@ refuse to run a hook under numpy 2 rather than save nothing in silence.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +79,7 @@ def create_hook(input_config_dir: str, model, loss_fn, rules_dir: str | None = N
             f"smdebug 1.0.34 cannot write tensors with numpy {np.__version__} (it calls the "
             f"removed ndarray.tostring); install numpy<2 or remove the debugger hook config"
         )
-    import smdebug.pytorch as smd
+    smd = _import_smdebug_pytorch()
 
     if path is not None:
         try:
@@ -100,6 +103,42 @@ def create_hook(input_config_dir: str, model, loss_fn, rules_dir: str | None = N
     hook.register_module(model)
     hook.register_loss(loss_fn)
     return hook
+
+
+# smdebug's import loads pandas (0.25-0.45 s of one core here, a third of the whole import) for
+# code a training process never runs: any import of smdebug.core reaches the package
+# smdebug.profiler, whose __init__ imports its metrics readers, and system_metrics_reader.py
+# imports pandas at module level to build DataFrames in its read methods. pandas is not ours to
+# drop, and importlib.util.LazyLoader does not help on Python 3.11 (the import statement reads
+# the lazy module's __spec__, and that loads it). So while smdebug imports, each module in
+# DEFERRED_IMPORTS that nobody has imported yet is a stand-in that imports the real one on its
+# first attribute read; the stand-in leaves sys.modules right after, so only smdebug's own
+# module-level names hold it. bench_rules.py measures the whole job.
+DEFERRED_IMPORTS = ("pandas",)
+
+
+class _DeferredModule(types.ModuleType):
+    """Stands in for the module ``name``: the first attribute read imports the real module
+    (outside sys.modules' stand-in) and every read is forwarded to it."""
+
+    def __getattr__(self, attr: str):
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def _import_smdebug_pytorch():
+    """``import smdebug.pytorch`` with DEFERRED_IMPORTS deferred; returns the module."""
+    stand_ins = {name: _DeferredModule(name) for name in DEFERRED_IMPORTS
+                 if name not in sys.modules}
+    sys.modules.update(stand_ins)
+    try:
+        import smdebug.pytorch as smd
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+    return smd
 
 
 def set_mode(hook, train: bool) -> None:

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,37 @@ def test_tensor_rules_read_saved_reductions_and_whole_tensors_alike(tmp_path):
         assert "_1.weight is constant" in results["PoorWeightInitialization"].detail
         assert results["ExplodingTensor"].status == rules.OK
         assert results["VanishingGradient"].status == rules.OK  # the bias gets gradients
+
+
+HOOK_WITHOUT_PANDAS = """
+import sys, tempfile, torch
+from train import debugger, rules
+out = tempfile.mkdtemp()
+net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+loss_fn = torch.nn.CrossEntropyLoss()
+hook = debugger.create_hook(out + "/no-config", net, loss_fn, out + "/trial", total_steps=1)
+debugger.set_mode(hook, train=True)
+loss_fn(net(torch.randn(4, 12)), torch.tensor([0, 1, 2, 0])).backward()
+hook.close()
+assert {r.name for r in rules.evaluate_trial(out + "/trial")} >= {"ExplodingTensor"}
+print("pandas after the hook and the rules:", "pandas" in sys.modules)
+# smdebug's readers still get the real pandas on first use, and later imports see it too.
+from smdebug.profiler import system_metrics_reader
+print("DataFrame shape:", system_metrics_reader.pd.DataFrame({"a": [1, 2]}).shape)
+import pandas
+print("real module:", type(pandas) is type(sys) and pandas.DataFrame is not None)
+"""
+
+
+def test_the_rules_hook_and_trial_never_import_pandas_and_smdebug_still_can():
+    # smdebug imports pandas (a third of its import time) for readers a training job never
+    # calls; train.debugger defers it. A fresh interpreter: the test process may hold pandas.
+    out = subprocess.run([sys.executable, "-c", HOOK_WITHOUT_PANDAS], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "pandas after the hook and the rules: False" in out.stdout, out.stdout
+    assert "DataFrame shape: (2, 1)" in out.stdout
+    assert "real module: True" in out.stdout
 
 
 def test_rules_hook_saves_weights_at_about_ten_steps_of_the_job():
