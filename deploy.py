@@ -48,8 +48,8 @@ except ImportError:  # pragma: no cover - deploy.py copied away from the reposit
 FALLBACK_HYPERPARAMETER_NAMES = (
     "amp", "arch", "batch-size", "debugger-rules", "early-stopping-patience", "epochs",
     "freeze-epochs", "image-size", "label-smoothing", "lr", "max-images-per-class",
-    "min-crop-scale", "momentum", "num-workers", "pretrained", "processes-per-host", "seed",
-    "weight-decay",
+    "min-crop-scale", "momentum", "num-workers", "pretrained", "processes-per-host",
+    "profiler-steps", "seed", "weight-decay",
 )
 try:
     from train.hyperparameters import SPECS as _SPECS

@@ -121,6 +121,9 @@ SPECS: dict[str, Spec] = {
     "debugger-rules": Spec(_bool, True, "true or false",
                            "evaluate the debugger and profiler rules in the container and write "
                            "output/data/report/ (false: no hook, no monitoring)"),
+    "profiler-steps": Spec(_int(0, 100), 3, "an integer from 0 to 100 (0: no trace)",
+                           "training steps in output/data/report/trace.json (torch.profiler): "
+                           "the job's last ones (with debugger-rules=true)"),
     "processes-per-host": Spec(_int(0, 64), 0, "an integer from 0 to 64 (0: one per GPU, else 1)",
                                "training processes per host; more than one in all runs DDP"),
 }

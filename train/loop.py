@@ -161,8 +161,9 @@ class Trainer:
         self.report_dir = Path(job.output_data_dir) / "report"
         self.monitor = monitor_lib.StepMonitor() if self.rules else None
         self.sampler = monitor_lib.SystemSampler() if self.rules and d.main else None
-        self.trace = (monitor_lib.TraceWindow(self.report_dir / report.TRACE_JSON, cuda=self.cuda)
-                      if self.rules and d.main else None)
+        self.trace = (monitor_lib.TraceWindow(self.report_dir / report.TRACE_JSON,
+                                              active=hp["profiler-steps"], cuda=self.cuda)
+                      if self.rules and d.main and hp["profiler-steps"] else None)
 
     def planned_steps(self) -> int:
         """Training steps this process will run if no epoch stops early: batches per epoch times
@@ -413,7 +414,8 @@ class Trainer:
         rules that fired, and start writing report.html and summary.json in a child process
         (train.report.ReportProcess). The hook must be closed."""
         self.sampler.stop()
-        self.trace.close()
+        if self.trace is not None:
+            self.trace.close()
         results = rules.evaluate_all(self.hook.out_dir if self.hook else None, self.history,
                                      self.monitor.steps, self.sampler.samples)
         metrics.log_metrics({f"rule_{r.name}": int(r.status == rules.TRIGGERED)
@@ -421,7 +423,8 @@ class Trainer:
         fired = [r.name for r in results if r.status == rules.TRIGGERED]
         logger.info("debugger rules: %s", ", ".join(fired) or "none triggered")
         return report.ReportProcess(self.report_dir, results, self.history, self.monitor.steps,
-                                    self.sampler.samples, self.job.job_name, self.trace.written)
+                                    self.sampler.samples, self.job.job_name,
+                                    self.trace is not None and self.trace.written)
 
     @staticmethod
     def finish_report(pending: report.ReportProcess) -> None:

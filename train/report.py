@@ -163,7 +163,7 @@ def write_report(report_dir: Path, rules: Sequence[RuleResult], history: Sequenc
         f"<p>torch.profiler trace of the last training steps: <code>{TRACE_JSON}</code> (open it "
         "in chrome://tracing or ui.perfetto.dev).</p>" if trace_written else
         "<p>No torch.profiler trace: it is taken on the job's last training steps, and this job "
-        "stopped before them (early stopping or a failure).</p>"
+        "stopped before them (early stopping or a failure), or ran with profiler-steps=0.</p>"
     )
     n_fired = len(summary["triggered"])
     page = f"""<!DOCTYPE html>

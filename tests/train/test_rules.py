@@ -45,6 +45,20 @@ def test_healthy_run_fires_no_rule(trained_job):
     assert trial and not Path(trial.group(1)).exists()
 
 
+def test_profiler_steps_0_keeps_the_rules_and_takes_no_trace(tmp_path, digits_dir):
+    from train.datasets import subset
+
+    small = subset(digits_dir, tmp_path / "small", per_class=4)
+    run = run_train(make_job(tmp_path / "ml", digit_channels(small),
+                             dict(SMALL, epochs=1, **{"profiler-steps": 0})))
+    assert run.returncode == 0, run.log[-3000:]
+    report_dir = run.output_dir / "data" / "report"
+    doc = summary(run)
+    assert doc["trace"] is None and not (report_dir / "trace.json").exists()
+    assert {r["name"]: r["status"] for r in doc["rules"]}["ExplodingTensor"] == "ok"
+    assert "profiler-steps=0" in (report_dir / "report.html").read_text()
+
+
 def test_many_epochs_on_a_tiny_train_set_overfit(tmp_path, digits_dir):
     from train.datasets import subset
 
