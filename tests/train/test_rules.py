@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,62 @@ def test_step_outlier_rule_on_recorded_steps():
         steps[i].step_ms = 500.0
     result = rules.step_outlier(steps)
     assert result.status == rules.TRIGGERED and result.step == 50
+
+
+def _gpu_samples(util: list[float], memory_percent: list[float], cpu: float):
+    from train.monitor import SystemSample
+
+    total = 16 * 2**30
+    return [SystemSample(t_s=i * 0.5, cpu_percent=cpu, rss_bytes=2**30, gpu_percent=[u],
+                         gpu_memory_bytes=[int(m / 100 * total)], gpu_memory_total_bytes=[total])
+            for i, (u, m) in enumerate(zip(util, memory_percent))]
+
+
+def test_gpu_rules_on_recorded_nvml_samples():
+    # No GPU on CI: the four GPU rules read SystemSample lists, so record what NVML would say.
+    def outcome(samples):
+        return {r.name: r.status for r in rules.system_rules([], samples)
+                if r.name in ("CPUBottleneck", "LowGPUUtilization", "BatchSize",
+                              "GPUMemoryIncrease")}
+
+    starved = _gpu_samples([5.0] * 40, [20.0] * 40, cpu=97.0)  # the input pipeline is the limit
+    assert outcome(starved) == {"CPUBottleneck": rules.TRIGGERED,
+                                "LowGPUUtilization": rules.TRIGGERED,
+                                "BatchSize": rules.TRIGGERED, "GPUMemoryIncrease": rules.OK}
+    leaking = _gpu_samples([95.0] * 40, [30.0 + i for i in range(40)], cpu=50.0)
+    assert outcome(leaking) == {"CPUBottleneck": rules.OK, "LowGPUUtilization": rules.OK,
+                                "BatchSize": rules.OK, "GPUMemoryIncrease": rules.TRIGGERED}
+    small_batch = _gpu_samples([40.0] * 40, [10.0] * 40, cpu=30.0)
+    assert outcome(small_batch)["BatchSize"] == rules.TRIGGERED
+    assert outcome(small_batch)["CPUBottleneck"] == rules.OK
+    assert set(outcome(_gpu_samples([], [], cpu=50.0)).values()) == {rules.NO_DATA}
+
+
+def test_sampler_reads_utilisation_and_memory_through_nvml(monkeypatch):
+    import types
+
+    from train import monitor
+
+    fake = types.ModuleType("pynvml")  # nvidia-ml-py's API, two GPUs
+    fake.nvmlInit = lambda: None
+    fake.nvmlDeviceGetCount = lambda: 2
+    fake.nvmlDeviceGetHandleByIndex = lambda i: i
+    fake.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=[30, 90][h], memory=0)
+    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) * 2**30,
+                                                                   total=16 * 2**30, free=0)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    sampler = monitor.SystemSampler(interval_s=0.01).start()
+    time.sleep(0.2)
+    sampler.stop()
+    assert sampler.has_gpu and len(sampler.samples) >= 3
+    sample = sampler.samples[-1]
+    assert sample.gpu_percent == [30.0, 90.0]
+    assert sample.gpu_memory_bytes == [2**30, 2 * 2**30]
+    assert sample.gpu_memory_total_bytes == [16 * 2**30] * 2
+    from train import report
+
+    stats = report.summarize([], sampler.samples)
+    assert stats["gpu_percent_mean"] == 60.0 and stats["gpu_memory_bytes_max"] == 3 * 2**30
 
 
 def _chromium(url: str, screenshot: Path, profile: Path) -> str:
