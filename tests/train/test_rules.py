@@ -313,7 +313,7 @@ print("real module:", type(pandas) is type(sys) and pandas.DataFrame is not None
 
 
 def test_the_rules_hook_and_trial_never_import_pandas_and_smdebug_still_can():
-    # smdebug imports pandas (a third of its import time) for readers a training job never
+    # smdebug imports pandas (most of its import time) for readers a training job never
     # calls; train.debugger defers it. A fresh interpreter: the test process may hold pandas.
     out = subprocess.run([sys.executable, "-c", HOOK_WITHOUT_PANDAS], capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=300)
