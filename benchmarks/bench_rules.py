@@ -20,6 +20,7 @@ it: the toolkit's start-up and the output files count on both sides.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -36,12 +37,10 @@ from benchmarks.bench_train import make_folder  # noqa: E402
 from train import local  # noqa: E402
 
 JOB = """
-import sys
+import json, sys
 from train import hyperparameters, loop
-root, out, arch, epochs, rules = sys.argv[1:6]
-hp = hyperparameters.parse({"arch": arch, "pretrained": False, "epochs": epochs,
-                            "batch-size": 16, "debugger-rules": rules})
-loop.run(loop.Job(channels={c: f"{root}/{c}" for c in ("train", "valid")}, hyperparameters=hp,
+channels, hp, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+loop.run(loop.Job(channels=channels, hyperparameters=hyperparameters.parse(hp),
                   model_dir=f"{out}/model", output_data_dir=f"{out}/data",
                   checkpoint_dir=f"{out}/ckpt", input_config_dir=f"{out}/config"))
 """
@@ -55,12 +54,12 @@ def _children_cpu_s() -> float:
 
 def _command(args: argparse.Namespace, data: Path, out: Path, rules: str) -> list[str]:
     """The job's command line; for ``--entry container`` it also lays out ``out`` as /opt/ml."""
+    channels = {c: str(data / c) for c in ("train", "valid")}
+    hp = {"arch": args.arch, "pretrained": False, "epochs": args.epochs, "batch-size": 16,
+          "debugger-rules": rules}
     if args.entry == "loop":
-        return [sys.executable, "-c", JOB, str(data), str(out), args.arch, str(args.epochs),
-                rules]
-    local.write_job(out, {c: data / c for c in ("train", "valid")},
-                    {"arch": args.arch, "pretrained": False, "epochs": args.epochs,
-                     "batch-size": 16, "debugger-rules": rules})
+        return [sys.executable, "-c", JOB, json.dumps(channels), json.dumps(hp), str(out)]
+    local.write_job(out, channels, hp)
     return [sys.executable, str(ROOT / "container" / "train")]
 
 

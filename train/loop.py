@@ -143,7 +143,8 @@ class Trainer:
         self.best_state: dict | None = None
         self.skipped = 0
         self.resume()
-        # Before the hook: smdebug's import (0.3 s on one core) runs while the workers decode.
+        # Before the hook: smdebug's import (0.1-0.2 s, train/debugger.py) runs while the workers
+        # decode.
         self.start_workers()
         # Debugger and profiler rules in the container (train/rules.py): a local smdebug hook
         # when the job configured none, step timings, utilisation samples and a trace.
