@@ -45,6 +45,8 @@ def test_values_are_coerced(raw, key, expected):
         ({"amp": "maybe"}, ["'amp'", "true or false"]),
         ({"arch": "resnet51"}, ["'arch'", "torchvision classification model"]),
         ({"batch-size": True}, ["'batch-size'"]),
+        ({"profiler-steps": "-1"}, ["'profiler-steps'", "from 0 to 100", "0: no trace"]),
+        ({"profiler-steps": "101"}, ["'profiler-steps'", "from 0 to 100"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_accepted(raw, words):
