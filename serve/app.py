@@ -84,6 +84,13 @@ class ModelHolder:
                 logger.info("model %s loaded on %s in %.0f ms (warm-up %.0f ms)",
                             classifier.version, self.device,
                             (time.perf_counter() - start) * 1000, warm_ms)
+                training = classifier.manifest.get("training") or {}
+                if training.get("complete") is False:
+                    logger.warning("model %s is partial: its training job was stopped by %s "
+                                   "after %s of %s epochs; the weights are from %s",
+                                   classifier.version, training.get("stopped_by"),
+                                   training.get("epochs_completed"), training.get("epochs"),
+                                   training.get("weights_from"))
                 return
             except ArtifactError as exc:  # not there yet: keep /ping at 503 and retry
                 self.error = str(exc)
@@ -113,7 +120,11 @@ def _options(body_options: dict, num_classes: int) -> tuple[int, bool]:
             raw[key.strip().lower()] = value.strip()
     raw.update({k: v for k, v in request.args.items() if k in ("k", "probabilities")})
     raw.update({k: v for k, v in body_options.items() if k in ("k", "probabilities")})
-    k = raw.get("k", DEFAULT_TOP_K)
+    if "k" not in raw:
+        # The default is a convenience, not a demand: a 2-class model answers its top 2.
+        k = min(DEFAULT_TOP_K, num_classes)
+    else:
+        k = raw["k"]
     try:
         if isinstance(k, bool):
             raise ValueError

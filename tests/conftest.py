@@ -16,23 +16,29 @@ from pathlib import Path
 
 import pytest
 
+from train.datasets import DIGITS_RECIPE
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ENTRY = ROOT / "container" / "train"
 SERVE_ENTRY = ROOT / "container" / "serve"
 DOG_PHOTOS = sorted((ROOT / "tests" / "data" / "dogs").glob("*.jpg"))
 
-# A small, honest training run: resnet18 from scratch on 32-pixel digits reaches > 90 % on valid
-# in 5 epochs (about a minute on 2 cores).
-FAST_HYPERPARAMETERS = {
-    "arch": "resnet18",
-    "epochs": 5,
-    "batch-size": 32,
-    "lr": 0.05,
-    "image-size": 32,
-    "min-crop-scale": 0.6,
-    "pretrained": False,
-    "num-workers": 1,
-}
+# A small, honest training run: the digits recipe (resnet18 from scratch on 32-pixel digits),
+# about a minute on 2 cores.
+FAST_HYPERPARAMETERS = DIGITS_RECIPE
+
+
+# Fixtures that train a model (or serve one that was trained): `make test-fast` runs no
+# training, so a test that uses one must be marked slow.
+TRAINING_FIXTURES = {"trained_job", "trained_model_dir", "server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = TRAINING_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if used and item.get_closest_marker("slow") is None:
+            raise pytest.UsageError(f"{item.nodeid} uses {', '.join(sorted(used))}, which "
+                                    f"trains a model: mark it slow")
 
 
 @dataclass
@@ -97,9 +103,26 @@ def digits_dir(tmp_path_factory) -> Path:
     return write_digits(tmp_path_factory.mktemp("digits") / "digits", image_size=32)
 
 
+def write_untrained_artifact(model_dir: Path, num_classes: int, arch: str = "resnet18",
+                             image_size: int = 32) -> Path:
+    """A complete artifact (train.artifact.write) of a randomly initialised ``arch`` with
+    ``num_classes`` classes named ``class 0``...: for serving tests that need a model of a
+    given shape, not a trained one. Returns ``model_dir``."""
+    import torch
+
+    from train import artifact, data, model
+
+    torch.manual_seed(0)
+    net = model.build(arch, num_classes)
+    folders = [f"{i + 1:03d}.class_{i}" for i in range(num_classes)]
+    artifact.write(model_dir, net, arch, folders, data.Preprocess.for_size(image_size),
+                   "untrained", {}, {})
+    return model_dir
+
+
 @pytest.fixture(scope="session")
 def trained_job(tmp_path_factory, digits_dir) -> TrainingRun:
-    """One real, successful `train` run on digits (resnet18, 5 epochs); shared by all tests
+    """One real, successful `train` run on digits (the digits recipe); shared by all tests
     that need a trained model, its log or its reports."""
     base = make_job(tmp_path_factory.mktemp("job") / "ml", digit_channels(digits_dir),
                     FAST_HYPERPARAMETERS)

@@ -25,6 +25,10 @@ from train.errors import TrainingError
 logger = logging.getLogger(__name__)
 
 CONFIG_ENV = "SMDEBUG_CONFIG_FILE_PATH"
+# smdebug logs at INFO a line per registered parameter (about 70 for resnet50) and a line per
+# rule step range; none of it is news to the user, whose log says where the hook writes. Its
+# warnings stay. Read when smdebug is first imported; a user's own setting wins.
+os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")
 
 
 def config_path(input_config_dir: str) -> Path | None:

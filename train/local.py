@@ -48,16 +48,31 @@ def write_job(base: Path, channels: dict[str, Path], hyperparameters: dict,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m train.local BASE DATA [key=value ...]``: lay out BASE for the channels under
-    DATA (train, valid, test) with the given hyperparameters."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) < 2:
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    base, data, pairs = Path(args[0]), Path(args[1]), args[2:]
-    channels = {c: data / c for c in ("train", "valid", "test") if (data / c).is_dir()}
-    hyperparameters = dict(p.split("=", 1) for p in pairs)
-    print(write_job(base, channels, hyperparameters))
+    """``python -m train.local BASE DATA [--copy] [--digits-recipe] [key=value ...]``: lay out
+    BASE for the channels under DATA (train, valid, test) with the given hyperparameters (after
+    the digits recipe's, with --digits-recipe); --copy copies the channels instead of linking
+    them (for a tree mounted into a container). Prints BASE."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m train.local", description=main.__doc__)
+    parser.add_argument("base", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("pairs", nargs="*", metavar="key=value")
+    parser.add_argument("--copy", action="store_true")
+    parser.add_argument("--digits-recipe", action="store_true")
+    args = parser.parse_intermixed_args(argv)
+    hyperparameters: dict = {}
+    if args.digits_recipe:
+        from train.datasets import DIGITS_RECIPE
+
+        hyperparameters.update(DIGITS_RECIPE)
+    for pair in args.pairs:
+        if "=" not in pair:
+            parser.error(f"{pair!r} is not key=value")
+        key, value = pair.split("=", 1)
+        hyperparameters[key] = value
+    channels = {c: args.data / c for c in ("train", "valid", "test") if (args.data / c).is_dir()}
+    print(write_job(args.base, channels, hyperparameters, copy=args.copy))
     return 0
 
 

@@ -10,6 +10,11 @@ few training steps.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -184,6 +189,38 @@ class StepMonitor:
         return record
 
 
+# What libkineto (torch.profiler's engine) prints to stderr on every trace and is no news to the
+# user: its USDT probe lines (profiler_start, profiler_stop), its STAGE lines, and, on a host
+# with no GPU, an ERROR that it could not count GPUs. Its log level cannot drop the USDT lines
+# and keep real errors (USDT is the highest level), so the profiler's calls are captured at the
+# file-descriptor level and everything else is written back.
+KINETO_NOISE = re.compile(r"^(USDT|STAGE):|gpuGetDeviceCount failed")
+
+
+@contextlib.contextmanager
+def quiet_kineto():
+    """Hold back what C++ code writes to stderr (fd 2) inside the block, then write it back
+    without ``KINETO_NOISE`` lines. Use it around the profiler's start, stop and export only:
+    those calls take milliseconds, and other threads' stderr in that time is written back
+    afterwards, in order."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(True)
+                    if not KINETO_NOISE.search(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 class TraceWindow:
     """A torch.profiler trace (Chrome trace format) of ``active`` consecutive training steps from
     step ``start`` (0-based, counted by ``step_begin()`` calls), written to ``path`` (open it in
@@ -226,7 +263,8 @@ class TraceWindow:
             if self.cuda:
                 activities.append(tp.ProfilerActivity.CUDA)
             self._prof = tp.profile(activities=activities, record_shapes=False)
-            self._prof.__enter__()
+            with quiet_kineto():
+                self._prof.__enter__()
         elif n == self.start + self.active:
             self.close()
             return
@@ -247,7 +285,8 @@ class TraceWindow:
             return
         self._end_mark()
         prof, self._prof = self._prof, None
-        prof.__exit__(None, None, None)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        prof.export_chrome_trace(str(self.path))
+        with quiet_kineto():
+            prof.__exit__(None, None, None)
+            prof.export_chrome_trace(str(self.path))
         self.written = True

@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from train import debugger  # noqa: F401 - sets smdebug's log level before smdebug is imported
+
 TRIGGERED, OK, NO_DATA = "triggered", "ok", "no data"
 # smdebug.core.config_constants.TRAINING_END_DELAY_REFRESH_KEY (seconds, default 1)
 TRAINING_END_DELAY_REFRESH = "SMDEBUG_TRAINING_END_DELAY_REFRESH"

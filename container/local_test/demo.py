@@ -35,8 +35,7 @@ PER_CLASS = int(os.environ.get("DEMO_IMAGES_PER_CLASS", "4"))
 
 DOGS = {"arch": "resnet50", "epochs": 3, "freeze-epochs": 3, "batch-size": 32, "lr": 0.05,
         "image-size": 224, "pretrained": True, "max-images-per-class": PER_CLASS}
-DIGITS = {"arch": "resnet18", "epochs": 5, "batch-size": 32, "lr": 0.05, "image-size": 32,
-          "min-crop-scale": 0.6, "pretrained": False, "num-workers": 1}
+DIGITS = datasets.DIGITS_RECIPE
 
 
 def banner(text: str) -> None:

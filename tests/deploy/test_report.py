@@ -6,6 +6,7 @@ import io
 import tarfile
 
 import boto3
+import pytest
 
 from tests.deploy.test_deploy_cli import BUCKET, REGION, ROLE, aws, aws_env, run  # noqa: F401
 
@@ -19,6 +20,7 @@ def _job(name: str) -> None:
         StoppingCondition={"MaxRuntimeInSeconds": 3600})
 
 
+@pytest.mark.slow  # it reads a real training job's output
 def test_report_downloads_and_prints_the_rules(aws, capsys, trained_job, tmp_path):  # noqa: F811
     """The output.tar.gz of a real training run (what SageMaker tars from /opt/ml/output/data)."""
     _job("dogs-1")

@@ -36,3 +36,20 @@ def test_job_ending_before_the_window_writes_no_trace(tmp_path):
     _run(window, 4)
     window.close()
     assert not window.written and not (tmp_path / "trace.json").exists()
+
+
+def test_a_trace_leaves_no_profiler_noise_on_stderr_and_keeps_real_errors(tmp_path, capfd):
+    """libkineto prints USDT lines on every trace and, with no GPU, an ERROR that it cannot
+    count GPUs; neither is news to the user. Anything else C++ writes meanwhile still shows."""
+    import os
+
+    from train.monitor import quiet_kineto
+
+    window = TraceWindow(tmp_path / "trace.json", start=0, active=2)
+    _run(window, 3)
+    assert window.written
+    with quiet_kineto():
+        os.write(2, b"USDT:2026 1:1 X.cpp:1] profiler_start\nERROR: a real problem\n")
+    err = capfd.readouterr().err
+    assert "USDT" not in err and "gpuGetDeviceCount" not in err and "STAGE" not in err
+    assert "ERROR: a real problem" in err

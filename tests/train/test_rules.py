@@ -4,6 +4,7 @@ fires none, and the HTML report renders in headless Chromium without console err
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -103,7 +104,8 @@ def test_zero_initialisation_fires_weight_and_gradient_rules(tmp_path, digits_di
 
 def test_diverging_learning_rate_fails_with_a_report(tmp_path, digits_dir):
     """lr=10 drives the loss to NaN: the job fails (FailureReason says so) and the report it
-    leaves shows ExplodingTensor and LossNotDecreasing."""
+    leaves shows ExplodingTensor, naming the tensor and the step where the first non-finite loss
+    really came, and LossNotDecreasing."""
     from train.datasets import subset
 
     tiny = subset(digits_dir, tmp_path / "tiny", per_class=20)
@@ -112,11 +114,29 @@ def test_diverging_learning_rate_fails_with_a_report(tmp_path, digits_dir):
     assert run.returncode != 0 and "loss became" in run.failure
     fired = summary(run)["triggered"]
     assert "ExplodingTensor" in fired and "LossNotDecreasing" in fired, summary(run)["rules"]
-    # Steps as the user counts them: train steps, not smdebug's global steps (which count the
-    # validation steps too).
     exploding = next(r for r in summary(run)["rules"] if r["name"] == "ExplodingTensor")
-    assert f"train step {exploding['step']}" in exploding["detail"], exploding
-    assert exploding["step"] <= summary(run)["statistics"]["steps"]  # the NaN step never ended
+    assert exploding["detail"].startswith("CrossEntropyLoss_output_0 is not finite at "), exploding
+    # Where the first non-finite loss came, from what the job printed: weights that diverge in
+    # an epoch's last step show first in that epoch's validation pass (eval steps count from 0
+    # across epochs), else in the training step the FailureReason names (train steps count from
+    # 0 across epochs, as the user's step-time histogram does). Which one it is depends on the
+    # CPU's float results, so the test follows the job.
+    batches = {split: -(-sum(1 for _ in (tiny / split).rglob("*.jpg")) // SMALL["batch-size"])
+               for split in ("train", "valid")}
+    epoch, step = map(int, re.search(r"training loss became \S+ at epoch (\d+) step (\d+)",
+                                     run.failure).groups())
+    valid_losses = [float(v) for v in re.findall(r"^epoch=\d+ .*valid_loss=(\S+)", run.log,
+                                                 re.M)]
+    bad_valid = [e for e, v in enumerate(valid_losses, 1) if not math.isfinite(v)]
+    if bad_valid:
+        first = bad_valid[0]
+        assert first < epoch
+        assert exploding["detail"].endswith(f" at eval step {exploding['step']}"), exploding
+        assert (first - 1) * batches["valid"] <= exploding["step"] < first * batches["valid"]
+    else:
+        assert exploding["detail"].endswith(f" at train step {exploding['step']}"), exploding
+        assert exploding["step"] == (epoch - 1) * batches["train"] + step, (exploding, epoch,
+                                                                             step)
     # The failed job's report, as a user would open it (saved with the test output).
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report-diverging-lr.png"
