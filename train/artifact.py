@@ -6,7 +6,9 @@ Files (format_version 1; serve/ reads them and never imports train/):
   [B, 3, crop, crop], already normalised; B dynamic (1 to 1024). Output float32 logits
   [B, num_classes]. Loading it needs torch, not this code, and unpickles no Python objects.
 - ``manifest.json``: architecture, class names in index order, preprocessing (resize, crop, mean,
-  std), versions, metrics and hyperparameters. Written last: its presence marks a complete
+  std), versions, metrics, hyperparameters and ``training``: whether training completed, or
+  where a stop (SIGTERM: StopTrainingJob, a spot interruption, MaxRuntimeInSeconds) cut it short
+  and which weights the program holds (``complete`` false: a partial model). Written last: its presence marks a complete
   artifact, so a job that fails half way never leaves something serve would load.
 """
 
@@ -49,10 +51,12 @@ def export(model: nn.Module, crop: int) -> torch.export.ExportedProgram:
 
 
 def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str],
-          pre: Preprocess, job_name: str, metrics: dict, hyperparameters: dict) -> Path:
+          pre: Preprocess, job_name: str, metrics: dict, hyperparameters: dict,
+          training: dict | None = None) -> Path:
     """Write ``model.pt2`` then ``manifest.json`` to ``model_dir``; returns the manifest path.
 
     ``model`` must be a plain module (no DDP wrapper, no debugger hooks): export a fresh copy.
+    ``training``: the manifest's ``training`` section (``{"complete": True}`` when omitted).
 
     Raises:
         TrainingError: the program cannot be written (disk full, permissions).
@@ -89,6 +93,7 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "metrics": metrics,
         "hyperparameters": hyperparameters,
+        "training": training or {"complete": True},
     }
     path = model_dir / MANIFEST
     atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2)), "the manifest")

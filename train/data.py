@@ -11,6 +11,7 @@ palette and alpha photos are converted to RGB (alpha composited on white).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -34,7 +35,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Truncated JPEGs must fail, not be padded with grey (Pillow's default is strict; keep it so).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def readable_label(folder: str) -> str:
@@ -121,14 +121,27 @@ class ChannelDataset(datasets.DatasetFolder):
     def find_classes(self, directory: str):
         return sorted(self._fixed, key=self._fixed.get), dict(self._fixed)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        """``key``: an index, or ``(index, seed)`` from an EpochSampler: the transform's random
+        choices then come from a generator seeded with ``seed`` alone, so a photo's
+        augmentation in an epoch is the same whichever worker loads it and whether the epoch
+        ran whole or was resumed half way."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
             image = self.loader(path)
-        except DECODE_ERRORS as exc:
-            logger.warning("skipping unreadable image %s: %s", path, exc)
+        except Exception as exc:  # noqa: BLE001 - one bad photo never ends a job
+            # Pillow raises more than OSError on malformed files: TypeError, struct.error or
+            # ZeroDivisionError from bad EXIF, for one.
+            logger.warning("skipping unreadable image %s: %s: %s", path, type(exc).__name__, exc)
             return None
-        return self.transform(image), label
+        if seed is None:
+            return self.transform(image), label
+        # fork_rng: the process's own generator (the model's dropout when workers=0) is left
+        # as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
 
 
 def skip_collate(batch):
@@ -217,20 +230,73 @@ def build_datasets(channels: dict[str, str], classes: list[str], pre: Preprocess
     return out
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one photo's augmentation in one epoch: a 63-bit hash of the three."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class EpochSampler(Sampler):
+    """One process's share of a channel for one epoch, in order, from a given position.
+
+    Our own sampler rather than DistributedSampler or torchdata's StatefulDataLoader: a stopped
+    job resumes at the exact sample where it stopped (``set_epoch(epoch, start)``), with any
+    number of DataLoader workers, because each item carries the seed of its augmentation
+    (``sample_seed``); StatefulDataLoader restores worker RNG states only for the same worker
+    count, and DistributedSampler starts every epoch from the beginning.
+
+    The order is a permutation seeded by (seed, epoch) when ``shuffle``, else the channel's
+    order. With ``world_size`` processes the channel is padded to a multiple of ``world_size``
+    with its first samples and rank r takes every ``world_size``-th one (DistributedSampler's
+    rule), so every rank runs the same number of steps.
+
+    Yields ``(index, seed)`` pairs (``seed`` None when ``augment`` is False).
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 augment: bool = False) -> None:
+        self.size, self.shuffle, self.seed, self.augment = size, shuffle, seed, augment
+        self.rank, self.world_size = rank, world_size
+        self.share = -(-size // world_size)  # samples per rank, padding included
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate ``epoch`` from position ``start`` of this rank's share (0: the beginning)."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return max(self.share - self.start, 0)
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        padded = self.share * self.world_size
+        order = (order * -(-padded // max(self.size, 1)))[:padded]
+        mine = order[self.rank::self.world_size][self.start:]
+        for index in mine:
+            yield index, (sample_seed(self.seed, self.epoch, index) if self.augment else None)
+
+
 def default_num_workers() -> int:
     """One DataLoader worker per vCPU, at most 8 (decoding a JPEG costs 2-10 ms of one core)."""
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
 def make_loader(ds: Dataset, batch_size: int, train: bool, num_workers: int, seed: int,
-                distributed: bool, pin_memory: bool) -> DataLoader:
-    """A DataLoader with skip_collate; in DDP a DistributedSampler shards the channel."""
-    sampler = DistributedSampler(ds, shuffle=train, seed=seed) if distributed else None
+                rank: int, world_size: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader with skip_collate over an EpochSampler (shuffled and augmented for train;
+    sharded across ``world_size`` ranks)."""
+    sampler = EpochSampler(len(ds), shuffle=train, seed=seed, rank=rank, world_size=world_size,
+                           augment=train)
+    # The workers' own seeds no longer matter (EpochSampler seeds each photo); a generator of
+    # its own keeps the DataLoader from drawing them from the process's generator.
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=skip_collate,

@@ -5,6 +5,10 @@ It reads the job through the toolkit's ``Environment`` (hyperparameters, channel
 either trains in this process (one CPU or one GPU) or starts one process per GPU on every host
 with torchrun, which runs ``train.worker`` as a DDP group (NCCL on GPUs, gloo on CPUs).
 The toolkit turns a raised ``TrainingError`` into output/failure and exit code 1.
+
+SIGTERM and SIGINT stop the job gracefully (train/stop.py): in this process directly, or, under
+torchrun, forwarded to it; torchrun passes them to every rank and waits up to
+``stop.STOP_DEADLINE_S`` for them before it kills them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,8 +24,8 @@ from pathlib import Path
 
 from sagemaker_training import environment
 
-from train import hyperparameters, loop
-from train.errors import TrainingError
+from train import hyperparameters, loop, stop
+from train.errors import TrainingError, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +69,35 @@ def _torchrun(env: environment.Environment, job: loop.Job, nproc: int) -> None:
         f"--nnodes={len(hosts)}", f"--nproc_per_node={nproc}",
         f"--node_rank={hosts.index(env.current_host)}",
         f"--master_addr={master}", f"--master_port={MASTER_PORT}",
+        # torchrun sends a stop signal on to every rank, then kills them after this long.
+        f"--shutdown-timeout={int(stop.STOP_DEADLINE_S) - 5}",
         "-m", "train.worker", f.name,
     ]
+    failure = Path(env.output_dir) / "failure"
+    if stop.requested():
+        os.unlink(f.name)
+        raise loop.JobStopped(f"stopped by {stop.signal_name()} before training started")
     logger.info("starting DDP: %s", " ".join(cmd))
-    result = subprocess.run(cmd, check=False)
+    # A session of its own: a terminal's Ctrl-C reaches torchrun through us alone, once.
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    stop.install(on_signal=lambda signum: proc.send_signal(signal.SIGTERM),
+                 on_deadline=lambda reason: (write_failure(env.output_dir, reason),
+                                             os.killpg(proc.pid, signal.SIGKILL)))
+    returncode = proc.wait()
     os.unlink(f.name)
-    if result.returncode != 0:
-        failure = Path(env.output_dir) / "failure"
-        reason = failure.read_text() if failure.exists() else ""
+    reason = failure.read_text() if failure.exists() else ""
+    if stop.requested():
+        raise loop.JobStopped(reason or f"stopped by {stop.signal_name()}")
+    if returncode != 0:
         raise TrainingError(reason or f"a DDP training process failed (torchrun exit code "
-                                      f"{result.returncode}); see the log above")
+                                      f"{returncode}); see the log above")
+
+
+def install_stop_handler() -> None:
+    """Handle SIGTERM and SIGINT (train/stop.py); on the watchdog's deadline the failure file
+    under SAGEMAKER_BASE_DIR (/opt/ml) says so."""
+    output_dir = os.path.join(environment.base_dir, "output")
+    stop.install(on_deadline=lambda reason: write_failure(output_dir, reason))
 
 
 def main() -> None:
@@ -85,6 +109,7 @@ def main() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                        "%(message)s")
+    install_stop_handler()
     env = environment.Environment()
     job = job_from_environment(env)
     nproc = job.hyperparameters["processes-per-host"] or max(env.num_gpus, 1)

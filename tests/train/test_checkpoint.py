@@ -21,7 +21,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         checkpoint.save(tmp_path, 2, {"epoch": 2, "w": torch.zeros(3)})
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["epoch-0001.pt"]  # no temp file left
-    assert checkpoint.load_latest(tmp_path)["epoch"] == 1
+    assert checkpoint.load_latest(tmp_path)[0]["epoch"] == 1
 
 
 def test_a_cut_off_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
@@ -29,7 +29,7 @@ def test_a_cut_off_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     checkpoint.save(tmp_path, 2, {"epoch": 2})
     newest = tmp_path / "epoch-0002.pt"
     newest.write_bytes(newest.read_bytes()[:20])
-    assert checkpoint.load_latest(tmp_path)["epoch"] == 1
+    assert checkpoint.load_latest(tmp_path)[0]["epoch"] == 1
 
 
 def test_only_the_newest_two_are_kept(tmp_path):
@@ -38,3 +38,44 @@ def test_only_the_newest_two_are_kept(tmp_path):
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["epoch-0004.pt",
                                                                       "epoch-0003.pt"]
     assert checkpoint.load_latest(tmp_path / "absent") is None
+
+
+def test_names_order_by_training_done_and_step_checkpoints_count(tmp_path):
+    checkpoint.save(tmp_path, 2, {"epoch": 2})
+    checkpoint.save(tmp_path, 2, {"epoch": 2, "step": 7}, step=7)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        "epoch-0002-step-000007.pt", "epoch-0002.pt"]
+    assert checkpoint.position(tmp_path / "epoch-0002-step-000007.pt") == (2, 7)
+    checkpoint.save(tmp_path, 3, {"epoch": 3})
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        "epoch-0003.pt", "epoch-0002-step-000007.pt"]
+
+
+def test_when_every_checkpoint_is_corrupt_new_ones_are_kept(tmp_path):
+    """Corrupt checkpoints of a later epoch than the job has reached never outrank (and so
+    never delete) the ones it writes: they are set aside, kept for a look."""
+    for epoch in (8, 9):
+        (tmp_path / f"epoch-{epoch:04d}.pt").write_bytes(b"not a checkpoint")
+    assert checkpoint.load_latest(tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0008.pt.unreadable",
+                                                           "epoch-0009.pt.unreadable"]
+    checkpoint.save(tmp_path, 1, {"epoch": 1})
+    checkpoint.save(tmp_path, 2, {"epoch": 2})
+    state, path = checkpoint.load_latest(tmp_path)
+    assert state["epoch"] == 2 and path.name == "epoch-0002.pt"
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["epoch-0002.pt",
+                                                                      "epoch-0001.pt"]
+
+
+def test_generators_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    checkpoint.atomic_save({"rng": checkpoint.rng_state(cuda=False)}, tmp_path / "s.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    checkpoint.set_rng_state(state["rng"], cuda=False)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected

@@ -59,7 +59,7 @@ def test_a_resumed_job_spreads_the_hook_saves_over_the_epochs_left(tmp_path, dig
     planned = []
     monkeypatch.setattr(debugger, "create_hook", lambda *args: planned.append(args[-1]))
     trainer = make_trainer(tmp_path, digits_dir, epochs=3, **{"debugger-rules": True})
-    assert trainer.start_epoch == 1
+    assert trainer.epoch == 1  # the epoch it resumes in
     # smdebug counts steps from 0 in every process: 2 epochs of steps are left, not 3.
     assert planned == [len(trainer.loaders["train"]) * 2] == [trainer.planned_steps()]
 

@@ -49,17 +49,23 @@ def test_training_learns_and_writes_every_output(trained_job):
     log = trained_job.log
     valid = metric_values(log, "valid_accuracy")
     assert len(valid) == FAST_HYPERPARAMETERS["epochs"]
-    # Chance is 10 %; the run must learn, not just run.
-    assert max(valid) >= 0.90, valid
-    assert metric_values(log, "test_accuracy")[0] >= 0.85
+    # Chance is 10 %; the run must learn, not just run. The recipe's lowest over 5 seeds here
+    # was 0.95 on both (benchmarks/README.md): margin for other CPUs' float results.
+    assert valid[-1] >= 0.90, valid
+    assert metric_values(log, "test_accuracy")[0] >= 0.90
     assert (trained_job.output_dir / "success").exists()
     assert trained_job.failure is None
     # Objects left frozen (gc.freeze in train.loop) at exit made nanobind report 40 "leaks".
     assert "leaked" not in log
+    # Only what a user needs: no smdebug INFO line per parameter, no profiler USDT lines, and
+    # no ERROR line on a healthy job (libkineto's "gpuGetDeviceCount failed" on a CPU host).
+    for noise in ("hook.py:", "count_params", "USDT:", "gpuGetDeviceCount", "rule_invoker"):
+        assert noise not in log, noise
+    assert not [line for line in log.splitlines() if "ERROR" in line]
 
     data = trained_job.output_dir / "data"
     doc = json.loads((data / "metrics.json").read_text())
-    assert [h["epoch"] for h in doc["history"]] == [1, 2, 3, 4, 5]
+    assert [h["epoch"] for h in doc["history"]] == list(range(1, FAST_HYPERPARAMETERS["epochs"] + 1))
     assert doc["evaluated_on"] == "test" and 0 <= doc["final"]["test_top5_accuracy"] <= 1
     assert set(doc["per_class_accuracy"]) == {f"digit {i}" for i in range(10)}
     for png in ("learning_curves.png", "confusion_matrix.png"):
@@ -73,26 +79,32 @@ def test_artifact_is_self_describing_and_predicts(trained_job, digits_dir):
     assert manifest["classes"][2] == "digit 2" and manifest["class_folders"][2] == "003.digit_2"
     assert manifest["preprocess"]["crop"] == 32 and manifest["preprocess"]["resize"] == 37
     assert manifest["model_version"].startswith("local-")
-    # Load the program the way serve does: torch alone, no train code, no pickled objects.
+    # Load the program the way serve does: torch alone, no train code, no pickled objects, and
+    # the preprocessing the manifest states (shorter side to "resize", centre crop "crop").
+    from torchvision.transforms import v2
+
+    pre = manifest["preprocess"]
+    transform = v2.Compose([v2.Resize(pre["resize"]), v2.CenterCrop(pre["crop"]), v2.PILToTensor(),
+                            v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(pre["mean"], pre["std"])])
     program = torch.export.load(str(trained_job.model_dir / manifest["program"])).module()
-    mean = torch.tensor(manifest["preprocess"]["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(manifest["preprocess"]["std"]).view(1, 3, 1, 1)
     correct = total = 0
     for label, folder in enumerate(manifest["class_folders"]):
         for path in sorted((digits_dir / "test" / folder).glob("*.jpg"))[:5]:
             with Image.open(path) as img:
-                x = torch.from_numpy(np.asarray(img.convert("RGB").resize((32, 32)))).float()
-            x = (x.permute(2, 0, 1)[None] / 255 - mean) / std
+                x = transform(img.convert("RGB"))[None]
             correct += int(program(x).argmax(1).item() == label)
             total += 1
-    assert correct / total >= 0.8
+    assert correct / total >= 0.9  # lowest over 5 seeds here: 48/50 (benchmarks/README.md)
 
 
 def test_checkpoints_are_written_each_epoch(trained_job):
+    epochs = FAST_HYPERPARAMETERS["epochs"]
     names = sorted(p.name for p in (trained_job.base / "checkpoints").iterdir())
-    assert names == ["epoch-0004.pt", "epoch-0005.pt"]  # the newest two are kept
-    state = torch.load(trained_job.base / "checkpoints" / "epoch-0005.pt", weights_only=True)
-    assert state["epoch"] == 5 and len(state["history"]) == 5
+    assert names == [f"epoch-{epochs - 1:04d}.pt", f"epoch-{epochs:04d}.pt"]  # the newest two
+    state = torch.load(trained_job.base / "checkpoints" / f"epoch-{epochs:04d}.pt",
+                       weights_only=True)
+    assert state["epoch"] == epochs and len(state["history"]) == epochs and state["step"] == 0
 
 
 def test_resume_after_interruption_finishes_the_same_epochs(tmp_path, digits_dir):
@@ -283,3 +295,149 @@ def test_nan_loss_fails_without_a_model(tmp_path, tiny_digits):
     channels = dict(digit_channels(tiny_digits), pretrained=weights)
     run = run_train(make_job(tmp_path / "ml", channels, dict(TINY, pretrained=True)))
     _expect_failure(run, "training loss became nan", "lower lr")
+
+
+# ------------------------------------------------------------------ stops
+def _start_train(base: Path, log: Path) -> subprocess.Popen:
+    import os
+
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base), PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(TRAIN_ENTRY)], env=env, cwd=ROOT,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_sigterm_reaches_every_ddp_rank_and_they_stop_at_the_same_step(tmp_path, digits_dir):
+    hp = dict(TINY, epochs=40, **{"processes-per-host": 2, "max-images-per-class": 8,
+                                  "debugger-rules": False})
+    base = make_job(tmp_path / "ml", digit_channels(digits_dir), hp)
+    log = tmp_path / "log"
+    proc = _start_train(base, log)
+    _wait_for(base / "checkpoints" / "epoch-0001.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    assert proc.wait(timeout=120) != 0
+    assert time.monotonic() - start < 100
+    text = log.read_text()
+    stops = dict(re.findall(r"rank(\d) INFO train\.loop: stopping at (epoch \d+, step \d+)", text))
+    assert set(stops) == {"0", "1"} and stops["0"] == stops["1"], text[-3000:]
+    failure = (base / "output" / "failure").read_text()
+    assert failure.startswith(f"stopped by SIGTERM at {stops['0']} of "), failure
+    assert "model written from epoch" in failure
+    assert not (base / "output" / "success").exists()
+    assert json.loads((base / "model" / "manifest.json").read_text())["training"]["complete"] is False
+
+    # The job is started again (a spot restart) with fewer epochs left to go: it resumes on both
+    # ranks from the stop's checkpoint and ends.
+    make_job(base, digit_channels(digits_dir), dict(hp, epochs=3))
+    run = run_train(base)
+    assert run.returncode == 0, run.log[-3000:]
+    doc = json.loads((base / "output" / "data" / "metrics.json").read_text())
+    assert [h["epoch"] for h in doc["history"]] == [1, 2, 3]
+
+
+def test_a_ddp_rank_whose_whole_batch_is_unreadable_still_joins(tmp_path, tiny_digits):
+    """Batches of 2 on 2 ranks, with as many unreadable photos as good ones: at some steps one
+    rank has no image while the other has some. It must still take part in the gradient
+    all-reduce, or both ranks wait for each other forever. (64 px: a batch of one image still
+    has 2x2 pixels per channel in resnet18's last BatchNorm.)"""
+    folder = tiny_digits / "train" / "001.digit_0"
+    for i in range(40):
+        (folder / f"garbage-{i:02d}.jpg").write_bytes(b"not an image" * 20)
+    hp = dict(TINY, epochs=1, **{"processes-per-host": 2, "batch-size": 2, "image-size": 64,
+                                 "max-images-per-class": 0, "debugger-rules": False})
+    run = run_train(make_job(tmp_path / "ml", digit_channels(tiny_digits), hp), timeout=300)
+    assert run.returncode == 0, run.log[-3000:]
+    assert "epoch 1 skipped 40 unreadable images" in run.log
+    assert (run.model_dir / "manifest.json").exists()
+
+
+BAD_PILLOW = """
+import struct, sys
+from train import data
+real = data.load_rgb
+RAISES = {"typeerror": TypeError("unsupported EXIF tag type"),
+          "structerror": struct.error("unpack requires a buffer of 4 bytes"),
+          "zerodivision": ZeroDivisionError("float division by zero")}
+def load(path):
+    for key, exc in RAISES.items():
+        if key in path:
+            raise exc
+    return real(path)
+data.load_rgb = load
+from tests.train.stop_driver import main
+sys.exit(main(*sys.argv[1:]))
+"""
+
+
+def test_any_exception_pillow_raises_on_a_photo_skips_that_photo(tmp_path, tiny_digits):
+    """Malformed EXIF makes some Pillow versions raise TypeError, struct.error or
+    ZeroDivisionError, not OSError; each such photo is skipped and counted like a corrupt one."""
+    folder = tiny_digits / "train" / "002.digit_1"
+    good = sorted(folder.glob("*.jpg"))[0]
+    for name in ("typeerror", "structerror", "zerodivision"):
+        shutil.copy(good, folder / f"{name}.jpg")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", BAD_PILLOW, str(tiny_digits), str(out),
+                          json.dumps(dict(TINY, **{"debugger-rules": False,
+                                                   "max-images-per-class": 0})), "none"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "epoch 1 skipped 3 unreadable images" in run.stderr
+    for name, kind in (("typeerror", "TypeError"), ("structerror", "error"),
+                       ("zerodivision", "ZeroDivisionError")):
+        assert re.search(rf"skipping unreadable image \S+/{name}\.jpg: {kind}: ", run.stderr)
+    assert (out / "model" / "manifest.json").exists()
+
+
+# ------------------------------------------------------------------ large label sets
+LARGE_JOB = """
+import atexit, resource, runpy, sys
+atexit.register(lambda: print(f"peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}",
+                              file=sys.stderr, flush=True))
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("classes", [1000, 10_000])
+def test_many_classes_train_and_write_their_reports_within_memory(tmp_path, classes):
+    """One tiny photo per class and channel: the job trains an epoch and writes metrics.json
+    (a sparse confusion matrix above 200 classes) and its plots, its peak memory far below what
+    a dense 10,000 x 10,000 matrix alone would take (800 MB of int64)."""
+    import io
+    import os
+
+    # Noise, not one flat colour: identical constant photos leave BatchNorm no variance.
+    rng = np.random.default_rng(0)
+    photos = []
+    for _ in range(64):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "JPEG")
+        photos.append(buf.getvalue())
+    for split in ("train", "valid"):
+        for i in range(classes):
+            folder = tmp_path / "data" / split / f"{i + 1:05d}.class_{i}"
+            folder.mkdir(parents=True)
+            (folder / "a.jpg").write_bytes(photos[(i * 7 + len(split)) % len(photos)])
+    hp = dict(TINY, **{"batch-size": 256, "max-images-per-class": 0})
+    base = make_job(tmp_path / "ml", {s: tmp_path / "data" / s for s in ("train", "valid")}, hp)
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base), PYTHONUNBUFFERED="1")
+    run = subprocess.run([sys.executable, "-c", LARGE_JOB, str(TRAIN_ENTRY)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    peak_gb = int(re.search(r"peak_rss_kb=(\d+)", run.stderr).group(1)) / 2**20
+    assert peak_gb < 2.5, peak_gb
+    doc = json.loads((base / "output" / "data" / "metrics.json").read_text())
+    assert len(doc["per_class_accuracy"]) == classes and "confusion_matrix" not in doc
+    cells = doc["confusion_cells"]
+    assert sum(cells["count"]) == classes  # every valid photo, once
+    assert (base / "output" / "data" / "learning_curves.png").is_file()
+    assert (base / "output" / "data" / "confusion_matrix.png").is_file() == (classes <= 1000)
+    assert len(json.loads((base / "model" / "manifest.json").read_text())["classes"]) == classes
