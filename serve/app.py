@@ -1,161 +1,54 @@
 """The Flask application (factory pattern): /ping, /invocations and /execution-parameters.
 
-gunicorn calls ``create_app()`` in each worker after the fork; the model then loads on a
-background thread, so the worker accepts connections at once and /ping answers 503 ("loading")
-until the model is loaded and one warm-up inference has run, then 200. gthread workers keep
-/ping answering while another thread runs an inference.
-
-Requests (AWS doc "Use your own inference code with hosting services"):
-- ``image/jpeg``, ``image/png`` or ``application/x-image``: one image as the body.
-- ``application/json``: ``{"instances": [{"b64": "<base64 image>"}, ...], "k": 3,
-  "probabilities": true}`` for several images in one forward pass.
-Options ``k`` (top-k, default 5) and ``probabilities`` (all class probabilities in class order)
-come from the JSON body, the ``X-Amzn-SageMaker-Custom-Attributes`` header (``k=3;
-probabilities=true``: InvokeEndpoint's CustomAttributes, the only per-request channel SageMaker
-passes through) or the query string (local curl).
-
-Every client error is a 4xx with a JSON reason, never a 500, and the worker lives on.
+gunicorn calls ``create_app()`` in each worker after the fork; the model loads on a background
+thread (serve/lifecycle.py). An invocation checks its cost before any work (bytes, images,
+pixels: a 4xx with the limit), decodes its images in its own thread, then waits for the
+worker's model thread to run them in a batch with whatever else is queued (serve/scheduler.py),
+within its deadline. Every client error is a 4xx with a JSON reason, an overload a 503 with
+Retry-After, never a 500, and the worker lives on.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import gc
 import json
 import logging
-import threading
+import os
 import time
 
+import numpy as np
 import torch
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from serve.config import DEFAULT_TOP_K, Settings
-from serve.decode import BadImage
-from serve.model import ArtifactError, Classifier
-
-IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
-JSON_TYPE = "application/json"
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-RETRY_LOAD_S = 2.0
+from serve.config import REQUEST_DEADLINE_SHARE, Settings
+from serve.decode import BadImage, inspect, to_model_input
+from serve.invocation import (CUSTOM_ATTRIBUTES, IMAGE_TYPES, JSON_TYPE, ClientError,
+                              image_bodies, options, predictions)
+from serve.lifecycle import ModelHolder
+from serve.scheduler import MemoryBudget, Overloaded
 
 access_log = logging.getLogger("serve.access")
-logger = logging.getLogger("serve")
+
+ERROR_NAMES = {400: "bad_request", 406: "not_acceptable", 413: "payload_too_large",
+               415: "unsupported_media_type", 503: "service_unavailable"}
 
 
-class ClientError(Exception):
-    """A request the server cannot serve; becomes ``status`` with a JSON reason."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-class ModelHolder:
-    """Loads the classifier on a background thread, retrying while the artifact is incomplete,
-    and tells /ping whether it is ready."""
-
-    def __init__(self, settings: Settings, device: torch.device):
-        self.settings, self.device = settings, device
-        self.classifier: Classifier | None = None
-        self.error: str | None = None
-        self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
-
-    def start(self) -> "ModelHolder":
-        self._thread.start()
-        return self
-
-    def _load(self) -> None:
-        last = None
-        while True:
-            try:
-                start = time.perf_counter()
-                classifier = Classifier(self.settings.model_dir, self.device,
-                                        self.settings.max_pixels)
-                warm_ms = classifier.warm_up()
-                # The loaded program is hundreds of thousands of long-lived Python objects (the
-                # exported graph). Left to the cyclic GC, each full collection walks them all:
-                # about 150 ms, one request in ~60 (measured, resnet50 on 2 vCPUs). gc.freeze()
-                # moves everything alive now out of the collector's sight (Python docs, gc.freeze).
-                gc.collect()
-                gc.freeze()
-                self.classifier, self.error = classifier, None
-                logger.info("model %s loaded on %s in %.0f ms (warm-up %.0f ms)",
-                            classifier.version, self.device,
-                            (time.perf_counter() - start) * 1000, warm_ms)
-                training = classifier.manifest.get("training") or {}
-                if training.get("complete") is False:
-                    logger.warning("model %s is partial: its training job was stopped by %s "
-                                   "after %s of %s epochs; the weights are from %s",
-                                   classifier.version, training.get("stopped_by"),
-                                   training.get("epochs_completed"), training.get("epochs"),
-                                   training.get("weights_from"))
-                return
-            except ArtifactError as exc:  # not there yet: keep /ping at 503 and retry
-                self.error = str(exc)
-            except Exception as exc:  # noqa: BLE001 - a broken artifact must not kill the worker
-                self.error = f"{type(exc).__name__}: {exc}"
-            if self.error != last:
-                logger.error("model not loaded: %s (retrying every %.0f s)", self.error,
-                             RETRY_LOAD_S)
-                last = self.error
-            time.sleep(RETRY_LOAD_S)
-
-
-def _error(status: int, reason: str):
-    names = {400: "bad_request", 406: "not_acceptable", 413: "payload_too_large",
-             415: "unsupported_media_type", 503: "model_not_ready"}
-    response = jsonify({"status": status, "error": names.get(status, "error"), "reason": reason})
+def _error(status: int, reason: str, retry_after_s: int | None = None):
+    response = jsonify({"status": status, "error": ERROR_NAMES.get(status, "error"),
+                        "reason": reason})
     response.status_code = status
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(retry_after_s)
     return response
 
 
-def _options(body_options: dict, num_classes: int) -> tuple[int, bool]:
-    raw: dict = {}
-    header = request.headers.get(CUSTOM_ATTRIBUTES, "")
-    for part in header.replace(",", ";").split(";"):
-        if "=" in part:
-            key, value = part.split("=", 1)
-            raw[key.strip().lower()] = value.strip()
-    raw.update({k: v for k, v in request.args.items() if k in ("k", "probabilities")})
-    raw.update({k: v for k, v in body_options.items() if k in ("k", "probabilities")})
-    if "k" not in raw:
-        # The default is a convenience, not a demand: a 2-class model answers its top 2.
-        k = min(DEFAULT_TOP_K, num_classes)
-    else:
-        k = raw["k"]
-    try:
-        if isinstance(k, bool):
-            raise ValueError
-        k = int(k)
-    except (TypeError, ValueError):
-        raise ClientError(400, f"k={k!r} is not an integer") from None
-    if not 1 <= k <= num_classes:
-        raise ClientError(400, f"k={k} must be between 1 and {num_classes}")
-    probabilities = str(raw.get("probabilities", "false")).lower() in ("true", "1", "yes", "all")
-    return k, probabilities
-
-
-def _json_images(data: bytes) -> tuple[list[bytes], dict]:
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ClientError(400, f"the body is not valid JSON: {exc}") from None
-    instances = doc.get("instances") if isinstance(doc, dict) else None
-    if not isinstance(instances, list) or not instances:
-        raise ClientError(400, 'expected {"instances": [{"b64": "<base64 image>"}, ...]} with at '
-                               'least one instance')
-    images = []
-    for i, instance in enumerate(instances):
-        b64 = instance.get("b64") if isinstance(instance, dict) else None
-        if not isinstance(b64, str):
-            raise ClientError(400, f'instance {i} has no "b64" string')
-        try:
-            images.append(base64.b64decode(b64, validate=True))
-        except (binascii.Error, ValueError):
-            raise ClientError(400, f"instance {i}: invalid base64") from None
-    return images, doc
+def _device(settings: Settings) -> torch.device:
+    """The GPU gunicorn_conf assigned this worker (SERVE_GPU_INDEX), else the CPU with the
+    worker's share of the cores for torch's intra-op threads."""
+    if settings.gpus:
+        return torch.device("cuda", int(os.environ.get("SERVE_GPU_INDEX", "0")))
+    torch.set_num_threads(settings.threads_per_worker)
+    return torch.device("cpu")
 
 
 def create_app(settings: Settings | None = None, device: torch.device | None = None) -> Flask:
@@ -163,26 +56,19 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
 
     Args:
         settings: defaults to ``Settings.from_env()``.
-        device: defaults to the GPU in ``SERVE_GPU_INDEX`` (set per worker by gunicorn_conf)
-            when CUDA is usable, else the CPU.
+        device: defaults to the worker's GPU when there are GPUs, else the CPU.
     """
     settings = settings or Settings.from_env()
-    if device is None:
-        import os
-
-        if settings.gpus:
-            device = torch.device("cuda", int(os.environ.get("SERVE_GPU_INDEX", "0")))
-        else:
-            device = torch.device("cpu")
-            torch.set_num_threads(settings.threads_per_worker)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
-    holder = ModelHolder(settings, device).start()
+    holder = ModelHolder(settings, device or _device(settings)).start()
+    budget = MemoryBudget(settings.decode_memory_bytes)
     app.extensions["model"] = holder
 
     @app.before_request
     def _start_timer():
-        g.start = time.perf_counter()
+        g.start = time.monotonic()
+        g.log = {}
 
     @app.after_request
     def _access_log(response):
@@ -191,17 +77,21 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
                 "method": request.method,
                 "path": request.path,
                 "status": response.status_code,
-                "latency_ms": round((time.perf_counter() - g.get("start", time.perf_counter()))
+                "latency_ms": round((time.monotonic() - g.get("start", time.monotonic()))
                                     * 1000, 2),
                 "content_type": request.mimetype or None,
                 "bytes": request.content_length or 0,
-                "images": g.get("images", 0),
+                **g.get("log", {}),
             }))
         return response
 
     @app.errorhandler(ClientError)
     def _client_error(exc: ClientError):
-        return _error(exc.status, exc.reason)
+        return _error(exc.status, exc.reason, exc.retry_after_s)
+
+    @app.errorhandler(Overloaded)
+    def _overloaded(exc: Overloaded):
+        return _error(503, exc.reason, exc.retry_after_s)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -212,7 +102,7 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
 
     @app.get("/ping")
     def ping():
-        if holder.classifier is None:
+        if not holder.ready.is_set():
             return _error(503, holder.error or "the model is loading")
         return jsonify({"status": "ok", "model_version": holder.classifier.version})
 
@@ -224,42 +114,86 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
             "MaxPayloadInMB": settings.max_payload_bytes // (1024 * 1024),
         })
 
+    def ready_model(deadline: float):
+        """The loaded classifier and scheduler, waiting for them within the deadline.
+
+        Raises:
+            ClientError: 503 while the artifact is missing or broken, or still loading at the
+                deadline.
+        """
+        if not holder.wait_ready(deadline):
+            raise ClientError(503, holder.error or "the model is still loading",
+                              retry_after_s=1 if holder.error is None else None)
+        return holder.classifier, holder.scheduler
+
+    def check_cost(n_images: int, ms_per_image: float) -> None:
+        """Images per request, and their share of the deadline at the measured cost."""
+        if n_images > settings.max_images_per_request:
+            raise ClientError(400, f"{n_images} images in one request; the limit is "
+                                   f"{settings.max_images_per_request} "
+                                   f"(SERVE_MAX_IMAGES_PER_REQUEST)")
+        budget_s = settings.timeout_s * REQUEST_DEADLINE_SHARE
+        if n_images * ms_per_image / 1000 > budget_s:
+            most = max(1, int(budget_s * 1000 / ms_per_image))
+            raise ClientError(400, f"{n_images} images would take about "
+                                   f"{n_images * ms_per_image / 1000:.0f} s here "
+                                   f"({ms_per_image:.0f} ms each), over "
+                                   f"{REQUEST_DEADLINE_SHARE:.0%} of the {settings.timeout_s} s "
+                                   f"deadline; send at most {most} per request")
+
+    def decode_all(bodies: list[bytes], geometry, deadline: float) -> np.ndarray:
+        """uint8 [n, crop, crop, 3], each image inspected (pixel limits) before it decodes and
+        decoded under the worker's memory budget."""
+        arrays = []
+        for i, body in enumerate(bodies):
+            try:
+                inspected = inspect(body, geometry, settings.max_pixels,
+                                    settings.max_resized_pixels)
+                if inspected.decode_bytes > budget.total:
+                    raise ClientError(413, f"decoding the image takes about "
+                                           f"{inspected.decode_bytes / 2**20:.0f} MB; the limit "
+                                           f"is {budget.total / 2**20:.0f} MB "
+                                           f"(SERVE_DECODE_MEMORY_MB)")
+                budget.acquire(inspected.decode_bytes, deadline)
+                try:
+                    arrays.append(to_model_input(inspected, geometry))
+                finally:
+                    budget.release(inspected.decode_bytes)
+            except BadImage as exc:
+                raise ClientError(400, f"image {i}: {exc}" if len(bodies) > 1 else str(exc))
+        return np.stack(arrays)
+
     @app.post("/invocations")
     def invocations():
+        deadline = g.start + settings.timeout_s
         # No Accept header means anything goes (RFC 9110 12.5.1).
         if request.headers.get("Accept") and request.accept_mimetypes.best_match(
                 [JSON_TYPE]) is None:
             raise ClientError(406, f"Accept: {request.headers.get('Accept')!r} cannot be served; "
                                    f"responses are {JSON_TYPE}")
-        content_type = request.mimetype
-        if content_type not in IMAGE_TYPES + (JSON_TYPE,):
-            raise ClientError(415, f"Content-Type {content_type or '(none)'!r} is not supported; "
-                                   f"use one of {', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
-        classifier = holder.classifier
-        if classifier is None:
-            raise ClientError(503, holder.error or "the model is loading")
-        data = request.get_data(cache=False)
-        if content_type == JSON_TYPE:
-            images, doc = _json_images(data)
-        else:
-            images, doc = [data], {}
-        if len(images) > classifier.max_batch:
-            raise ClientError(400, f"{len(images)} images; at most {classifier.max_batch}")
-        k, want_all = _options(doc, len(classifier.classes))
-        g.images = len(images)
+        if request.mimetype not in IMAGE_TYPES + (JSON_TYPE,):
+            raise ClientError(415, f"Content-Type {request.mimetype or '(none)'!r} is not "
+                                   f"supported; use one of {', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
+        classifier, scheduler = ready_model(deadline)
+        bodies, doc = image_bodies(request.mimetype, request.get_data(cache=False))
+        g.log["images"] = len(bodies)
+        check_cost(len(bodies), scheduler.ms_per_image)
+        k, want_all = options(doc, request.headers.get(CUSTOM_ATTRIBUTES, ""), request.args,
+                              len(classifier.classes))
+        scheduler.admit(len(bodies), deadline)
+        decode_start = time.monotonic()
         try:
-            predictions = classifier.predict(images)
-        except BadImage as exc:
-            raise ClientError(400, str(exc)) from None
-        out = []
-        for p in predictions:
-            top = torch.topk(p.probabilities, k)
-            item = {"top_k": [{"label": classifier.classes[i], "index": int(i),
-                               "probability": round(float(v), 6)}
-                              for v, i in zip(top.values.tolist(), top.indices.tolist())]}
-            if want_all:
-                item["probabilities"] = [round(float(v), 6) for v in p.probabilities.tolist()]
-            out.append(item)
-        return jsonify({"model_version": classifier.version, "predictions": out})
+            images = decode_all(bodies, classifier.geometry, deadline)
+        except BaseException:
+            scheduler.release()
+            raise
+        g.log["decode_ms"] = round((time.monotonic() - decode_start) * 1000, 2)
+        job = scheduler.submit(images, deadline)
+        probabilities = scheduler.wait(job)
+        g.log.update(batch_size=job.batch_size, queue_ms=round(job.queue_ms, 2),
+                     compute_ms=round(job.compute_ms, 2))
+        return jsonify({"model_version": classifier.version,
+                        "predictions": predictions(probabilities, classifier.classes, k,
+                                                   want_all)})
 
     return app

@@ -19,6 +19,20 @@ DEFAULT_TIMEOUT_S = 60  # an invocation must finish within 60 s
 GRACEFUL_TIMEOUT_S = 25  # SageMaker sends SIGKILL 30 s after SIGTERM
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_PIXELS = 50_000_000  # 4x a 12 MP phone photo; larger is a decompression bomb here
+# The model's input before its centre crop is at most this big (6 MB as RGB): a 30:1 panorama at
+# resize 256. A 1x50,000 strip would be 256x12,800,000 (9.8 GB).
+DEFAULT_MAX_RESIZED_PIXELS = 2_000_000
+DEFAULT_DECODE_MEMORY_MB = 512  # decoded frames held at once by one worker's request threads
+DEFAULT_MAX_IMAGES_PER_REQUEST = 64
+# One request may take at most this share of the deadline at the worker's measured cost per image.
+REQUEST_DEADLINE_SHARE = 0.5
+DEFAULT_MAX_QUEUE = 32  # requests one worker holds at once: decoding, queued or running
+# Batching defaults per host kind (benchmarks/README.md, "Serving"): on the CPU a batch larger
+# than 8 gained little per image and made each request wait longer; a GPU wants larger batches
+# (not yet measured on one: 32 is TorchServe's and Triton's usual starting point for ResNet50).
+DEFAULT_MAX_BATCH = {"cpu": 8, "gpu": 32}
+DEFAULT_MAX_BATCH_DELAY_MS = {"cpu": 10, "gpu": 5}
+SPARE_THREADS = 4  # gunicorn threads beyond max_queue: /ping and fast rejections never wait
 CPU_THREADS_PER_WORKER = 4  # ResNet50 on CPU scales poorly past ~4 intra-op threads
 
 
@@ -62,21 +76,32 @@ class Settings:
     timeout_s: int
     max_payload_bytes: int
     max_pixels: int
+    max_resized_pixels: int
+    decode_memory_bytes: int
+    max_images_per_request: int
+    max_batch_size: int
+    max_batch_delay_ms: int
+    max_queue: int
     batch_strategy: str
     max_concurrent_transforms: int
     port: int
     gpus: int
 
+    @property
+    def threads(self) -> int:
+        """gunicorn threads per worker: every request the queue admits, and spares."""
+        return self.max_queue + SPARE_THREADS
+
     @classmethod
-    def from_env(cls, environ: dict | None = None) -> "Settings":
-        """Read the settings.
+    def from_env(cls, environ: dict | None = None, gpus: int | None = None) -> "Settings":
+        """Read the settings (``gpus``: the GPU count to assume instead of asking NVML).
 
         Raises:
             ValueError: a variable that is not a positive integer where one is needed.
         """
         env = os.environ if environ is None else environ
 
-        def positive(name: str, default: int) -> int:
+        def positive(name: str, default: int, minimum: int = 1) -> int:
             raw = env.get(name)
             if raw in (None, ""):
                 return default
@@ -84,12 +109,13 @@ class Settings:
                 value = int(raw)
             except ValueError:
                 raise ValueError(f"{name}={raw!r} is not an integer") from None
-            if value < 1:
-                raise ValueError(f"{name}={raw!r} must be at least 1")
+            if value < minimum:
+                raise ValueError(f"{name}={raw!r} must be at least {minimum}")
             return value
 
-        gpus = gpu_count()
+        gpus = gpu_count() if gpus is None else gpus
         cpus = _cpu_count()
+        kind = "gpu" if gpus else "cpu"
         workers = positive("SAGEMAKER_MODEL_SERVER_WORKERS", default_workers(gpus, cpus))
         return cls(
             model_dir=env.get("SM_MODEL_DIR") or MODEL_DIR,
@@ -99,6 +125,16 @@ class Settings:
             max_payload_bytes=positive("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
             * 1024 * 1024,
             max_pixels=positive("SERVE_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS),
+            max_resized_pixels=positive("SERVE_MAX_RESIZED_PIXELS", DEFAULT_MAX_RESIZED_PIXELS),
+            decode_memory_bytes=positive("SERVE_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB)
+            * 1024 * 1024,
+            max_images_per_request=positive("SERVE_MAX_IMAGES_PER_REQUEST",
+                                            DEFAULT_MAX_IMAGES_PER_REQUEST),
+            max_batch_size=positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE",
+                                    DEFAULT_MAX_BATCH[kind]),
+            max_batch_delay_ms=positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS",
+                                        DEFAULT_MAX_BATCH_DELAY_MS[kind], minimum=0),
+            max_queue=positive("SAGEMAKER_MODEL_SERVER_MAX_QUEUE", DEFAULT_MAX_QUEUE),
             batch_strategy=env.get("SAGEMAKER_BATCH_STRATEGY") or "SINGLE_RECORD",
             max_concurrent_transforms=positive("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
             port=positive("SAGEMAKER_BIND_TO_PORT", PORT),

@@ -1,14 +1,15 @@
 """gunicorn settings for `serve` (read with ``--config python:serve.gunicorn_conf``).
 
-gthread workers: one thread can answer /ping (within SageMaker's 2 s) while another runs an
-inference. No preload: each worker imports the app and loads the model after the fork, because
-CUDA does not survive a fork (DESIGN.md, pain point 5). SIGTERM: gunicorn stops accepting,
-finishes requests in flight for up to ``graceful_timeout`` s, then exits; SageMaker sends
-SIGKILL 30 s after SIGTERM, so that is 25 s.
+gthread workers: a thread per request the worker's queue admits (they decode and wait for the
+model thread) and spares, so /ping (within SageMaker's 2 s) and fast rejections never wait for
+a thread. No preload: each worker imports the app and loads the model after the fork, because
+CUDA does not survive a fork. SIGTERM: gunicorn stops accepting, finishes requests in flight for
+up to ``graceful_timeout`` s, then exits; SageMaker sends SIGKILL 30 s after SIGTERM, so 25 s.
 """
 
 import logging
 import os
+from collections import Counter
 
 from serve.config import GRACEFUL_TIMEOUT_S, Settings
 
@@ -17,8 +18,8 @@ _settings = Settings.from_env()
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.workers
 worker_class = "gthread"
-threads = 4  # /ping plus requests queued behind the model lock
-timeout = _settings.timeout_s + 10  # worker heartbeat; invocations themselves end by 60 s
+threads = _settings.threads
+timeout = _settings.timeout_s + 10  # worker heartbeat; invocations end at their own deadline
 graceful_timeout = GRACEFUL_TIMEOUT_S
 keepalive = 75  # longer than the SageMaker front end's idle timeout (60 s): no reset sockets
 accesslog = None  # serve.app writes one structured line per request
@@ -26,10 +27,24 @@ errorlog = "-"
 loglevel = os.environ.get("SERVE_LOG_LEVEL", "info")
 
 
-def post_fork(server, worker):
-    """Pin each worker to one GPU (round-robin by worker age) before it imports torch."""
+def assign_gpu(live_gpu_indexes: list[int], gpus: int) -> int:
+    """The GPU for a new worker: the one the fewest live workers use (the lowest index on a
+    tie), so a worker that replaces a dead one takes the GPU it left."""
+    load = Counter(live_gpu_indexes)
+    return min(range(gpus), key=lambda i: (load[i], i))
+
+
+def pre_fork(server, worker):
+    """In the master, before the fork: choose the worker's GPU from the live workers' ones."""
     if _settings.gpus:
-        os.environ["SERVE_GPU_INDEX"] = str(worker.age % _settings.gpus)
+        live = [w.gpu_index for w in server.WORKERS.values() if hasattr(w, "gpu_index")]
+        worker.gpu_index = assign_gpu(live, _settings.gpus)
+
+
+def post_fork(server, worker):
+    """In the worker, before it imports torch: pin it to its GPU."""
+    if _settings.gpus:
+        os.environ["SERVE_GPU_INDEX"] = str(worker.gpu_index)
 
 
 def post_worker_init(worker):

@@ -2,20 +2,20 @@
 
 serve reads the files, never train's code (format_version 1; see train/artifact.py for the
 writer). Loading happens in each gunicorn worker after the fork, because CUDA does not survive a
-fork; each worker may be pinned to its own GPU.
+fork; each worker may be pinned to its own GPU. Only the scheduler's model thread calls
+``forward``: all torch work of a worker runs on that one thread.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from serve.decode import Preprocessor
+from serve.decode import Geometry
 
 SUPPORTED_FORMAT = "sagemaker-dog-breeds/model"
 SUPPORTED_VERSIONS = (1,)
@@ -52,80 +52,55 @@ def read_manifest(model_dir: Path) -> dict:
     return manifest
 
 
-@dataclass
-class Prediction:
-    """One image's result: ``probabilities`` float32 [num_classes] in class order."""
-
-    probabilities: torch.Tensor
+def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, 3] to the model's input float32 [N, 3, H, W] (channels_last memory):
+    scaled to 0-1 and normalised, with the same arithmetic as the training job's evaluation
+    transform (torchvision's ToDtype(scale=True) then Normalize). ``mean``, ``std``: [1, 3, 1, 1].
+    """
+    # NHWC uint8 viewed as NCHW is channels_last already: no copy for the layout.
+    return images.permute(0, 3, 1, 2).to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
 
 class Classifier:
-    """A loaded artifact: preprocessing and the network on one device.
+    """A loaded artifact on one device: ``forward`` turns a batch of decoded images into class
+    probabilities. Not thread-safe by design: the scheduler's model thread is its only caller
+    (on the CPU each thread that calls torch gets its own OpenMP team, and a team that just
+    finished spin-waits on the cores the busy one needs)."""
 
-    ``predict`` is thread-safe. All torch work (preprocessing and forward) runs on one dedicated
-    thread per worker: on the CPU each thread that calls torch gets its own OpenMP thread team,
-    and a team that just finished spin-waits on the same cores the busy one needs (measured:
-    server p50 1.7x the bare forward while gunicorn's request threads did the preprocessing);
-    concurrent forwards in one process only fight over the same cores or GPU anyway.
-    """
-
-    def __init__(self, model_dir: Path, device: torch.device, max_pixels: int):
+    def __init__(self, model_dir: Path, device: torch.device):
         self.manifest = read_manifest(model_dir)
         pre = self.manifest["preprocess"]
-        self.preprocess = Preprocessor(pre["resize"], pre["crop"], pre["mean"], pre["std"],
-                                       max_pixels)
+        self.geometry = Geometry(int(pre["resize"]), int(pre["crop"]))
         self.classes: list[str] = self.manifest["classes"]
         self.version: str = self.manifest["model_version"]
         self.device = device
-        self.crop = int(pre["crop"])
         self.max_batch = int(self.manifest.get("input", {}).get("max_batch", 1024))
         program_path = Path(model_dir) / self.manifest["program"]
         try:
             program = torch.export.load(str(program_path))
         except Exception as exc:  # torch raises several types for a bad archive
             raise ArtifactError(f"cannot load {program_path}: {exc}") from exc
-        self.module = program.module().to(device)
-        # channels_last: faster convolutions on CUDA and with oneDNN on the CPU (ResNet50 on 2
-        # cores: 113 -> 89 ms per image).
-        self.module = self.module.to(memory_format=torch.channels_last)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities float32 [N, num_classes] for a preprocessed float32
-        [N, 3, crop, crop] batch (run on the worker's forward thread)."""
-        return self._executor.submit(self._forward, batch).result()
+        # channels_last: faster convolutions on CUDA and with oneDNN on the CPU.
+        self.module = program.module().to(device).to(memory_format=torch.channels_last)
+        self._mean = torch.tensor(pre["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(pre["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
     @torch.inference_mode()
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True).contiguous(
-            memory_format=torch.channels_last)
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities float32 [N, num_classes] for decoded images uint8
+        [N, crop, crop, 3] (serve.decode.to_model_input), scaled to 0-1 and normalised with the
+        manifest's mean and std as the training job's evaluation transform does."""
+        x = normalise(torch.from_numpy(images).to(self.device, non_blocking=True), self._mean,
+                      self._std)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
-            logits = self.module(batch)
-        return torch.softmax(logits.float(), dim=1).cpu()
+            logits = self.module(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
-    def predict(self, bodies: list[bytes]) -> list[Prediction]:
-        """Decode, preprocess and classify images in one forward pass.
-
-        Raises:
-            serve.decode.BadImage: an image cannot be used (the message names its index when
-                there are several).
-        """
-        return self._executor.submit(self._predict, bodies).result()
-
-    def _predict(self, bodies: list[bytes]) -> list[Prediction]:
-        from serve.decode import BadImage
-
-        tensors = []
-        for i, body in enumerate(bodies):
-            try:
-                tensors.append(self.preprocess(body))
-            except BadImage as exc:
-                raise BadImage(f"image {i}: {exc}" if len(bodies) > 1 else str(exc)) from None
-        probabilities = self._forward(torch.stack(tensors))
-        return [Prediction(p) for p in probabilities]
-
-    def warm_up(self) -> float:
-        """One inference on a blank image; returns its duration in ms."""
+    def warm_up(self, batch_size: int) -> float:
+        """Forwards blank images at batch 1 and at ``batch_size``; returns the ms per image of
+        the second (the scheduler's first estimate of the cost of an image)."""
+        crop = self.geometry.crop
+        self.forward(np.zeros((1, crop, crop, 3), np.uint8))
         start = time.perf_counter()
-        self.forward(torch.zeros(1, 3, self.crop, self.crop))
-        return (time.perf_counter() - start) * 1000.0
+        self.forward(np.zeros((batch_size, crop, crop, 3), np.uint8))
+        return (time.perf_counter() - start) * 1000.0 / batch_size

@@ -11,6 +11,7 @@ palette and alpha photos are converted to RGB (alpha composited on white).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -27,6 +28,7 @@ from torch.utils.data import default_collate
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from serve.decode import to_rgb
 from train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -42,19 +44,19 @@ def readable_label(folder: str) -> str:
     return re.sub(r"^\d+\.", "", folder).replace("_", " ")
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Decode ``path`` to an RGB PIL image: EXIF orientation applied, alpha composited on white.
+def load_rgb(path: str, draft: int | None = None) -> Image.Image:
+    """Decode ``path`` (its first frame) to an RGB PIL image: EXIF orientation applied, alpha
+    composited on white, 16-bit, 32-bit and float images scaled to 8 bits (serve's conversion,
+    so that the model trains on what it will be served). With ``draft``, a JPEG decodes at the
+    smallest 1/1 to 1/8 scale whose sides stay >= ``draft`` px, as serve decodes it.
 
     Raises:
-        OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError: unreadable file.
+        Exception: anything Pillow raises on an unreadable or malformed file.
     """
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return img.convert("RGB")
+        if draft and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))
+        return to_rgb(ImageOps.exif_transpose(img))
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,13 @@ class Preprocess:
         ])
 
     def eval_transform(self) -> v2.Compose:
+        """Resize and centre crop on the PIL image (Pillow's antialiased bilinear resize, which
+        serve's Pillow-only preprocessing repeats), then scale and normalise: float32
+        [3, crop, crop]."""
         return v2.Compose([
-            v2.PILToTensor(),
-            v2.Resize(self.resize, antialias=True),
+            v2.Resize(self.resize),
             v2.CenterCrop(self.crop),
+            v2.PILToTensor(),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(self.mean, self.std),
         ])
@@ -100,9 +105,9 @@ class ChannelDataset(datasets.DatasetFolder):
     """
 
     def __init__(self, root: str, class_to_idx: dict[str, int], transform, max_per_class: int,
-                 seed: int):
+                 seed: int, draft: int | None = None):
         self._fixed = class_to_idx
-        super().__init__(root, loader=load_rgb, extensions=datasets.folder.IMG_EXTENSIONS,
+        super().__init__(root, loader=functools.partial(load_rgb, draft=draft), extensions=datasets.folder.IMG_EXTENSIONS,
                          transform=transform, allow_empty=True)
         if max_per_class:
             by_class = defaultdict(list)
@@ -221,7 +226,10 @@ def build_datasets(channels: dict[str, str], classes: list[str], pre: Preprocess
         if name not in channels:
             continue
         transform = pre.train_transform(min_crop_scale) if name == "train" else pre.eval_transform()
-        ds = ChannelDataset(channels[name], class_to_idx, transform, max_per_class, seed)
+        # Evaluation decodes JPEGs as serve does (reduced scale when that covers the resize),
+        # so the valid and test accuracies are the served model's.
+        ds = ChannelDataset(channels[name], class_to_idx, transform, max_per_class, seed,
+                            draft=None if name == "train" else pre.resize)
         if len(ds) == 0:
             raise TrainingError(
                 f"channel {name!r} has no image files ({', '.join(datasets.folder.IMG_EXTENSIONS)})"

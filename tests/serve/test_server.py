@@ -14,9 +14,10 @@ import time
 import pytest
 from PIL import Image
 
-from tests.conftest import DOG_PHOTOS, start_server
+from tests.conftest import DOG_PHOTOS, ROOT, start_server
 
 pytestmark = pytest.mark.slow
+ARTIFACTS = ROOT / "out" / "test-artifacts"
 
 
 def call(url: str, body: bytes | None = None, headers: dict | None = None, method: str = "POST",
@@ -125,6 +126,7 @@ def _bad_inputs():
     jpeg = {"Content-Type": "image/jpeg"}
     as_json = {"Content-Type": "application/json"}
     b64 = base64.b64encode(photo).decode()
+    tiny_png = base64.b64encode(png_bytes(Image.new("RGB", (8, 8)))).decode()
     return {
         "truncated jpeg": (photo[: len(photo) // 3], jpeg, 400),
         "random bytes": (bytes(range(256)) * 40, jpeg, 400),
@@ -146,22 +148,65 @@ def _bad_inputs():
         "no content type": (photo, {"Content-Type": ""}, 415),
         "csv accept": (photo, {**jpeg, "Accept": "text/csv"}, 406),
         "over the payload cap": (b"\xff\xd8" + b"\0" * (6 * 1024 * 1024 + 10), jpeg, 413),
+        # Budgets, checked before any decoding:
+        "1x50000 strip": (png_bytes(Image.new("L", (1, 50_000))), {"Content-Type": "image/png"},
+                          400),
+        "1024 images in one request": (json.dumps({"instances": [{"b64": tiny_png}] * 1024})
+                                       .encode(), as_json, 400),
+        "deeply nested json": (b"[" * 100_000 + b"]" * 100_000, as_json, 400),
     }
 
 
 BAD = _bad_inputs()
 
 
+def worker_rss(server) -> int:
+    import psutil
+
+    return sum(psutil.Process(pid).memory_info().rss for pid in server.worker_pids())
+
+
+# What one request may add to a worker's memory (the decode budget is 512 MB, and a request's
+# body is at most 6 MB): far below what the unbounded cases took (12.6 GB for the 1x50,000 PNG).
+RSS_BOUND = 700 * 2**20
+
+
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server, name):
     body, headers, expected = BAD[name]
     workers = server.worker_pids()
+    predict(server)
+    idle = worker_rss(server)
     status, out, _ = call(server.url + "/invocations", body, headers)
     assert status == expected, out
     assert out["status"] == expected and out["reason"], out
     status, out, _ = predict(server)
     assert status == 200, out
     assert server.worker_pids() == workers
+    assert worker_rss(server) - idle < RSS_BOUND
+
+
+def test_the_budgets_name_their_limits(server):
+    strip, headers, _ = BAD["1x50000 strip"]
+    _, out, _ = call(server.url + "/invocations", strip, headers)
+    assert "resize to 37x1850000 for the model; the limit is 2,000,000 pixels" in out["reason"]
+    many, headers, _ = BAD["1024 images in one request"]
+    _, out, _ = call(server.url + "/invocations", many, headers)
+    assert out["reason"] == ("1024 images in one request; the limit is 64 "
+                             "(SERVE_MAX_IMAGES_PER_REQUEST)")
+    _, out, _ = call(server.url + "/invocations", *BAD["deeply nested json"][:2])
+    assert out["reason"] == "the JSON body is nested too deeply"
+
+
+def test_a_large_legitimate_png_decodes_within_the_memory_bound(server):
+    """24 MP of one colour: a small PNG body whose decode holds about 150 MB."""
+    body = png_bytes(Image.new("RGB", (6000, 4000), (90, 120, 60)))
+    assert len(body) < 6 * 2**20
+    predict(server)
+    idle = worker_rss(server)
+    status, out, _ = call(server.url + "/invocations", body, {"Content-Type": "image/png"})
+    assert status == 200, out
+    assert worker_rss(server) - idle < RSS_BOUND
 
 
 def test_exif_orientation_is_honoured(server):
@@ -188,12 +233,21 @@ def test_execution_parameters(server):
                     "MaxPayloadInMB": 6}
 
 
+def access_lines(server) -> list[dict]:
+    return [json.loads(line.split(" INFO ", 1)[1]) for line in server.log.splitlines()
+            if "serve.access" in line]
+
+
 def test_access_log_is_structured_and_never_holds_the_image(server):
     predict(server)
-    lines = [json.loads(line.split(" INFO ", 1)[1]) for line in server.log.splitlines()
-             if "serve.access" in line]
-    assert any(e["path"] == "/invocations" and e["status"] == 200 and e["latency_ms"] > 0
-               and e["bytes"] == DOG_PHOTOS[0].stat().st_size for e in lines)
+    lines = access_lines(server)
+    ok = [e for e in lines if e["path"] == "/invocations" and e["status"] == 200
+          and e["bytes"] == DOG_PHOTOS[0].stat().st_size]
+    assert ok
+    line = ok[-1]
+    assert line["latency_ms"] > 0 and line["images"] == 1 and line["batch_size"] >= 1
+    for part in ("decode_ms", "queue_ms", "compute_ms"):
+        assert 0 <= line[part] <= line["latency_ms"], line
     assert base64.b64encode(DOG_PHOTOS[0].read_bytes()[:30]).decode()[:20] not in server.log
 
 
@@ -253,3 +307,109 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path, trained_model_dir):
     code = server.proc.wait(timeout=30)
     assert time.monotonic() - start < 30
     assert code == 0
+
+
+# ------------------------------------------------------------------ batching, load, faults
+def save_artifact(name: str, doc: dict) -> None:
+    """Numbers a person reads after the run (out/test-artifacts/, kept with the test output)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / name).write_text(json.dumps(doc))
+
+
+def load(url: str, seconds: float, concurrency: int, body: bytes = None,
+         headers: dict | None = None) -> list:
+    """``concurrency`` threads POSTing for ``seconds``, a new connection per request (a request
+    that fails is one that was in flight). Returns each request's status, or the exception's
+    name."""
+    import threading
+
+    body = body or DOG_PHOTOS[0].read_bytes()
+    headers = headers or {"Content-Type": "image/jpeg"}
+    results, stop_at = [], time.monotonic() + seconds
+
+    def worker():
+        while time.monotonic() < stop_at:
+            try:
+                results.append(call(url + "/invocations", body, headers, timeout=90)[0])
+            except (OSError, ValueError) as exc:
+                results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    return results
+
+
+def test_concurrent_requests_share_batches(server):
+    before = len(access_lines(server))
+    results = load(server.url, 6, 8)
+    assert results and set(results) == {200}, results
+    sizes = [e["batch_size"] for e in access_lines(server)[before:]
+             if e["path"] == "/invocations"]
+    assert max(sizes) >= 2, sizes  # 8 at once on 2 cores: requests queue behind a batch
+
+
+def test_ping_answers_within_2_s_under_a_full_queue(tmp_path, trained_model_dir):
+    import threading
+
+    s = start_server(trained_model_dir, tmp_path / "serve.log",
+                     env={"SAGEMAKER_MODEL_SERVER_MAX_QUEUE": "4"})
+    try:
+        many = json.dumps({"instances": [{"b64": base64.b64encode(p.read_bytes()).decode()}
+                                         for p in DOG_PHOTOS * 9]}).encode()  # 63 images
+        outcome = {}
+        loader = threading.Thread(target=lambda: outcome.update(statuses=load(
+            s.url, 8, 24, many, {"Content-Type": "application/json"})))
+        loader.start()
+        time.sleep(1.0)
+        pings = []
+        while loader.is_alive():
+            status, _, ms = call(s.url + "/ping", method="GET", timeout=10)
+            pings.append((status, ms))
+            time.sleep(0.2)
+        loader.join()
+        statuses = outcome["statuses"]
+        assert 503 in statuses and 200 in statuses, statuses  # the queue was full
+        save_artifact("ping-under-full-queue.json", {
+            "requests": len(statuses), "ok": statuses.count(200), "503": statuses.count(503),
+            "pings": len(pings), "ping_ms_max": round(max(ms for _, ms in pings), 1)})
+        assert len(pings) >= 5 and all(st == 200 and ms < 2000 for st, ms in pings), pings
+        overloaded = [e for e in access_lines(s) if e["status"] == 503]
+        assert overloaded
+        status, out, _ = call(s.url + "/invocations", many, {"Content-Type": "application/json"})
+        assert status == 200
+    finally:
+        s.stop()
+
+
+def test_sigkill_of_one_of_two_workers_loses_only_its_requests_in_flight(tmp_path,
+                                                                        trained_model_dir):
+    """A worker killed under load: the requests it held fail (their connections close), none
+    is answered 503, and its replacement's requests wait for its model instead of failing."""
+    import os
+    import signal as sig
+    import threading
+
+    s = start_server(trained_model_dir, tmp_path / "serve.log",
+                     env={"SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
+    try:
+        outcome = {}
+        loader = threading.Thread(target=lambda: outcome.update(statuses=load(s.url, 20, 16)))
+        loader.start()
+        time.sleep(4.0)
+        victim = min(s.worker_pids())
+        os.kill(victim, sig.SIGKILL)
+        loader.join()
+        statuses = outcome["statuses"]
+        failed = [r for r in statuses if r != 200]
+        save_artifact("worker-kill.json", {"requests": len(statuses),
+                                           "ok": statuses.count(200), "failed": failed})
+        assert 503 not in statuses
+        assert len(failed) <= 16, failed  # at most one request per load thread was in flight
+        assert statuses.count(200) > 10 * len(failed), (len(statuses), failed)
+        assert len(s.worker_pids()) == 2 and victim not in s.worker_pids()
+        assert predict(s)[0] == 200
+    finally:
+        s.stop()

@@ -150,9 +150,9 @@ SLOW_LOADER = """
 import sys, time
 from train import data, hyperparameters, loop
 slow_load = data.load_rgb
-def slow(path):
+def slow(path, **kw):
     time.sleep(0.03)  # slow storage: 30 ms more per photo
-    return slow_load(path)
+    return slow_load(path, **kw)
 data.load_rgb = slow
 root, tmp = sys.argv[1], sys.argv[2]
 hp = hyperparameters.parse({"arch": "resnet18", "batch-size": 16, "lr": 0.05, "image-size": 16,

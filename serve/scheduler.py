@@ -1,0 +1,263 @@
+"""A dynamic batcher in each worker: requests decode in their own threads, one model thread runs
+whatever is queued as one batch.
+
+In the spirit of Triton's dynamic batcher (max batch size, max queue delay, a bounded queue with
+per-request timeouts that reject) and TorchServe's batch_size / max_batch_delay, with one
+difference: the model thread waits for more requests only while some are known to be on their
+way (admitted and still decoding), never on a hunch, so a lone request runs at once and pays
+nothing for batching. Under load, the requests that arrive while a batch runs form the next one.
+
+Every request has a deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT): one that cannot be served in time
+fails with ``Overloaded`` (a 503 with Retry-After), never a hang:
+- at admission, when the worker already holds ``max_queue`` requests, or when the images queued
+  ahead of it would take past its deadline at the measured cost per image;
+- in the queue, when its deadline passes before its batch starts;
+- while its batch runs, when the deadline passes first (the request stops waiting).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Weight of the newest batch in the running estimate of the cost of one image.
+COST_SMOOTHING = 0.2
+
+
+class Overloaded(Exception):
+    """The request cannot be served within its deadline or the queue's bound; ``retry_after_s``
+    is a fair wait before trying again (the Retry-After header)."""
+
+    def __init__(self, reason: str, retry_after_s: float):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+
+
+@dataclass
+class Job:
+    """One request's images (uint8 [n, crop, crop, 3]) on their way through the model. After it
+    ran: ``result`` float32 [n, classes], the size of the batch(es) it ran in, and its queue wait
+    and compute time (ms)."""
+
+    images: np.ndarray
+    deadline: float
+    enqueued: float = 0.0
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+    batch_size: int = 0
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    abandoned: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Scheduler:
+    """Batches jobs for ``forward`` (uint8 [N, H, W, 3] -> float32 [N, classes]) on one thread.
+
+    Args:
+        forward: the model; called on the scheduler's thread only.
+        max_batch_size: images per forward at most.
+        max_batch_delay_s: how long a batch may wait for requests still decoding.
+        max_queue: requests a worker holds at once (decoding, queued or running).
+        ms_per_image: first estimate of the cost of an image (the warm-up's), refined from
+            every batch.
+        clock: seconds, monotonic (tests inject one).
+    """
+
+    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch_size: int,
+                 max_batch_delay_s: float, max_queue: int, ms_per_image: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.forward, self.clock = forward, clock
+        self.max_batch_size, self.max_batch_delay_s = max_batch_size, max_batch_delay_s
+        self.max_queue = max_queue
+        self.ms_per_image = ms_per_image
+        self._queue: deque[Job] = deque()
+        self._queued_images = 0
+        self._admitted = 0  # requests admitted and not yet finished
+        self._decoding = 0  # admitted requests that have not submitted yet
+        self._running_images = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="model", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ request threads
+    def admit(self, images: int, deadline: float) -> None:
+        """Reserve a place for a request of ``images`` images before it decodes; pair it with
+        exactly one ``submit`` or ``release``.
+
+        Raises:
+            Overloaded: ``max_queue`` requests are in the worker already, or the work queued
+                ahead would not end before ``deadline``.
+        """
+        with self._cond:
+            ahead_s = self._backlog_s(images)
+            if self._admitted >= self.max_queue:
+                raise Overloaded(f"the worker holds {self._admitted} requests, its queue's bound "
+                                 f"(SAGEMAKER_MODEL_SERVER_MAX_QUEUE); retry", ahead_s)
+            if self.clock() + ahead_s > deadline:
+                raise Overloaded(f"about {ahead_s:.1f} s of work is queued ahead, past this "
+                                 f"request's deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT); retry",
+                                 ahead_s)
+            self._admitted += 1
+            self._decoding += 1
+
+    def release(self) -> None:
+        """Give back an admitted place that will not be submitted (the request failed)."""
+        with self._cond:
+            self._admitted -= 1
+            self._decoding -= 1
+            self._cond.notify_all()
+
+    def submit(self, images: np.ndarray, deadline: float) -> Job:
+        """Queue an admitted request's decoded images (uint8 [n, H, W, 3])."""
+        job = Job(images=images, deadline=deadline, enqueued=self.clock())
+        with self._cond:
+            self._decoding -= 1
+            self._queue.append(job)
+            self._queued_images += len(images)
+            self._cond.notify_all()
+        return job
+
+    def wait(self, job: Job) -> np.ndarray:
+        """The job's probabilities, float32 [n, classes], once its batch ran.
+
+        Raises:
+            Overloaded: the deadline passed first.
+            Exception: what the model raised on the batch.
+        """
+        try:
+            if not job.done.wait(max(job.deadline - self.clock(), 0.0)):
+                job.abandoned = True
+                raise Overloaded("the invocation did not finish within its deadline "
+                                 "(SAGEMAKER_MODEL_SERVER_TIMEOUT); retry", self._backlog_s(0))
+            if job.error is not None:
+                raise job.error
+            return job.result
+        finally:
+            with self._cond:
+                self._admitted -= 1
+
+    def _backlog_s(self, extra_images: int) -> float:
+        """Seconds until ``extra_images`` more would be done, at the current cost per image."""
+        images = self._queued_images + self._running_images + extra_images
+        return images * self.ms_per_image / 1000.0
+
+    def stats(self) -> dict:
+        """What the worker holds now: admitted requests, queued images, ms per image."""
+        with self._cond:
+            return {"admitted": self._admitted, "queued_images": self._queued_images,
+                    "ms_per_image": self.ms_per_image}
+
+    # ------------------------------------------------------------------ the model thread
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _take_batch(self) -> list[Job]:
+        """Wait for work, then for more while requests are still decoding (up to the delay
+        since the first job queued) and the batch is not full; take up to max_batch_size images
+        of whole jobs (a larger job alone). Expired and abandoned jobs are failed, not run."""
+        with self._cond:
+            while True:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return []
+                until = self._queue[0].enqueued + self.max_batch_delay_s
+                while (self._queued_images < self.max_batch_size and self._decoding > 0
+                       and self.clock() < until and not self._closed):
+                    self._cond.wait(timeout=until - self.clock())
+                batch, images, now = [], 0, self.clock()
+                while self._queue:
+                    job = self._queue[0]
+                    n = len(job.images)
+                    if batch and images + n > self.max_batch_size:
+                        break
+                    self._queue.popleft()
+                    self._queued_images -= n
+                    if job.abandoned or now >= job.deadline:
+                        job.error = Overloaded("the invocation's deadline passed while it was "
+                                               "queued (SAGEMAKER_MODEL_SERVER_TIMEOUT); retry",
+                                               self._backlog_s(0))
+                        job.done.set()
+                        continue
+                    job.queue_ms = (now - job.enqueued) * 1000.0
+                    batch.append(job)
+                    images += n
+                if batch:
+                    self._running_images = images
+                    return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                return
+            images = np.concatenate([job.images for job in batch])
+            start = self.clock()
+            try:
+                chunks = [self.forward(images[i:i + self.max_batch_size])
+                          for i in range(0, len(images), self.max_batch_size)]
+                result, error = np.concatenate(chunks), None
+            except Exception as exc:  # noqa: BLE001 - the requests answer it; the thread lives
+                logger.exception("the model failed on a batch of %d images", len(images))
+                result, error = None, exc
+            compute_ms = (self.clock() - start) * 1000.0
+            with self._cond:
+                self._running_images = 0
+                if error is None and len(images) >= min(self.max_batch_size, 2):
+                    cost = compute_ms / len(images)
+                    self.ms_per_image += COST_SMOOTHING * (cost - self.ms_per_image)
+            offset = 0
+            for job in batch:
+                n = len(job.images)
+                if error is None:
+                    job.result = result[offset:offset + n]
+                job.error = error
+                job.batch_size = min(len(images), self.max_batch_size)
+                job.compute_ms = compute_ms
+                offset += n
+                job.done.set()
+
+
+class MemoryBudget:
+    """Bytes that a worker's request threads may hold in decoded frames at once: a decode waits
+    (within its request's deadline) until its estimate fits, so concurrent large photos queue
+    instead of adding up."""
+
+    def __init__(self, total_bytes: int, clock: Callable[[], float] = time.monotonic):
+        self.total, self.clock = total_bytes, clock
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, deadline: float) -> None:
+        """Hold ``n`` bytes (at most the total; ask ``fits`` first).
+
+        Raises:
+            Overloaded: the bytes did not free up before ``deadline``.
+        """
+        with self._cond:
+            while self._used + n > self.total:
+                left = deadline - self.clock()
+                if left <= 0:
+                    raise Overloaded("the worker's decode memory stayed in use by other "
+                                     "requests until this one's deadline; retry", 1)
+                self._cond.wait(left)
+            self._used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self._used -= n
+            self._cond.notify_all()
