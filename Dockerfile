@@ -22,19 +22,21 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/venv \
     TORCH_HOME=/opt/torch \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor-cache \
     PATH=/opt/program:/opt/venv/bin:$PATH
 
 COPY requirements/container.txt requirements/constraints.txt /tmp/requirements/
-# One layer: smdebug needs pyinstrument-cext, which PyPI ships only as source, so a compiler is
-# installed for the pip run and removed in the same layer.
+# A C++ compiler and Python's headers stay in the image: serve compiles the model with
+# torch.compile (inductor) on the host it serves on, for that host's CPU (AVX2, AVX-512, AMX
+# code paths differ, so a program compiled ahead on the training host could fail here);
+# smdebug's pyinstrument-cext, which PyPI ships only as source, needs them to install anyway.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
-        ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ \
+        libc6-dev ca-certificates \
  && python3 -m venv /opt/venv \
  && PIP_NO_INDEX="${PIP_NO_INDEX}" PIP_FIND_LINKS="${PIP_FIND_LINKS}" \
     pip install -r /tmp/requirements/container.txt -c /tmp/requirements/constraints.txt \
- && apt-get purge -y --auto-remove python3-dev gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 COPY pyproject.toml /tmp/src/

@@ -13,13 +13,22 @@ dog photos are sent as image/jpeg over keep-alive connections. Printed:
   (<= 1.10), concurrency-8 throughput / concurrency-1 throughput (>= 1.3), concurrency-8
   throughput / bare max-batch images per second (>= 0.9).
 
-    .venv/bin/python benchmarks/bench_serve.py [--requests 48] [--arch resnet50]
+With ``--compare``, the same run serves the artifact twice: as before the faster forward
+(SERVE_PRECISION=fp32, SERVE_COMPILE=off) and as this host's default (the precision and mode
+serve chooses), and prints both and the ratios of the faster-forward goals: the chosen path's
+concurrency-1 p50 / fp32-eager's (<= 0.65) and its concurrency-8 throughput / fp32-eager's
+concurrency-1 throughput (>= 2.5), with the top-1 agreement of the two on the sample photos and
+on flipped and cropped copies of them (a random-weights model: its top-1 margins are thin, so
+this is a harsh check).
+
+    .venv/bin/python benchmarks/bench_serve.py [--requests 48] [--arch resnet50] [--compare]
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import statistics
 import sys
@@ -73,71 +82,145 @@ def run_load(url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[l
     return latencies, n / (time.perf_counter() - start)
 
 
+def variants(bodies: list[bytes]) -> list[bytes]:
+    """The photos, mirrored and cropped too: more inputs for the agreement check."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    out = list(bodies)
+    for body in bodies:
+        with Image.open(io.BytesIO(body)) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            for copy in (ImageOps.mirror(img), img.crop((0, 0, w * 3 // 4, h * 3 // 4)),
+                         img.crop((w // 4, h // 4, w, h))):
+                buf = io.BytesIO()
+                copy.save(buf, "JPEG", quality=90)
+                out.append(buf.getvalue())
+    return out
+
+
+def top1(url: str, bodies: list[bytes]) -> list[int]:
+    import json
+
+    answers = []
+    for body in bodies:
+        conn = http.client.HTTPConnection(*urlsplit(url).netloc.split(":"), timeout=60)
+        conn.request("POST", "/invocations", body=body, headers={"Content-Type": "image/jpeg"})
+        answers.append(json.loads(conn.getresponse().read())["predictions"][0]["top_k"][0]
+                       ["index"])
+        conn.close()
+    return answers
+
+
+def measure(model_dir: Path, log: Path, requests: int, env: dict) -> dict:
+    """One server with ``env``: its bare forward (the same precision and mode), concurrency
+    1/8/16, start-up seconds and top-1 answers."""
+    settings = Settings.from_env({**os.environ, **env})
+    max_batch = settings.max_batch_size
+    _local.__dict__.pop("conn", None)  # this thread's connection to an earlier server
+    start = time.monotonic()
+    server = start_server(model_dir, log, env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env},
+                          wait_ready=600)
+    startup_s = time.monotonic() - start
+    try:
+        bodies = [p.read_bytes() for p in DOG_PHOTOS]
+        for body in bodies:
+            post(server.url, body)  # warm-up
+        answers = top1(server.url, variants(bodies))
+        chosen = [line for line in log.read_text().splitlines() if "precision " in line]
+
+        # The bare forward in this process (the server idles meanwhile), with the server's
+        # thread count, precision and mode, in rounds alternating with the concurrency-1
+        # requests so that a shared machine's slow spells fall on both sides of the ratio.
+        from serve import precision
+
+        torch.set_num_threads(settings.threads_per_worker)
+        manifest_record = json.loads((model_dir / "manifest.json").read_text()).get("precisions")
+        choice = precision.choose(manifest_record, precision.Host.detect("cpu"),
+                                  settings.precision, settings.compile)
+        bare = Classifier(model_dir, torch.device("cpu"), choice)
+        bare.warm_up(max_batch)
+        one = decode(bodies[0], bare.geometry, 50_000_000, 2_000_000)[None].copy()
+        full = np.repeat(one, max_batch, axis=0)
+
+        def forward_ms(x: np.ndarray) -> float:
+            t = time.perf_counter()
+            bare.forward(x)
+            return (time.perf_counter() - t) * 1000 / len(x)
+
+        serial, b1, bmax = [], [], []
+        rounds = 4
+        for _ in range(rounds):
+            serial += [post(server.url, bodies[i % len(bodies)])
+                       for i in range(requests // rounds)]
+            b1 += [forward_ms(one) for _ in range(requests // rounds)]
+            bmax += [forward_ms(full) for _ in range(max(2, requests // rounds // max_batch))]
+        rows = {1: (statistics.median(serial), percentile(serial, 99),
+                    1000 / statistics.mean(serial))}
+        for concurrency in (8, 16):
+            latencies, rps = run_load(server.url, bodies, requests, concurrency)
+            rows[concurrency] = (statistics.median(latencies), percentile(latencies, 99), rps)
+    finally:
+        server.stop()
+    return {"settings": settings, "rows": rows, "b1": statistics.median(b1),
+            "bmax": statistics.median(bmax), "startup_s": startup_s, "answers": answers,
+            "chosen": chosen[0].split("precision ", 1)[1] if chosen else "?"}
+
+
+def report(name: str, m: dict, requests: int) -> None:
+    s, rows = m["settings"], m["rows"]
+    print(f"== {name}: {m['chosen']}")
+    print(f"1 worker, {s.threads_per_worker} threads, max batch {s.max_batch_size}, max delay "
+          f"{s.max_batch_delay_ms} ms, {requests} requests per row, sample dog photos; "
+          f"start-up to /ping 200: {m['startup_s']:.1f} s")
+    print(f"bare forward: batch 1 {m['b1']:.1f} ms per image; batch {s.max_batch_size} "
+          f"{m['bmax']:.1f} ms per image ({1000 / m['bmax']:.1f} images/s)")
+    print(f"{'concurrency':>11} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
+    for concurrency, (p50, p99, rps) in rows.items():
+        print(f"{concurrency:>11} {p50:>8.1f} {p99:>8.1f} {rps:>7.2f}")
+    c1, c8 = rows[1], rows[8]
+    print(f"c1 p50 / bare batch-1 forward:        {c1[0] / m['b1']:.3f} (goal <= 1.10)")
+    print(f"c8 throughput / c1 throughput:        {c8[2] / c1[2]:.3f} (goal >= 1.3)")
+    print(f"c8 throughput / bare max-batch img/s: {c8[2] * m['bmax'] / 1000:.3f} (goal >= 0.9)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=48, help="requests per row")
     parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--compare", action="store_true",
+                        help="fp32 eager and this host's chosen path, in one run")
     args = parser.parse_args()
-    settings = Settings.from_env()
-    max_batch = settings.max_batch_size
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         pre = data.Preprocess.for_size(224)
         folders = [f"{i + 1:03d}.Breed_{i}" for i in range(133)]
+        # The record a training job writes (train/precision.py), here unmeasured: bf16 equal to
+        # fp32, so that the choice follows the host alone.
+        record = {"evaluated_on": "none (benchmark)", "fp32": {"top1": 1.0},
+                  "bf16": {"top1": 1.0}, "fp16": {"top1": 1.0}}
         artifact.write(model_dir, model.build(args.arch, 133), args.arch, folders, pre, "bench",
-                       {}, {})
-        server = start_server(model_dir, Path(tmp) / "serve.log",
-                              env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
-        try:
-            bodies = [p.read_bytes() for p in DOG_PHOTOS]
-            for body in bodies:
-                post(server.url, body)  # warm-up
-
-            # The bare forward in this process (the server idles meanwhile), with the server's
-            # thread count, in rounds alternating with the concurrency-1 requests so that a
-            # shared machine's slow spells fall on both sides of the ratio.
-            torch.set_num_threads(settings.threads_per_worker)
-            bare = Classifier(model_dir, torch.device("cpu"))
-            one = decode(bodies[0], bare.geometry, 50_000_000, 2_000_000)[None].copy()
-            full = np.repeat(one, max_batch, axis=0)
-            bare.forward(full)
-
-            def forward_ms(x: np.ndarray) -> float:
-                start = time.perf_counter()
-                bare.forward(x)
-                return (time.perf_counter() - start) * 1000 / len(x)
-
-            serial, b1, bmax = [], [], []
-            rounds = 4
-            for _ in range(rounds):
-                serial += [post(server.url, bodies[i % len(bodies)])
-                           for i in range(args.requests // rounds)]
-                b1 += [forward_ms(one) for _ in range(args.requests // rounds)]
-                bmax += [forward_ms(full) for _ in range(max(2, args.requests // rounds
-                                                             // max_batch))]
-            del bare
-            results = {1: (statistics.median(serial), percentile(serial, 99),
-                           1000 / statistics.mean(serial))}
-            for concurrency in (8, 16):
-                latencies, rps = run_load(server.url, bodies, args.requests, concurrency)
-                results[concurrency] = (statistics.median(latencies),
-                                        percentile(latencies, 99), rps)
-        finally:
-            server.stop()
-
-    b1_ms, bmax_ms = statistics.median(b1), statistics.median(bmax)
-    print(f"{args.arch}, 133 classes, 1 worker, {settings.threads_per_worker} threads, max batch "
-          f"{max_batch}, max delay {settings.max_batch_delay_ms} ms, {args.requests} requests "
-          f"per row, sample dog photos (24-77 KB JPEG)")
-    print(f"bare forward: batch 1 {b1_ms:.1f} ms per image; batch {max_batch} {bmax_ms:.1f} ms "
-          f"per image ({1000 / bmax_ms:.1f} images/s)")
-    print(f"{'concurrency':>11} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
-    for concurrency, (p50, p99, rps) in results.items():
-        print(f"{concurrency:>11} {p50:>8.1f} {p99:>8.1f} {rps:>7.2f}")
-    c1, c8 = results[1], results[8]
-    print(f"c1 p50 / bare batch-1 forward:        {c1[0] / b1_ms:.3f} (goal <= 1.10)")
-    print(f"c8 throughput / c1 throughput:        {c8[2] / c1[2]:.3f} (goal >= 1.3)")
-    print(f"c8 throughput / bare max-batch img/s: {c8[2] * bmax_ms / 1000:.3f} (goal >= 0.9)")
+                       {}, {}, evaluate=lambda program: record)
+        runs = {"fp32 eager": {"SERVE_PRECISION": "fp32", "SERVE_COMPILE": "off"}}
+        if args.compare:
+            runs["chosen"] = {}
+        results = {name: measure(model_dir, Path(tmp) / f"serve-{i}.log", args.requests, env)
+                   for i, (name, env) in enumerate(runs.items())}
+    print(f"{args.arch}, 133 classes, random weights")
+    for name, m in results.items():
+        report(name, m, args.requests)
+    if args.compare:
+        base, chosen = results["fp32 eager"], results["chosen"]
+        same = sum(a == b for a, b in zip(base["answers"], chosen["answers"]))
+        print("== chosen against fp32 eager")
+        print(f"c1 p50 chosen / fp32-eager c1 p50:        "
+              f"{chosen['rows'][1][0] / base['rows'][1][0]:.3f} (goal <= 0.65)")
+        print(f"c8 req/s chosen / fp32-eager c1 req/s:    "
+              f"{chosen['rows'][8][2] / base['rows'][1][2]:.3f} (goal >= 2.5)")
+        print(f"top-1 agreement on {len(base['answers'])} photos and copies: "
+              f"{same}/{len(base['answers'])} (goal >= 99.5 %)")
     return 0
 
 

@@ -86,6 +86,9 @@ class Settings:
     max_concurrent_transforms: int
     port: int
     gpus: int
+    precision: str = "auto"  # SERVE_PRECISION: auto, fp32, bf16, fp16
+    compile: str = "auto"  # SERVE_COMPILE: auto, on, off
+    precision_tolerance_points: float = 0.5  # SERVE_PRECISION_TOLERANCE
 
     @property
     def threads(self) -> int:
@@ -111,6 +114,22 @@ class Settings:
                 raise ValueError(f"{name}={raw!r} is not an integer") from None
             if value < minimum:
                 raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+            return value
+
+        def choice(name: str, allowed: tuple[str, ...]) -> str:
+            value = (env.get(name) or allowed[0]).strip().lower()
+            if value not in allowed:
+                raise ValueError(f"{name}={env.get(name)!r}: expected one of {', '.join(allowed)}")
+            return value
+
+        def points(name: str, default: float) -> float:
+            raw = env.get(name)
+            try:
+                value = default if raw in (None, "") else float(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not a number") from None
+            if not 0 <= value <= 100:
+                raise ValueError(f"{name}={raw!r} must be from 0 to 100 (accuracy points)")
             return value
 
         gpus = gpu_count() if gpus is None else gpus
@@ -139,4 +158,7 @@ class Settings:
             max_concurrent_transforms=positive("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
             port=positive("SAGEMAKER_BIND_TO_PORT", PORT),
             gpus=gpus,
+            precision=choice("SERVE_PRECISION", ("auto", "fp32", "bf16", "fp16")),
+            compile=choice("SERVE_COMPILE", ("auto", "on", "off")),
+            precision_tolerance_points=points("SERVE_PRECISION_TOLERANCE", 0.5),
         )

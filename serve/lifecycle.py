@@ -18,7 +18,8 @@ import time
 import torch
 
 from serve.config import Settings
-from serve.model import ArtifactError, Classifier
+from serve import precision
+from serve.model import ArtifactError, Classifier, read_manifest
 from serve.scheduler import Scheduler
 
 logger = logging.getLogger("serve")
@@ -56,7 +57,12 @@ class ModelHolder:
         while True:
             try:
                 start = time.perf_counter()
-                classifier = Classifier(s.model_dir, self.device)
+                choice = precision.choose(read_manifest(s.model_dir).get("precisions"),
+                                          precision.Host.detect(self.device.type,
+                                                                self.device.index or 0),
+                                          s.precision, s.compile, s.precision_tolerance_points)
+                logger.info("precision %s", choice.reason)
+                classifier = Classifier(s.model_dir, self.device, choice)
                 ms_per_image = classifier.warm_up(s.max_batch_size)
                 scheduler = Scheduler(classifier.forward, s.max_batch_size,
                                       s.max_batch_delay_ms / 1000.0, s.max_queue, ms_per_image)

@@ -9,6 +9,7 @@ fork; each worker may be pinned to its own GPU. Only the scheduler's model threa
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import numpy as np
 import torch
 
 from serve.decode import Geometry
+from serve.precision import Choice
+
+logger = logging.getLogger("serve")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 SUPPORTED_FORMAT = "sagemaker-dog-breeds/model"
 SUPPORTED_VERSIONS = (1,)
@@ -67,13 +72,15 @@ class Classifier:
     (on the CPU each thread that calls torch gets its own OpenMP team, and a team that just
     finished spin-waits on the cores the busy one needs)."""
 
-    def __init__(self, model_dir: Path, device: torch.device):
+    def __init__(self, model_dir: Path, device: torch.device,
+                 choice: Choice = Choice("fp32", False, "default")):
         self.manifest = read_manifest(model_dir)
         pre = self.manifest["preprocess"]
         self.geometry = Geometry(int(pre["resize"]), int(pre["crop"]))
         self.classes: list[str] = self.manifest["classes"]
         self.version: str = self.manifest["model_version"]
         self.device = device
+        self.choice = choice
         self.max_batch = int(self.manifest.get("input", {}).get("max_batch", 1024))
         program_path = Path(model_dir) / self.manifest["program"]
         try:
@@ -82,6 +89,14 @@ class Classifier:
             raise ArtifactError(f"cannot load {program_path}: {exc}") from exc
         # channels_last: faster convolutions on CUDA and with oneDNN on the CPU.
         self.module = program.module().to(device).to(memory_format=torch.channels_last)
+        self.buckets: list[int] = []  # batch sizes compiled for; batches are padded up to one
+        if choice.compile:
+            import torch._inductor.config as inductor_config
+
+            # Weights as constants: inductor folds them and prepacks them for oneDNN.
+            inductor_config.freezing = True
+            self.module = torch.compile(self.module, dynamic=False)
+        self._autocast = AUTOCAST.get(choice.precision)
         self._mean = torch.tensor(pre["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
@@ -89,18 +104,35 @@ class Classifier:
     def forward(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities float32 [N, num_classes] for decoded images uint8
         [N, crop, crop, 3] (serve.decode.to_model_input), scaled to 0-1 and normalised with the
-        manifest's mean and std as the training job's evaluation transform does."""
+        manifest's mean and std as the training job's evaluation transform does, in the chosen
+        precision (autocast, as the training job measured it)."""
+        n = len(images)
+        bucket = next((b for b in self.buckets if b >= n), None)
+        if bucket is not None and bucket > n:  # a compiled size: pad rather than recompile
+            images = np.concatenate([images, np.zeros((bucket - n,) + images.shape[1:],
+                                                      images.dtype)])
         x = normalise(torch.from_numpy(images).to(self.device, non_blocking=True), self._mean,
                       self._std)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=self._autocast or torch.float32,
+                            enabled=self._autocast is not None):
             logits = self.module(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return torch.softmax(logits.float(), dim=1)[:n].cpu().numpy()
 
     def warm_up(self, batch_size: int) -> float:
-        """Forwards blank images at batch 1 and at ``batch_size``; returns the ms per image of
-        the second (the scheduler's first estimate of the cost of an image)."""
+        """Runs blank images at batch 1 and at ``batch_size`` (compiled: at every bucket size,
+        powers of two up to ``batch_size``, which compiles them); returns the ms per image at
+        ``batch_size`` (the scheduler's first estimate of the cost of an image)."""
         crop = self.geometry.crop
-        self.forward(np.zeros((1, crop, crop, 3), np.uint8))
+        sizes = [1, batch_size]
+        if self.choice.compile:
+            sizes = sorted({min(2 ** i, batch_size) for i in range(batch_size.bit_length() + 1)})
+        start = time.perf_counter()
+        for size in sizes:
+            self.forward(np.zeros((size, crop, crop, 3), np.uint8))
+        if self.choice.compile:
+            self.buckets = sizes
+            logger.info("compiled for batch sizes %s in %.1f s", sizes,
+                        time.perf_counter() - start)
         start = time.perf_counter()
         self.forward(np.zeros((batch_size, crop, crop, 3), np.uint8))
         return (time.perf_counter() - start) * 1000.0 / batch_size

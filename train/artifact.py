@@ -8,7 +8,10 @@ Files (format_version 1; serve/ reads them and never imports train/):
 - ``manifest.json``: architecture, class names in index order, preprocessing (resize, crop, mean,
   std), versions, metrics, hyperparameters and ``training``: whether training completed, or
   where a stop (SIGTERM: StopTrainingJob, a spot interruption, MaxRuntimeInSeconds) cut it short
-  and which weights the program holds (``complete`` false: a partial model). Written last: its presence marks a complete
+  and which weights the program holds (``complete`` false: a partial model), and ``precisions``:
+  the program's top-1 and top-5 accuracy on the test (else valid) channel in fp32 and in each
+  reduced precision serve may run it in (train/precision.py), which serve's choice is gated
+  by. Written last: its presence marks a complete
   artifact, so a job that fails half way never leaves something serve would load.
 """
 
@@ -18,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torchvision
@@ -52,11 +56,14 @@ def export(model: nn.Module, crop: int) -> torch.export.ExportedProgram:
 
 def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str],
           pre: Preprocess, job_name: str, metrics: dict, hyperparameters: dict,
-          training: dict | None = None) -> Path:
+          training: dict | None = None,
+          evaluate: Callable[[Path], dict | None] | None = None) -> Path:
     """Write ``model.pt2`` then ``manifest.json`` to ``model_dir``; returns the manifest path.
 
     ``model`` must be a plain module (no DDP wrapper, no debugger hooks): export a fresh copy.
     ``training``: the manifest's ``training`` section (``{"complete": True}`` when omitted).
+    ``evaluate``: called with the written program's path before the manifest is written; what
+    it returns is the manifest's ``precisions`` section (train.precision).
 
     Raises:
         TrainingError: the program cannot be written (disk full, permissions).
@@ -68,6 +75,7 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
     atomic_write(model_dir / PROGRAM, lambda p: torch.export.save(program, str(p)),
                  "the model program")
     digest = _sha256(model_dir / PROGRAM)
+    precisions = evaluate(model_dir / PROGRAM) if evaluate is not None else None
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -95,6 +103,8 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
         "hyperparameters": hyperparameters,
         "training": training or {"complete": True},
     }
+    if precisions:
+        manifest["precisions"] = precisions
     path = model_dir / MANIFEST
     atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2)), "the manifest")
     return path

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from train import artifact, checkpoint, data, debugger, metrics, model as model_lib, outputs
-from train import monitor as monitor_lib, report, rules, stop
+from train import monitor as monitor_lib, precision, report, rules, stop
 from train.errors import TrainingError, write_failure
 
 logger = logging.getLogger(__name__)
@@ -609,19 +609,40 @@ class Trainer:
         summary["best_epoch"] = self.best["epoch"]
         return summary
 
-    def write_artifact(self, weights: dict, summary: dict, training: dict | None = None) -> Path:
+    def write_artifact(self, weights: dict, summary: dict, training: dict | None = None,
+                       precisions_on: str | None = None) -> Path:
         """Export ``weights`` (a state_dict of this arch) as the model artifact; returns the
-        manifest's path.
+        manifest's path. With ``precisions_on`` (a split), the exported program is evaluated
+        there in each serving precision first (train/precision.py); a failure of that is logged
+        and the manifest goes without.
 
         Raises:
             TrainingError: the artifact cannot be written (disk full, permissions).
         """
         plain = model_lib.build(self.hp["arch"], len(self.classes))
         plain.load_state_dict({k: v.cpu() for k, v in weights.items()})
+
+        def evaluate(program: Path) -> dict | None:
+            try:
+                return precision.evaluate(program, self._unsharded(precisions_on), self.device,
+                                          precisions_on)
+            except Exception:  # noqa: BLE001 - the model matters more than its precision table
+                logger.exception("serving precisions not measured; serve will use fp32")
+                return None
+
         manifest = artifact.write(Path(self.job.model_dir), plain, self.hp["arch"], self.classes,
-                                  self.pre, self.job.job_name, summary, self.hp, training)
+                                  self.pre, self.job.job_name, summary, self.hp, training,
+                                  evaluate if precisions_on else None)
         logger.info("model artifact written: %s", manifest.parent)
         return manifest
+
+    def _unsharded(self, split: str):
+        """A loader over the whole ``split`` (in DDP each rank's own loader holds a shard)."""
+        if not self.d.enabled:
+            self._set_position(split, 0)
+            return self.loaders[split]
+        return data.make_loader(self.datasets[split], self.hp["batch-size"], False, 0,
+                                self.hp["seed"], 0, 1, self.cuda)
 
     def finish(self) -> None:
         """Evaluate the best weights on test (or valid), log the final line, and on rank 0 write
@@ -644,7 +665,8 @@ class Trainer:
         self.write_artifact(self.net.state_dict(), self._summary(final),
                             {"complete": True, "epochs": self.hp["epochs"],
                              "epochs_completed": len(self.history),
-                             "weights_from": f"epoch {self.best['epoch']}"})
+                             "weights_from": f"epoch {self.best['epoch']}"},
+                            precisions_on=None if stop.requested() else split)
         self.artifact_written = True
         if stop.requested():
             return  # run() reports the stop; the reports are what a stop may skip

@@ -1,0 +1,121 @@
+"""Which precision and execution mode a worker runs its model in, chosen per host.
+
+The fastest precision the host has hardware for, among those whose top-1 accuracy the training
+job recorded (manifest ``precisions``, train/precision.py) within ``tolerance`` points of fp32's:
+
+- a CPU with AMX-BF16 or AVX512-BF16 (``/proc/cpuinfo`` flags): bf16, else fp32 (a CPU without
+  them emulates bf16, slower than fp32);
+- a GPU: fp16 (every CUDA GPU has fast fp16), then bf16 (compute capability 8.0 and later),
+  else fp32.
+
+``SERVE_PRECISION`` forces one (``fp32``, ``bf16``, ``fp16``; ``auto`` by default) and
+``SERVE_COMPILE`` the mode (``auto``, ``on``, ``off``): ``auto`` compiles with torch.compile
+(inductor, weights frozen) where it can, which on a CPU needs a C++ compiler at compile time.
+A model whose reduced precision disagrees too much with fp32, or whose record is missing or
+corrupt, is served in fp32, and the choice is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass, field
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_TOLERANCE_POINTS = 0.5
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the worker's device can do fast: ``device`` "cpu" or "cuda", the CPU's flags, the
+    GPU's compute capability, whether a C++ compiler is on PATH."""
+
+    device: str
+    cpu_flags: frozenset = field(default_factory=frozenset)
+    cuda_capability: tuple[int, int] | None = None
+    compiler: bool = False
+
+    @classmethod
+    def detect(cls, device_type: str, gpu_index: int = 0) -> "Host":
+        flags: frozenset = frozenset()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("flags"):
+                        flags = frozenset(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+        capability = None
+        if device_type == "cuda":
+            import torch
+
+            capability = tuple(torch.cuda.get_device_capability(gpu_index))
+        compiler = any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
+        return cls(device_type, flags, capability, compiler)
+
+    def fast_precisions(self) -> list[str]:
+        """Reduced precisions this host runs faster than fp32, fastest first."""
+        if self.device == "cuda":
+            return ["fp16"] + (["bf16"] if (self.cuda_capability or (0, 0)) >= (8, 0) else [])
+        return ["bf16"] if any(f in self.cpu_flags for f in CPU_BF16_FLAGS) else []
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The precision and mode a worker runs, and why (a sentence for the log)."""
+
+    precision: str
+    compile: bool
+    reason: str
+
+
+def _accuracy(record: dict | None, precision: str) -> float | None:
+    """The recorded top-1 of ``precision`` (0-1), or None when missing or not a valid number."""
+    entry = (record or {}).get(precision)
+    value = entry.get("top1") if isinstance(entry, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+
+
+def choose(record: dict | None, host: Host, precision: str = "auto", compile_mode: str = "auto",
+           tolerance_points: float = DEFAULT_TOLERANCE_POINTS) -> Choice:
+    """The precision and mode for a model with the manifest's ``precisions`` ``record``.
+
+    Raises:
+        ValueError: an unknown ``precision`` or ``compile_mode``.
+    """
+    if precision not in ("auto",) + PRECISIONS:
+        raise ValueError(f"SERVE_PRECISION={precision!r}: expected auto, {', '.join(PRECISIONS)}")
+    if compile_mode not in ("auto", "on", "off"):
+        raise ValueError(f"SERVE_COMPILE={compile_mode!r}: expected auto, on or off")
+    compiled = compile_mode == "on" or (compile_mode == "auto" and
+                                        (host.device == "cuda" or host.compiler))
+    mode = "compiled" if compiled else "eager"
+    if precision != "auto":
+        return Choice(precision, compiled, f"{precision}, {mode}: forced by SERVE_PRECISION")
+    fast = host.fast_precisions()
+    if not fast:
+        return Choice("fp32", compiled, f"fp32, {mode}: this {host.device} has no faster "
+                                        f"precision")
+    reference = _accuracy(record, "fp32")
+    if reference is None:
+        return Choice("fp32", compiled, f"fp32, {mode}: the model records no valid fp32 "
+                                        f"accuracy to check a reduced precision against")
+    rejected = []
+    for candidate in fast:
+        accuracy = _accuracy(record, candidate)
+        if accuracy is None:
+            rejected.append(f"{candidate} not recorded")
+            continue
+        loss = (reference - accuracy) * 100
+        if loss <= tolerance_points:
+            return Choice(candidate, compiled,
+                          f"{candidate}, {mode}: the host runs it fast, and its recorded top-1 "
+                          f"{accuracy:.4f} is within {tolerance_points:g} points of fp32's "
+                          f"{reference:.4f} (on {record.get('evaluated_on', '?')})")
+        rejected.append(f"{candidate} top-1 {accuracy:.4f} is {loss:.2f} points below fp32's "
+                        f"{reference:.4f}, over the {tolerance_points:g}-point tolerance")
+    return Choice("fp32", compiled, f"fp32, {mode}: " + "; ".join(rejected))

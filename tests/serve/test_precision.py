@@ -1,0 +1,142 @@
+"""The serving precision: chosen per host from the accuracy the training job recorded, and what
+serve then answers is what the job measured."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from serve.precision import Choice, Host, choose
+
+RECORD = {"evaluated_on": "test", "images": 836, "fp32": {"top1": 0.80, "top5": 0.95},
+          "bf16": {"top1": 0.797, "top5": 0.95}, "fp16": {"top1": 0.80, "top5": 0.95}}
+ZEN4 = Host("cpu", frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}), compiler=True)
+SAPPHIRE_RAPIDS = Host("cpu", frozenset({"avx512f", "amx_bf16", "amx_int8"}), compiler=True)
+SKYLAKE = Host("cpu", frozenset({"avx512f", "avx512_vnni"}), compiler=True)
+T4 = Host("cuda", cuda_capability=(7, 5))
+A10G = Host("cuda", cuda_capability=(8, 6))
+
+
+@pytest.mark.parametrize("host, precision, compiled", [
+    (ZEN4, "bf16", True),
+    (SAPPHIRE_RAPIDS, "bf16", True),
+    (SKYLAKE, "fp32", True),  # no bf16 hardware: emulated bf16 is slower than fp32
+    (Host("cpu", frozenset({"amx_bf16"})), "bf16", False),  # no C++ compiler: eager
+    (T4, "fp16", True),
+    (A10G, "fp16", True),
+])
+def test_the_fastest_precision_the_host_has_hardware_for(host, precision, compiled):
+    choice = choose(RECORD, host)
+    assert (choice.precision, choice.compile) == (precision, compiled), choice.reason
+
+
+def test_a_reduced_precision_that_loses_accuracy_is_not_served():
+    worse = dict(RECORD, bf16={"top1": 0.79, "top5": 0.95})  # 1 point below fp32
+    choice = choose(worse, ZEN4)
+    assert choice.precision == "fp32"
+    assert "1.00 points below fp32's 0.8000, over the 0.5-point tolerance" in choice.reason
+    assert choose(worse, ZEN4, tolerance_points=1.5).precision == "bf16"
+    # On a GPU without fp16 in the record, bf16 is the next candidate.
+    no_fp16 = {k: v for k, v in RECORD.items() if k != "fp16"}
+    assert choose(no_fp16, A10G).precision == "bf16"
+    assert choose(no_fp16, T4).precision == "fp32"
+
+
+@pytest.mark.parametrize("record", [
+    None,
+    {},
+    {"fp32": {"top1": "0.8"}, "bf16": {"top1": 0.8}},
+    {"fp32": {"top1": 0.8}, "bf16": {"top1": float("nan")}},
+    {"fp32": {"top1": 0.8}, "bf16": {"top1": 1.7}},
+    {"fp32": {"top1": 0.8}, "bf16": "fast"},
+    {"fp32": 0.8, "bf16": {"top1": 0.8}},
+])
+def test_a_missing_or_corrupt_record_means_fp32(record):
+    choice = choose(record, ZEN4)
+    assert choice.precision == "fp32", choice.reason
+
+
+def test_forcing_and_bad_settings():
+    assert choose(RECORD, SKYLAKE, "bf16", "off") == Choice(
+        "bf16", False, "bf16, eager: forced by SERVE_PRECISION")
+    assert choose(RECORD, ZEN4, "fp32", "off").precision == "fp32"
+    with pytest.raises(ValueError, match="SERVE_PRECISION='int4'"):
+        choose(RECORD, ZEN4, "int4")
+    with pytest.raises(ValueError, match="SERVE_COMPILE='maybe'"):
+        choose(RECORD, ZEN4, "auto", "maybe")
+
+
+def test_this_hosts_flags_are_read():
+    host = Host.detect("cpu")
+    assert host.device == "cpu" and "fpu" in host.cpu_flags
+
+
+# ------------------------------------------------------------------ a trained model
+def _predict(model_dir, choice: Choice, bodies: list[bytes]) -> np.ndarray:
+    """serve's decode and model, in batches of up to 8 as the scheduler forms them."""
+    from serve.decode import decode
+    from serve.model import Classifier
+
+    classifier = Classifier(model_dir, torch.device("cpu"), choice)
+    classifier.warm_up(8)
+    images = np.stack([decode(b, classifier.geometry, 50_000_000, 2_000_000) for b in bodies])
+    return np.concatenate([classifier.forward(images[i:i + 8]).argmax(1)
+                           for i in range(0, len(images), 8)])
+
+
+@pytest.mark.slow
+def test_serve_reproduces_the_accuracy_the_training_job_recorded(trained_job, digits_dir):
+    from tests.conftest import DOG_PHOTOS
+
+    manifest = json.loads((trained_job.model_dir / "manifest.json").read_text())
+    record = manifest["precisions"]
+    assert record["evaluated_on"] == "test" and set(record) >= {"fp32", "bf16"}
+    test_accuracy = float(trained_job.log.split("test_accuracy=")[1].split()[0])
+    assert record["fp32"]["top1"] == pytest.approx(test_accuracy, abs=1.5 / record["images"])
+
+    paths = sorted((digits_dir / "test").rglob("*.jpg"))
+    labels = np.array([manifest["class_folders"].index(p.parent.name) for p in paths])
+    bodies = [p.read_bytes() for p in paths]
+    dogs = [p.read_bytes() for p in DOG_PHOTOS]
+    answers = {}
+    for precision, compiled in (("fp32", False), ("bf16", False), ("bf16", True)):
+        predicted = _predict(trained_job.model_dir, Choice(precision, compiled, ""), bodies + dogs)
+        answers[precision, compiled] = predicted
+        accuracy = float((predicted[:len(paths)] == labels).mean())
+        # What the job recorded, to within one photo (a batch's size can change a bf16 sum).
+        assert accuracy == pytest.approx(record[precision]["top1"], abs=1.01 / len(paths))
+    reference = answers["fp32", False]
+    for key, predicted in answers.items():
+        agreement = float((predicted[:len(paths)] == reference[:len(paths)]).mean())
+        assert agreement >= 0.995, (key, agreement)
+        assert (predicted[len(paths):] == reference[len(paths):]).all(), key  # the dog photos
+
+
+@pytest.mark.slow
+def test_a_worker_serves_fp32_when_the_record_is_corrupt(trained_model_dir, tmp_path, monkeypatch):
+    import gc
+    import time
+
+    from serve import lifecycle, precision
+    from serve.config import Settings
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_model_dir, model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["precisions"]["bf16"]["top1"] = "corrupt"
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(precision.Host, "detect", classmethod(lambda cls, *a: ZEN4))
+    settings = Settings.from_env({"SM_MODEL_DIR": str(model_dir), "SERVE_COMPILE": "off"}, gpus=0)
+    holder = lifecycle.ModelHolder(settings, torch.device("cpu")).start()
+    try:
+        assert holder.wait_ready(time.monotonic() + 120), holder.error
+        assert holder.classifier.choice.precision == "fp32"
+        assert "no valid" in holder.classifier.choice.reason or \
+            "not recorded" in holder.classifier.choice.reason
+    finally:
+        holder.scheduler.close()
+        gc.unfreeze()

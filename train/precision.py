@@ -1,0 +1,81 @@
+"""What each serving precision costs in accuracy, measured by the training job on the program
+it exported.
+
+serve may run the model in a reduced precision where the host has the hardware for it (bf16 on
+CPUs with AVX512-BF16 or AMX, fp16 and bf16 on GPUs), but only where the accuracy recorded here
+is within a tolerance of fp32's (serve/precision.py). So after the export, the job loads the
+program as serve does and evaluates it on the test channel (else valid) in fp32 and in each
+reduced precision, under ``torch.autocast`` as serve runs it: top-1, top-5, and how often the
+top-1 class agrees with fp32's. fp16 is measured on a GPU only (a CPU has no fast fp16, and
+CPU hosts serve bf16).
+
+int8 (torchao's PT2E flow with the X86 inductor quantizer) is not offered: it needs a second,
+calibrated program in the artifact, and bf16 compiled by inductor already met the serving goals
+on both CPUs measured (benchmarks/README.md, "A faster forward").
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precisions_for(device: torch.device) -> list[str]:
+    """The precisions measured on ``device``: fp32 first, then the reduced ones."""
+    return ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+
+
+@torch.inference_mode()
+def evaluate(program_path: Path, batches, device: torch.device, split: str) -> dict:
+    """Top-1, top-5 and top-1 agreement with fp32 of the exported program at ``program_path``
+    in each precision of ``precisions_for(device)``.
+
+    Args:
+        batches: an iterable (re-iterable) of ``(images float32 [N, 3, H, W], labels int64 [N],
+            skipped)`` as train.data's loaders yield them.
+        split: the channel the batches come from, recorded.
+
+    Returns:
+        ``{"evaluated_on": split, "images": N, "device": "cpu", "fp32": {"top1": 0.96,
+        "top5": 1.0, "agreement_with_fp32": 1.0}, "bf16": {...}}`` (accuracies 0-1).
+    """
+    module = torch.export.load(str(program_path)).module().to(device)
+    module = module.to(memory_format=torch.channels_last)
+    out: dict = {"evaluated_on": split, "device": device.type}
+    reference: list[torch.Tensor] = []
+    for precision in precisions_for(device):
+        dtype = AUTOCAST_DTYPES.get(precision)
+        top1 = top5 = seen = agree = 0
+        predictions = []
+        for images, labels, _ in batches:
+            if images.numel() == 0:
+                continue
+            x = images.to(device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = module(x).float()
+            labels = labels.to(device)
+            pred = logits.argmax(1)
+            k = min(5, logits.shape[1])
+            top1 += int((pred == labels).sum())
+            top5 += int((logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
+            seen += len(labels)
+            predictions.append(pred.cpu())
+        if not seen:
+            return {}
+        pred = torch.cat(predictions)
+        if precision == "fp32":
+            reference = pred
+        agree = int((pred == reference).sum())
+        out[precision] = {"top1": top1 / seen, "top5": top5 / seen,
+                          "agreement_with_fp32": agree / seen}
+        out["images"] = seen
+    logger.info("serving precisions on %s (%d images): %s", split, out.get("images", 0),
+                ", ".join(f"{p} top-1 {v['top1']:.4f}" for p, v in out.items()
+                          if isinstance(v, dict)))
+    return out
