@@ -13,7 +13,7 @@ on an idle core.
 ``--entry loop`` (the default) times ``train.loop.run`` in a bare interpreter: the strictest
 measure, since the rules-on job then also pays for modules that a real job has imported before
 training starts (the toolkit imports boto3, which smdebug needs). ``--entry container`` times
-the real entry program, ``container/train`` on an /opt/ml tree (train.local), as SageMaker runs
+the real entry program, ``container/train`` on an /opt/ml tree (tools.opt_ml), as SageMaker runs
 it: the toolkit's start-up and the output files count on both sides.
 """
 
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_train import make_folder  # noqa: E402
-from train import local  # noqa: E402
+from tools import opt_ml as local  # noqa: E402
 
 JOB = """
 import json, sys

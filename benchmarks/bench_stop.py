@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from train import datasets, local  # noqa: E402
+from tools import datasets, opt_ml as local  # noqa: E402
 
 SIGKILL_AFTER_S = 120.0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Do training steps run slower after a torch.profiler window? In fresh processes, alternating:
-10 timed steps, then 4 steps of which the last 3 are profiled by train.monitor.TraceWindow
+10 timed steps, then 4 steps of which the last 3 are profiled by train.debugger.monitor.TraceWindow
 (``trace``) or not (``none``), then 10 more timed steps. Prints each process's after/before
 ratio, the median of each kind, and their quotient (the slowdown a trace leaves behind; 1.0 is
 none).
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import sys, tempfile, time
 import torch, torchvision
-from train.monitor import TraceWindow
+from train.debugger.monitor import TraceWindow
 mode, arch, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.manual_seed(0)
 net = getattr(torchvision.models, arch)(num_classes=2).train()

@@ -1,4 +1,4 @@
-"""Refuse to run on the CPU when a GPU is there but torch cannot use it (DESIGN.md, pain point 6).
+"""Refuse to run on the CPU when a GPU is there but torch cannot use it (docs/platform.md, "SageMaker hosting").
 
 The usual cause is an image built for a newer CUDA than the host's driver supports (this image's
 torch is built for CUDA 13, which needs an NVIDIA driver >= 580), or a container started without

@@ -15,17 +15,14 @@ import logging
 import os
 import time
 
-import numpy as np
 import torch
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from serve.config import REQUEST_DEADLINE_SHARE, Settings
-from serve.decode import BadImage, inspect, to_model_input
-from serve.invocation import (CUSTOM_ATTRIBUTES, IMAGE_TYPES, JSON_TYPE, ClientError,
-                              image_bodies, options, predictions)
+from serve.config import Settings
+from serve.invocation import ClientError, InvocationHandler
 from serve.lifecycle import ModelHolder
-from serve.scheduler import MemoryBudget, Overloaded
+from serve.scheduler import Overloaded
 
 access_log = logging.getLogger("serve.access")
 
@@ -62,7 +59,7 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     holder = ModelHolder(settings, device or _device(settings)).start()
-    budget = MemoryBudget(settings.decode_memory_bytes)
+    handler = InvocationHandler(settings, holder)
     app.extensions["model"] = holder
 
     @app.before_request
@@ -114,86 +111,8 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
             "MaxPayloadInMB": settings.max_payload_bytes // (1024 * 1024),
         })
 
-    def ready_model(deadline: float):
-        """The loaded classifier and scheduler, waiting for them within the deadline.
-
-        Raises:
-            ClientError: 503 while the artifact is missing or broken, or still loading at the
-                deadline.
-        """
-        if not holder.wait_ready(deadline):
-            raise ClientError(503, holder.error or "the model is still loading",
-                              retry_after_s=1 if holder.error is None else None)
-        return holder.classifier, holder.scheduler
-
-    def check_cost(n_images: int, ms_per_image: float) -> None:
-        """Images per request, and their share of the deadline at the measured cost."""
-        if n_images > settings.max_images_per_request:
-            raise ClientError(400, f"{n_images} images in one request; the limit is "
-                                   f"{settings.max_images_per_request} "
-                                   f"(SERVE_MAX_IMAGES_PER_REQUEST)")
-        budget_s = settings.timeout_s * REQUEST_DEADLINE_SHARE
-        if n_images * ms_per_image / 1000 > budget_s:
-            most = max(1, int(budget_s * 1000 / ms_per_image))
-            raise ClientError(400, f"{n_images} images would take about "
-                                   f"{n_images * ms_per_image / 1000:.0f} s here "
-                                   f"({ms_per_image:.0f} ms each), over "
-                                   f"{REQUEST_DEADLINE_SHARE:.0%} of the {settings.timeout_s} s "
-                                   f"deadline; send at most {most} per request")
-
-    def decode_all(bodies: list[bytes], geometry, deadline: float) -> np.ndarray:
-        """uint8 [n, crop, crop, 3], each image inspected (pixel limits) before it decodes and
-        decoded under the worker's memory budget."""
-        arrays = []
-        for i, body in enumerate(bodies):
-            try:
-                inspected = inspect(body, geometry, settings.max_pixels,
-                                    settings.max_resized_pixels)
-                if inspected.decode_bytes > budget.total:
-                    raise ClientError(413, f"decoding the image takes about "
-                                           f"{inspected.decode_bytes / 2**20:.0f} MB; the limit "
-                                           f"is {budget.total / 2**20:.0f} MB "
-                                           f"(SERVE_DECODE_MEMORY_MB)")
-                budget.acquire(inspected.decode_bytes, deadline)
-                try:
-                    arrays.append(to_model_input(inspected, geometry))
-                finally:
-                    budget.release(inspected.decode_bytes)
-            except BadImage as exc:
-                raise ClientError(400, f"image {i}: {exc}" if len(bodies) > 1 else str(exc))
-        return np.stack(arrays)
-
     @app.post("/invocations")
     def invocations():
-        deadline = g.start + settings.timeout_s
-        # No Accept header means anything goes (RFC 9110 12.5.1).
-        if request.headers.get("Accept") and request.accept_mimetypes.best_match(
-                [JSON_TYPE]) is None:
-            raise ClientError(406, f"Accept: {request.headers.get('Accept')!r} cannot be served; "
-                                   f"responses are {JSON_TYPE}")
-        if request.mimetype not in IMAGE_TYPES + (JSON_TYPE,):
-            raise ClientError(415, f"Content-Type {request.mimetype or '(none)'!r} is not "
-                                   f"supported; use one of {', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
-        classifier, scheduler = ready_model(deadline)
-        bodies, doc = image_bodies(request.mimetype, request.get_data(cache=False))
-        g.log["images"] = len(bodies)
-        check_cost(len(bodies), scheduler.ms_per_image)
-        k, want_all = options(doc, request.headers.get(CUSTOM_ATTRIBUTES, ""), request.args,
-                              len(classifier.classes))
-        scheduler.admit(len(bodies), deadline)
-        decode_start = time.monotonic()
-        try:
-            images = decode_all(bodies, classifier.geometry, deadline)
-        except BaseException:
-            scheduler.release()
-            raise
-        g.log["decode_ms"] = round((time.monotonic() - decode_start) * 1000, 2)
-        job = scheduler.submit(images, deadline)
-        probabilities = scheduler.wait(job)
-        g.log.update(batch_size=job.batch_size, queue_ms=round(job.queue_ms, 2),
-                     compute_ms=round(job.compute_ms, 2))
-        return jsonify({"model_version": classifier.version,
-                        "predictions": predictions(probabilities, classifier.classes, k,
-                                                   want_all)})
+        return jsonify(handler.handle(request, deadline=g.start + settings.timeout_s, log=g.log))
 
     return app

@@ -1,5 +1,9 @@
-"""What an invocation carries and what it answers: request bodies to images and options, class
-probabilities to the JSON response.
+"""What an invocation carries, how it is served, and what it answers.
+
+``InvocationHandler.handle`` is the whole of one invocation: checks before any work (content
+type, Accept, images, their share of the deadline), the model (waiting for it within the
+deadline), a place in the scheduler's queue, each image's decode under the worker's memory
+budget, the batch, and the answer.
 
 Requests (AWS doc "Use your own inference code with hosting services"):
 - ``image/jpeg``, ``image/png`` or ``application/x-image``: one image as the body.
@@ -16,10 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 
 import numpy as np
 
-from serve.config import DEFAULT_TOP_K
+from serve.config import DEFAULT_TOP_K, REQUEST_DEADLINE_SHARE, Settings
+from serve.decode import BadImage, Geometry, inspect, to_model_input
+from serve.lifecycle import ModelHolder
+from serve.scheduler import MemoryBudget
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
@@ -112,3 +120,99 @@ def predictions(probabilities: np.ndarray, classes: list[str], k: int, want_all:
             item["probabilities"] = [round(float(v), 6) for v in row]
         out.append(item)
     return out
+
+
+class InvocationHandler:
+    """Serves ``/invocations`` for one worker: its settings, its model holder and the memory
+    budget its request threads share."""
+
+    def __init__(self, settings: Settings, holder: ModelHolder):
+        self.settings, self.holder = settings, holder
+        self.budget = MemoryBudget(settings.decode_memory_bytes)
+
+    def handle(self, request, deadline: float, log: dict) -> dict:
+        """The JSON answer to a Flask ``request``; fills ``log`` (images, decode, batch, queue
+        and compute ms) for the access log.
+
+        Raises:
+            ClientError: 4xx (or 503 while the model is missing or still loading).
+            serve.scheduler.Overloaded: 503, the request cannot be served by ``deadline``.
+        """
+        # No Accept header means anything goes (RFC 9110 12.5.1).
+        if request.headers.get("Accept") and request.accept_mimetypes.best_match(
+                [JSON_TYPE]) is None:
+            raise ClientError(406, f"Accept: {request.headers.get('Accept')!r} cannot be served; "
+                                   f"responses are {JSON_TYPE}")
+        if request.mimetype not in IMAGE_TYPES + (JSON_TYPE,):
+            raise ClientError(415, f"Content-Type {request.mimetype or '(none)'!r} is not "
+                                   f"supported; use one of {', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
+        classifier, scheduler = self._ready_model(deadline)
+        bodies, doc = image_bodies(request.mimetype, request.get_data(cache=False))
+        log["images"] = len(bodies)
+        self._check_cost(len(bodies), scheduler.ms_per_image)
+        k, want_all = options(doc, request.headers.get(CUSTOM_ATTRIBUTES, ""), request.args,
+                              len(classifier.classes))
+        scheduler.admit(len(bodies), deadline)
+        decode_start = time.monotonic()
+        try:
+            images = self._decode_all(bodies, classifier.geometry, deadline)
+        except BaseException:
+            scheduler.release()
+            raise
+        log["decode_ms"] = round((time.monotonic() - decode_start) * 1000, 2)
+        job = scheduler.submit(images, deadline)
+        probabilities = scheduler.wait(job)
+        log.update(batch_size=job.batch_size, queue_ms=round(job.queue_ms, 2),
+                   compute_ms=round(job.compute_ms, 2))
+        return {"model_version": classifier.version,
+                "predictions": predictions(probabilities, classifier.classes, k, want_all)}
+
+    def _ready_model(self, deadline: float):
+        """The loaded classifier and scheduler, waiting for them within the deadline.
+
+        Raises:
+            ClientError: 503 while the artifact is missing or broken, or still loading at the
+                deadline.
+        """
+        holder = self.holder
+        if not holder.wait_ready(deadline):
+            raise ClientError(503, holder.error or "the model is still loading",
+                              retry_after_s=1 if holder.error is None else None)
+        return holder.classifier, holder.scheduler
+
+    def _check_cost(self, n_images: int, ms_per_image: float) -> None:
+        """Images per request, and their share of the deadline at the measured cost."""
+        s = self.settings
+        if n_images > s.max_images_per_request:
+            raise ClientError(400, f"{n_images} images in one request; the limit is "
+                                   f"{s.max_images_per_request} (SERVE_MAX_IMAGES_PER_REQUEST)")
+        budget_s = s.timeout_s * REQUEST_DEADLINE_SHARE
+        if n_images * ms_per_image / 1000 > budget_s:
+            most = max(1, int(budget_s * 1000 / ms_per_image))
+            raise ClientError(400, f"{n_images} images would take about "
+                                   f"{n_images * ms_per_image / 1000:.0f} s here "
+                                   f"({ms_per_image:.0f} ms each), over "
+                                   f"{REQUEST_DEADLINE_SHARE:.0%} of the {s.timeout_s} s "
+                                   f"deadline; send at most {most} per request")
+
+    def _decode_all(self, bodies: list[bytes], geometry: Geometry, deadline: float) -> np.ndarray:
+        """uint8 [n, crop, crop, 3], each image inspected (pixel limits) before it decodes and
+        decoded under the worker's memory budget."""
+        s, budget = self.settings, self.budget
+        arrays = []
+        for i, body in enumerate(bodies):
+            try:
+                inspected = inspect(body, geometry, s.max_pixels, s.max_resized_pixels)
+                if inspected.decode_bytes > budget.total:
+                    raise ClientError(413, f"decoding the image takes about "
+                                           f"{inspected.decode_bytes / 2**20:.0f} MB; the limit "
+                                           f"is {budget.total / 2**20:.0f} MB "
+                                           f"(SERVE_DECODE_MEMORY_MB)")
+                budget.acquire(inspected.decode_bytes, deadline)
+                try:
+                    arrays.append(to_model_input(inspected, geometry))
+                finally:
+                    budget.release(inspected.decode_bytes)
+            except BadImage as exc:
+                raise ClientError(400, f"image {i}: {exc}" if len(bodies) > 1 else str(exc))
+        return np.stack(arrays)

@@ -67,9 +67,9 @@ class ModelHolder:
                 scheduler = Scheduler(classifier.forward, s.max_batch_size,
                                       s.max_batch_delay_ms / 1000.0, s.max_queue, ms_per_image)
                 # The loaded program is hundreds of thousands of long-lived Python objects (the
-                # exported graph). Left to the cyclic GC, each full collection walks them all:
-                # about 150 ms, one request in ~60. gc.freeze() moves everything alive now out
-                # of the collector's sight (Python docs, gc.freeze).
+                # exported graph). Left to the cyclic GC, each full collection walks them all,
+                # inside some request's latency. gc.freeze() moves everything alive now out of
+                # the collector's sight (Python docs, gc.freeze).
                 gc.collect()
                 gc.freeze()
                 self.classifier, self.scheduler, self.error = classifier, scheduler, None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from train.datasets import DIGITS_RECIPE
+from tools.datasets import DIGITS_RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ENTRY = ROOT / "container" / "train"
@@ -66,8 +66,8 @@ class TrainingRun:
 
 def make_job(base: Path, channels: dict[str, Path], hyperparameters: dict,
              hosts: tuple[str, ...] = ("localhost",), copy: bool = False) -> Path:
-    """An /opt/ml tree as SageMaker lays it out (train.local.write_job)."""
-    from train.local import write_job
+    """An /opt/ml tree as SageMaker lays it out (tools.opt_ml.write_job)."""
+    from tools.opt_ml import write_job
 
     return write_job(base, channels, hyperparameters, hosts, copy)
 
@@ -84,7 +84,7 @@ def run_train(base: Path, env: dict | None = None, timeout: float = 600) -> Trai
 
 
 def profiled_steps(trace_path: Path) -> list[int]:
-    """The training steps a torch.profiler trace (train.monitor.TraceWindow) marks
+    """The training steps a torch.profiler trace (train.debugger.monitor.TraceWindow) marks
     ``ProfilerStep#N``, sorted."""
     events = json.loads(Path(trace_path).read_text())["traceEvents"]
     return sorted({int(e["name"].split("#")[1]) for e in events
@@ -98,7 +98,7 @@ def digit_channels(root: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     """scikit-learn's real handwritten digits as 32x32 RGB JPEGs in ImageFolder layout."""
-    from train.datasets import write_digits
+    from tools.datasets import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits") / "digits", image_size=32)
 

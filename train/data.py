@@ -289,7 +289,7 @@ class EpochSampler(Sampler):
 
 
 def default_num_workers() -> int:
-    """One DataLoader worker per vCPU, at most 8 (decoding a JPEG costs 2-10 ms of one core)."""
+    """One DataLoader worker per vCPU, at most 8: decoding is the per-photo work of a step."""
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 

@@ -8,23 +8,31 @@ FailureReason naming the key and what is accepted.
 
 Keys the platform adds are ignored: ``sagemaker_*`` (the toolkit strips them) and
 ``_tuning_objective_metric`` (HyperparameterTuner adds it).
+
+The one schema of the hyperparameters: the training job parses with it (``parse``), deploy.py
+checks ``--hp`` names and values with it before any AWS call (``validate``), and the README's
+table is generated from it (``python -m train.hyperparameters --markdown``; a test compares
+them). So it imports nothing heavy: no toolkit, no torch.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
-
-from train.errors import TrainingError
 
 IGNORED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 
 
+class HyperparameterError(ValueError):
+    """A bad or unknown hyperparameter; the message names the key and what is accepted."""
+
+
 @dataclass(frozen=True)
 class Spec:
-    """One hyperparameter: its parser (raises ValueError), default, and the accepted values in
-    words for error messages."""
+    """One hyperparameter: its parser (raises ValueError), default, the accepted values in
+    words (for error messages and the README) and what it does (the README)."""
 
     parse: Callable[[Any], Any]
     default: Any
@@ -76,18 +84,33 @@ def _float(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: b
     return parse
 
 
+# torchvision 0.29's classification models (torchvision.models.list_models(module=
+# torchvision.models)), kept here so that checking a name needs no torchvision; a test keeps the
+# two equal.
+CLASSIFICATION_MODELS = (
+    "alexnet", "convnext_base", "convnext_large", "convnext_small", "convnext_tiny",
+    "densenet121", "densenet161", "densenet169", "densenet201", "efficientnet_b0",
+    "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_b5",
+    "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_l", "efficientnet_v2_m",
+    "efficientnet_v2_s", "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mnasnet0_75",
+    "mnasnet1_0", "mnasnet1_3", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+    "regnet_x_16gf", "regnet_x_1_6gf", "regnet_x_32gf", "regnet_x_3_2gf", "regnet_x_400mf",
+    "regnet_x_800mf", "regnet_x_8gf", "regnet_y_128gf", "regnet_y_16gf", "regnet_y_1_6gf",
+    "regnet_y_32gf", "regnet_y_3_2gf", "regnet_y_400mf", "regnet_y_800mf", "regnet_y_8gf",
+    "resnet101", "resnet152", "resnet18", "resnet34", "resnet50", "resnext101_32x8d",
+    "resnext101_64x4d", "resnext50_32x4d", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "squeezenet1_0", "squeezenet1_1", "swin_b",
+    "swin_s", "swin_t", "swin_v2_b", "swin_v2_s", "swin_v2_t", "vgg11", "vgg11_bn", "vgg13",
+    "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vit_b_16", "vit_b_32", "vit_h_14",
+    "vit_l_16", "vit_l_32", "wide_resnet101_2", "wide_resnet50_2",
+)
+
+
 def _arch(v: Any) -> str:
     name = str(v).strip()
-    if name not in classification_models():
+    if name not in CLASSIFICATION_MODELS:
         raise ValueError(v)
     return name
-
-
-def classification_models() -> list[str]:
-    """torchvision's classification model names (``torchvision.models.list_models``)."""
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 SPECS: dict[str, Spec] = {
@@ -98,7 +121,8 @@ SPECS: dict[str, Spec] = {
                        "images per step on each process (GPU or CPU)"),
     "lr": Spec(_float(0.0, 10.0, lo_open=True), 0.01, "a number > 0 and <= 10",
                "peak SGD learning rate (cosine schedule to 0)"),
-    "momentum": Spec(_float(0.0, 1.0, hi_open=True), 0.9, "a number in [0, 1)", "SGD momentum"),
+    "momentum": Spec(_float(0.0, 1.0, hi_open=True), 0.9, "a number in [0, 1)",
+                     "SGD momentum (Nesterov)"),
     "weight-decay": Spec(_float(0.0, 1.0), 1e-4, "a number in [0, 1]", "SGD weight decay (L2)"),
     "label-smoothing": Spec(_float(0.0, 1.0, hi_open=True), 0.1, "a number in [0, 1)",
                             "cross-entropy label smoothing"),
@@ -134,15 +158,15 @@ def names() -> list[str]:
     return sorted(SPECS)
 
 
-def parse(raw: dict[str, Any]) -> dict[str, Any]:
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Coerce and check ``raw`` (SageMaker's hyperparameters, strings or JSON-decoded values).
 
     Returns:
         Every hyperparameter name mapped to its typed value (defaults filled in).
 
     Raises:
-        TrainingError: an unknown key (lists the accepted ones) or a bad value (names the key,
-            the value and what is accepted).
+        HyperparameterError: an unknown key (lists the accepted ones) or a bad value (names the
+            key, the value and what is accepted).
     """
     values = {name: spec.default for name, spec in SPECS.items()}
     for key, value in raw.items():
@@ -150,13 +174,45 @@ def parse(raw: dict[str, Any]) -> dict[str, Any]:
             continue
         spec = SPECS.get(key)
         if spec is None:
-            raise TrainingError(
+            raise HyperparameterError(
                 f"unknown hyperparameter {key!r}; accepted: {', '.join(names())}"
             )
         try:
             values[key] = spec.parse(value)
         except (TypeError, ValueError):
-            raise TrainingError(
+            raise HyperparameterError(
                 f"hyperparameter {key!r} = {value!r} is not valid: expected {spec.accepted}"
             ) from None
     return values
+
+
+def parse(raw: dict[str, Any]) -> dict[str, Any]:
+    """``validate`` for the training job.
+
+    Raises:
+        TrainingError: what ``validate`` raises, as the job's FailureReason.
+    """
+    try:
+        return validate(raw)
+    except HyperparameterError as exc:
+        from train.errors import TrainingError  # the toolkit's error type: only the job has it
+
+        raise TrainingError(str(exc)) from None
+
+
+def _cell(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def markdown_table() -> str:
+    """The README's hyperparameter table: name, default, accepted values, what it does."""
+    rows = ["| name | default | accepted | what it does |", "|---|---|---|---|"]
+    rows += [f"| `{name}` | `{_cell(spec.default)}` | {spec.accepted} | {spec.help} |"
+             for name, spec in SPECS.items()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m train.hyperparameters --markdown")
+    print(markdown_table())

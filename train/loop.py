@@ -20,8 +20,6 @@ import gc
 import logging
 import math
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from train import artifact, checkpoint, data, debugger, metrics, model as model_lib, outputs
-from train import monitor as monitor_lib, precision, report, rules, stop
+from train import artifact, checkpoint, data, metrics, model as model_lib, outputs, precision
+from train import stop
+from train.debugger import Debugger
 from train.errors import TrainingError, write_failure
 
 logger = logging.getLogger(__name__)
@@ -189,28 +188,15 @@ class Trainer:
         self.best_state: dict | None = None
         self.skipped = 0
         self.resume()
-        # Before the hook: smdebug's import (0.1-0.2 s, train/debugger.py) runs while the workers
+        # Before the hook: smdebug's import (train/debugger/hook.py) runs while the workers
         # decode.
         self.start_workers()
-        # Debugger and profiler rules in the container (train/rules.py): a local smdebug hook
-        # when the job configured none, step timings, utilisation samples and a trace.
-        self.rules = bool(hp["debugger-rules"])
-        rules_dir = tempfile.mkdtemp(prefix="smdebug-") if self.rules else None
-        if rules_dir:
-            # The local hook's trial is ours to delete. Registered before the hook's own atexit
-            # cleanup, so it runs after it (atexit is last in, first out): that cleanup writes
-            # an end-of-training marker into the folder.
-            atexit.register(shutil.rmtree, rules_dir, ignore_errors=True)
         # After resume(): the hook counts steps from 0 in every process, so it spreads its saves
         # over the steps this process will train, not the whole job's.
-        self.hook = debugger.create_hook(job.input_config_dir, self.net, self.loss_fn, rules_dir,
-                                         self.planned_steps())
-        self.report_dir = Path(job.output_data_dir) / "report"
-        self.monitor = monitor_lib.StepMonitor() if self.rules else None
-        self.sampler = monitor_lib.SystemSampler() if self.rules and d.main else None
-        self.trace = (monitor_lib.TraceWindow(self.report_dir / report.TRACE_JSON,
-                                              active=hp["profiler-steps"], cuda=self.cuda)
-                      if self.rules and d.main and hp["profiler-steps"] else None)
+        self.debugger = Debugger(bool(hp["debugger-rules"]), hp["profiler-steps"],
+                                 job.input_config_dir, Path(job.output_data_dir) / "report",
+                                 self.net, self.loss_fn, self.planned_steps(), d.main, self.cuda,
+                                 job.job_name)
 
     def planned_steps(self) -> int:
         """Training steps this process will run if no epoch stops early: batches per epoch times
@@ -425,19 +411,16 @@ class Trainer:
         if start == 0:
             self.acc = _new_accumulators()
         self.epoch, self.step = epoch, start
-        batches = self._batches("train", epoch, start=start)
-        debugger.set_mode(self.hook, train=True)
+        self.debugger.mode(train=True)
+        batches = self.debugger.steps(self._batches("train", epoch, start=start), epoch)
         acc = self.acc
         start = time.perf_counter()
-        if self.monitor is not None:
-            batches = self.monitor.iterate(batches, epoch)
         for images, labels, n_skipped in batches:
             acc["skipped"] += n_skipped
             if images.numel() == 0 and self.d.enabled:
                 self._join_with_no_images()
             elif images.numel() > 0:
-                if self.trace is not None:
-                    self.trace.step_begin()
+                self.debugger.step_begin()
                 logits, loss, labels = self._forward(images, labels)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
@@ -451,20 +434,17 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 n = labels.shape[0]
-                if self.monitor is not None:
-                    self.monitor.step_end(n)  # loss.item() above synchronised the step
+                self.debugger.step_end(n)  # loss.item() above synchronised the step
                 acc["loss_sum"] += loss_value * n
                 acc["correct"] += int((logits.argmax(1) == labels).sum())
                 acc["seen"] += n
             self.step += 1
             if self._stop_agreed():
                 acc["seconds"] += time.perf_counter() - start
-                if self.trace is not None:
-                    self.trace.close()
+                self.debugger.epoch_end()
                 raise _Stop("train")
         acc["seconds"] += time.perf_counter() - start
-        if self.trace is not None:
-            self.trace.close()  # a window ends with its epoch at the latest: no validation in it
+        self.debugger.epoch_end()
         loss_sum, correct, seen, skipped = _reduce(
             [acc["loss_sum"], acc["correct"], acc["seen"], acc["skipped"]], self.d, self.device)
         if seen == 0:
@@ -490,7 +470,7 @@ class Trainer:
             TrainingError: no readable image in the channel.
         """
         self.model.eval()
-        debugger.set_mode(self.hook, train=False)
+        self.debugger.mode(train=False)
         batches = self._batches(split)
         c = len(self.classes)
         pairs: list[torch.Tensor] = []
@@ -531,14 +511,11 @@ class Trainer:
         iterator started here, with the batches it has prefetched.
 
         A DataLoader forks its workers on its first ``iter()``. Forked after training steps have
-        grown this process's heap (about 1 GB for resnet18 at batch 16), every heap page the next
-        training step writes is copied on write, once: the first training step after the first
-        validation pass took 3.5-3.8 s instead of about 1.2 s, with 235 thousand minor page
-        faults instead of 68 thousand (resnet18, batch 16, CPU), and a test pass after training
-        paid the same. ``gc.freeze()`` before the fork is the Python docs' advice for
-        fork-without-exec (the collector stops writing to the frozen objects' pages); it also
-        stops every later full collection from walking the 360 thousand objects of torch,
-        torchvision and the model: each took about 220 ms, 15-35 ms frozen.
+        grown this process's heap, every heap page the next training step writes is copied on
+        write, once, and that step runs about 3x slower (benchmarks/README.md). ``gc.freeze()``
+        before the fork is the Python docs' advice for fork-without-exec (the collector stops
+        writing to the frozen objects' pages); it also stops every later full collection from
+        walking the hundreds of thousands of objects of torch, torchvision and the model.
         """
         self._set_position("train", self.epoch, self.step)
         gc.freeze()  # train.loop unfreezes at exit
@@ -567,10 +544,7 @@ class Trainer:
         """
         hp = self.hp
         patience = hp["early-stopping-patience"]
-        if self.sampler is not None:
-            self.sampler.start()
-        if self.trace is not None:  # the last steps this process will train (TraceWindow says why)
-            self.trace.start = max(1, self.planned_steps() - self.trace.active)
+        self.debugger.start(self.planned_steps())
         if len(self.history) < hp["epochs"] and self._stop_agreed():
             raise _Stop("train")  # asked to stop before the first step
         for epoch in range(self.epoch, hp["epochs"]):
@@ -658,8 +632,7 @@ class Trainer:
         final, matrix = self.evaluate(split, confusion=True)
         if split == "test" and self.d.main:
             metrics.log_metrics(final)
-        if self.hook is not None:
-            self.hook.close()
+        self.debugger.close()
         if not self.d.main:
             return
         self.write_artifact(self.net.state_dict(), self._summary(final),
@@ -676,37 +649,10 @@ class Trainer:
                           split)
         except Exception:  # noqa: BLE001 - the model is written: keep the job, say what is missing
             logger.exception("metrics.json and the plots not written")
-        if self.rules:
-            try:
-                self.finish_report(self.start_report())
-            except Exception:  # noqa: BLE001 - likewise
-                logger.exception("debugger report not written")
-
-    def start_report(self) -> report.ReportProcess:
-        """Stop the monitors, evaluate every rule, log one ``rule_<Name>=0|1`` metric line and the
-        rules that fired, and start writing report.html and summary.json in a child process
-        (train.report.ReportProcess). The hook must be closed."""
-        self.sampler.stop()
-        if self.trace is not None:
-            self.trace.close()
-        results = rules.evaluate_all(self.hook.out_dir if self.hook else None, self.history,
-                                     self.monitor.steps, self.sampler.samples)
-        metrics.log_metrics({f"rule_{r.name}": int(r.status == rules.TRIGGERED)
-                             for r in results if r.status != rules.NO_DATA})
-        fired = [r.name for r in results if r.status == rules.TRIGGERED]
-        logger.info("debugger rules: %s", ", ".join(fired) or "none triggered")
-        return report.ReportProcess(self.report_dir, results, self.history, self.monitor.steps,
-                                    self.sampler.samples, self.job.job_name,
-                                    self.trace is not None and self.trace.written)
-
-    @staticmethod
-    def finish_report(pending: report.ReportProcess) -> None:
-        """Wait for the report.
-
-        Raises:
-            RuntimeError: the report process failed.
-        """
-        logger.info("debugger report written: %s", pending.wait())
+        try:
+            self.debugger.report(self.history)
+        except Exception:  # noqa: BLE001 - likewise
+            logger.exception("debugger report not written")
 
 
 def run(job: Job, d: Dist | None = None) -> None:
@@ -725,13 +671,10 @@ def run(job: Job, d: Dist | None = None) -> None:
         trainer.stop_job(stopped.phase)
     except TrainingError:
         # A failing job (a NaN loss) is when the rules matter most: report, then fail.
-        if trainer.rules and d.main:
-            try:
-                if trainer.hook is not None:
-                    trainer.hook.close()
-                trainer.finish_report(trainer.start_report())
-            except Exception:  # noqa: BLE001 - the job's own failure is the one to report
-                logger.exception("could not write the debugger report")
+        try:
+            trainer.debugger.report(trainer.history)
+        except Exception:  # noqa: BLE001 - the job's own failure is the one to report
+            logger.exception("could not write the debugger report")
         raise
     if stop.requested():
         trainer.stop_job("finish")

@@ -3,7 +3,7 @@
 SageMaker captures training metrics (for the console, CloudWatch and automatic model tuning) by
 matching regular expressions against the job's stdout/stderr; it allows at most 20 metric
 definitions per job (AWS doc: "Define metrics and environment variables", CreateTrainingJob
-``AlgorithmSpecification.MetricDefinitions``, and DESIGN.md). deploy.py imports
+``AlgorithmSpecification.MetricDefinitions``; docs/platform.md). deploy.py imports
 ``METRIC_DEFINITIONS`` from here, so the printed lines and the regexes cannot drift apart.
 
 Line format, one per epoch, flushed::
@@ -100,7 +100,7 @@ def log_metrics(values: Mapping[str, float | int], stream: TextIO | None = None)
     """Print one metric line to ``stream`` (default stdout) and flush it at once.
 
     Flushing matters: Python buffers stdout when it is not a TTY (as in a SageMaker container),
-    and a tuning job that never sees the line gets no objective value (DESIGN.md, pain point 7).
+    and a tuning job that never sees the line gets no objective value (docs/platform.md).
 
     Returns:
         The line printed, without the newline.

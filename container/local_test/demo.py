@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from train import datasets  # noqa: E402
-from train.local import write_job  # noqa: E402
+from tools import datasets  # noqa: E402
+from tools.opt_ml import write_job  # noqa: E402
 
 OUT = ROOT / "out" / "demo"
 PHOTOS = sorted((ROOT / "tests" / "data" / "dogs").glob("*.jpg"))

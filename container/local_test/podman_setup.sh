@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make root podman usable on machines without a Docker engine (see DESIGN.md): runc instead of
+# Make root podman usable on machines without a Docker engine (see docs/platform.md): runc instead of
 # crun (crun fails on cgroups there) and explicit ulimits. Idempotent; touches nothing when a
 # containers.conf exists already.
 set -euo pipefail

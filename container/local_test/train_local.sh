@@ -10,8 +10,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
 data="${DATA:-$here/test_dir/data}"
-[ -d "$data/train" ] || (cd "$root" && "$python" -m train.datasets digits "$data" --per-class 60)
+[ -d "$data/train" ] || (cd "$root" && "$python" -m tools.datasets digits "$data" --per-class 60)
 rm -rf "$here/test_dir/opt_ml"
-(cd "$root" && "$python" -m train.local "$here/test_dir/opt_ml" "$data" --copy --digits-recipe "$@")
+(cd "$root" && "$python" -m tools.opt_ml "$here/test_dir/opt_ml" "$data" --copy --digits-recipe "$@")
 "$docker" run --rm ${GPUS:+--gpus all} -v "$here/test_dir/opt_ml:/opt/ml" "$image" train
 echo "model: $here/test_dir/opt_ml/model"

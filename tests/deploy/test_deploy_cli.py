@@ -18,6 +18,8 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 import deploy
+from deployment import aws as deploy_aws, settings as deploy_settings
+from deployment.commands import train as train_verb, tune as tune_verb
 from tests.conftest import DOG_PHOTOS, FAST_HYPERPARAMETERS
 from train import metrics
 
@@ -43,7 +45,7 @@ def aws_env(monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("DEPLOY_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(deploy, "STATE_FILE", tmp_path / "state.json")
+    monkeypatch.setattr(deploy_settings, "STATE_FILE", tmp_path / "state.json")
 
 
 def _copy(value):
@@ -83,7 +85,7 @@ def aws(monkeypatch):
         ecr.put_image(repositoryName=REPO, imageManifest=manifest, imageTag="latest")
         boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
         recorder = Recorder()
-        monkeypatch.setattr(deploy, "make_boto_session", lambda region: recorder.session)
+        monkeypatch.setattr(deploy_aws, "make_boto_session", lambda region: recorder.session)
         yield recorder
 
 
@@ -99,11 +101,15 @@ def channels(request: dict) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ names
-def test_hyperparameter_names_match_train():
-    from train.hyperparameters import SPECS
-
-    assert deploy.HYPERPARAMETER_NAMES == tuple(sorted(SPECS))
-    assert sorted(deploy.FALLBACK_HYPERPARAMETER_NAMES) == sorted(SPECS)
+def test_hyperparameter_values_are_checked_before_any_aws_call(aws, capsys):
+    """deploy.py reads train/hyperparameters.py, the job's own schema: a bad value is one line
+    naming the key and the accepted values, and no request reaches AWS."""
+    code, out, err = run(capsys, "train", "--no-wait", "--hp", "lr=abc")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "'lr' = 'abc' is not valid: expected a number > 0 and <= 10" in err
+    assert not aws.calls
+    code, out, err = run(capsys, "tune", "--no-wait", "--hp", "arch=resnet51")
+    assert code == 1 and "a torchvision classification model name" in err and not aws.calls
 
 
 # ------------------------------------------------------------------------------------ train
@@ -128,7 +134,7 @@ def test_train_sends_spot_checkpoints_channels_and_no_debugger(aws, capsys):
     assert "ProfilerRuleConfigurations" not in req
     assert req.get("ProfilerConfig", {}).get("DisableProfiler", True) is True
     assert "started training job dogs-1" in out
-    assert json.loads(deploy.STATE_FILE.read_text())["training_job"] == "dogs-1"
+    assert json.loads(deploy_settings.STATE_FILE.read_text())["training_job"] == "dogs-1"
 
 
 def test_train_debugger_service_sends_hook_rules_and_profiler(aws, capsys):
@@ -227,7 +233,7 @@ def test_tune_attach_prints_jobs_best_first(capsys):
                            "NextToken": "t"})
         stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job",
                           {"TrainingJobSummaries": [summary("dogs-tune-1-002-b", "0.01", 0.83)]})
-        assert deploy.print_tuning_results(sm, "dogs-tune-1") == 0
+        assert tune_verb.print_tuning_results(sm, "dogs-tune-1") == 0
         stub.assert_no_pending_responses()
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -251,8 +257,8 @@ def test_train_from_tuning_job_uses_best_hyperparameters(aws, capsys, monkeypatc
                                 "arch": '"resnet50"', "_tuning_objective_metric": "valid_accuracy"})
     stub.add_response("describe_training_job", job, {"TrainingJobName": "dogs-tune-1-002-b"})
     stub.activate()
-    real = deploy.best_hyperparameters
-    monkeypatch.setattr(deploy, "best_hyperparameters", lambda _sm, name: real(sm, name))
+    real = tune_verb.best_hyperparameters
+    monkeypatch.setattr(train_verb, "best_hyperparameters", lambda _sm, name: real(sm, name))
     code, out, err = run(capsys, "train", "--no-wait", "--tuning-job", "dogs-tune-1",
                          "--job-name", "dogs-best", "--hp", "epochs=20")
     assert code == 0, err
@@ -342,7 +348,7 @@ def test_no_credentials_is_one_line(capsys, monkeypatch, tmp_path):
 
 
 def test_unwritable_bucket_is_one_line(aws, capsys, tmp_path):
-    from train.datasets import write_digits
+    from tools.datasets import write_digits
 
     src = write_digits(tmp_path / "d", image_size=8, per_class=3)
     code, _, err = run(capsys, "data", "--source", str(src), "--bucket", "no-such-bucket")
@@ -356,7 +362,7 @@ def test_deploy_without_a_model_is_one_line(aws, capsys):
 
 # ------------------------------------------------------------------------------------- data
 def test_data_uploads_once_and_prints_uris(aws, capsys, tmp_path):
-    from train.datasets import write_digits
+    from tools.datasets import write_digits
 
     src = write_digits(tmp_path / "digits", image_size=8, per_class=5)
     files = sorted(p for p in src.rglob("*.jpg"))
@@ -418,7 +424,7 @@ def test_predict_goes_through_sdk_predictor_to_real_serve(server, capsys, monkey
             return AWSResponse(request.url, r.status, dict(r.headers), _Raw(r.read()))
 
     session.events.register("before-send.sagemaker-runtime.InvokeEndpoint", to_serve)
-    monkeypatch.setattr(deploy, "make_boto_session", lambda region: session)
+    monkeypatch.setattr(deploy_aws, "make_boto_session", lambda region: session)
     photos = [str(p) for p in DOG_PHOTOS[:2]]
     code, out, err = run(capsys, "predict", "--endpoint", "dogs-ep", "-k", "2", *photos)
     assert code == 0, err
@@ -455,7 +461,7 @@ def test_local_builds_local_session_train_and_deploy(capsys, monkeypatch, tmp_pa
     from sagemaker.estimator import Estimator
     from sagemaker.local import LocalSession
     from sagemaker.model import Model
-    from train.datasets import write_digits
+    from tools.datasets import write_digits
 
     data = write_digits(tmp_path / "digits", image_size=8, per_class=3)
     seen = {}
@@ -499,15 +505,15 @@ def test_local_builds_local_session_train_and_deploy(capsys, monkeypatch, tmp_pa
 
 # --------------------------------------------------------------------------------- settings
 def test_settings_file_then_environment_then_options(monkeypatch, tmp_path):
-    example = deploy.ROOT / "deploy.example.toml"
-    settings = deploy.load_settings(str(example))
+    example = deploy_settings.ROOT / "deploy.example.toml"
+    settings = deploy_settings.load_settings(str(example))
     assert settings["role"].startswith("arn:aws:iam::") and settings["region"] == "eu-west-1"
     monkeypatch.setenv("DEPLOY_ENDPOINT", "from-env")
-    assert deploy.load_settings(str(example))["endpoint"] == "from-env"
+    assert deploy_settings.load_settings(str(example))["endpoint"] == "from-env"
     bad = tmp_path / "bad.toml"
     bad.write_text('rgion = "x"\n')
-    with pytest.raises(deploy.UserError, match="unknown key"):
-        deploy.load_settings(str(bad))
+    with pytest.raises(deploy_settings.UserError, match="unknown key"):
+        deploy_settings.load_settings(str(bad))
 
 
 @pytest.mark.parametrize("operation, code, message, expected", [
@@ -523,10 +529,10 @@ def test_aws_errors_become_one_line_with_a_fix(operation, code, message, expecte
     from botocore.exceptions import ClientError
 
     exc = ClientError({"Error": {"Code": code, "Message": message}}, operation)
-    line = deploy.describe_error(exc)
+    line = deploy_aws.describe_error(exc)
     assert line.startswith(f"{operation} failed ({code})") and expected in line
     assert "\n" not in line
 
 
 def test_a_bug_keeps_its_traceback():
-    assert deploy.describe_error(KeyError("x")) is None
+    assert deploy_aws.describe_error(KeyError("x")) is None

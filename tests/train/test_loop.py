@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import digit_channels
-from train import debugger, hyperparameters, loop
+from train import hyperparameters, loop
+from train.debugger import hook as debugger
 from train.errors import TrainingError
 
 HP = {"arch": "resnet18", "epochs": 1, "batch-size": 16, "image-size": 16, "pretrained": False,

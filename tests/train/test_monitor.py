@@ -1,11 +1,11 @@
-"""train.monitor's TraceWindow: which steps its torch.profiler trace covers."""
+"""train.debugger.monitor's TraceWindow: which steps its torch.profiler trace covers."""
 
 from __future__ import annotations
 
 import torch
 
 from tests.conftest import profiled_steps
-from train.monitor import TraceWindow
+from train.debugger.monitor import TraceWindow
 
 
 def _run(window: TraceWindow, steps: int) -> None:
@@ -43,7 +43,7 @@ def test_a_trace_leaves_no_profiler_noise_on_stderr_and_keeps_real_errors(tmp_pa
     count GPUs; neither is news to the user. Anything else C++ writes meanwhile still shows."""
     import os
 
-    from train.monitor import quiet_kineto
+    from train.debugger.monitor import quiet_kineto
 
     window = TraceWindow(tmp_path / "trace.json", start=0, active=2)
     _run(window, 3)

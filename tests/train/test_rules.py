@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import digit_channels, make_job, profiled_steps, run_train
-from train import rules
+from train.debugger import rules
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_healthy_run_fires_no_rule(trained_job):
         assert by_name[name] == "ok", (name, doc["rules"])
     assert by_name["LowGPUUtilization"] == "no data"  # no GPU here: said, not guessed
     assert "rule_Overfit=0" in trained_job.log
-    # The trace covers the job's last 3 training steps (train.monitor.TraceWindow says why).
+    # The trace covers the job's last 3 training steps (train.debugger.monitor.TraceWindow says why).
     marked = profiled_steps(trained_job.output_dir / "data" / "report" / "trace.json")
     steps = doc["statistics"]["steps"]
     assert marked == [steps - 3, steps - 2, steps - 1], (marked, steps)
@@ -48,7 +48,7 @@ def test_healthy_run_fires_no_rule(trained_job):
 
 
 def test_profiler_steps_0_keeps_the_rules_and_takes_no_trace(tmp_path, digits_dir):
-    from train.datasets import subset
+    from tools.datasets import subset
 
     small = subset(digits_dir, tmp_path / "small", per_class=4)
     run = run_train(make_job(tmp_path / "ml", digit_channels(small),
@@ -62,7 +62,7 @@ def test_profiler_steps_0_keeps_the_rules_and_takes_no_trace(tmp_path, digits_di
 
 
 def test_many_epochs_on_a_tiny_train_set_overfit(tmp_path, digits_dir):
-    from train.datasets import subset
+    from tools.datasets import subset
 
     tiny = subset(digits_dir, tmp_path / "tiny", per_class=2)
     shutil.rmtree(tiny / "valid")
@@ -87,7 +87,7 @@ def test_overtraining_on_a_recorded_history():
 def test_zero_initialisation_fires_weight_and_gradient_rules(tmp_path, digits_dir):
     import torchvision
 
-    from train.datasets import subset
+    from tools.datasets import subset
 
     tiny = subset(digits_dir, tmp_path / "tiny", per_class=4)
     weights = tmp_path / "weights"
@@ -106,7 +106,7 @@ def test_diverging_learning_rate_fails_with_a_report(tmp_path, digits_dir):
     """lr=10 drives the loss to NaN: the job fails (FailureReason says so) and the report it
     leaves shows ExplodingTensor, naming the tensor and the step where the first non-finite loss
     really came, and LossNotDecreasing."""
-    from train.datasets import subset
+    from tools.datasets import subset
 
     tiny = subset(digits_dir, tmp_path / "tiny", per_class=20)
     run = run_train(make_job(tmp_path / "ml", digit_channels(tiny),
@@ -168,7 +168,7 @@ def test_slow_data_loading_fires_dataloader(tmp_path, digits_dir):
     process: smdebug keeps process-wide hook state that other tests' runs would share."""
     import sys
 
-    from train.datasets import subset
+    from tools.datasets import subset
 
     # 20 photos per class: 13 steps, so the debugger's two full saves (steps 0 and 1) do not
     # dominate the step time.
@@ -183,7 +183,7 @@ def test_slow_data_loading_fires_dataloader(tmp_path, digits_dir):
 
 
 def test_step_outlier_rule_on_recorded_steps():
-    from train.monitor import StepRecord
+    from train.debugger.monitor import StepRecord
 
     steps = [StepRecord(i, 0, 1.0, 10.0, 8, i == 0) for i in range(200)]
     assert rules.step_outlier(steps).status == rules.OK
@@ -194,7 +194,7 @@ def test_step_outlier_rule_on_recorded_steps():
 
 
 def _gpu_samples(util: list[float], memory_percent: list[float], cpu: float):
-    from train.monitor import SystemSample
+    from train.debugger.monitor import SystemSample
 
     total = 16 * 2**30
     return [SystemSample(t_s=i * 0.5, cpu_percent=cpu, rss_bytes=2**30, gpu_percent=[u],
@@ -225,7 +225,7 @@ def test_gpu_rules_on_recorded_nvml_samples():
 def test_sampler_reads_utilisation_and_memory_through_nvml(monkeypatch):
     import types
 
-    from train import monitor
+    from train.debugger import monitor
 
     fake = types.ModuleType("pynvml")  # nvidia-ml-py's API, two GPUs
     fake.nvmlInit = lambda: None
@@ -243,7 +243,7 @@ def test_sampler_reads_utilisation_and_memory_through_nvml(monkeypatch):
     assert sample.gpu_percent == [30.0, 90.0]
     assert sample.gpu_memory_bytes == [2**30, 2 * 2**30]
     assert sample.gpu_memory_total_bytes == [16 * 2**30] * 2
-    from train import report
+    from train.debugger import report
 
     stats = report.summarize([], sampler.samples)
     assert stats["gpu_percent_mean"] == 60.0 and stats["gpu_memory_bytes_max"] == 3 * 2**30
@@ -290,7 +290,7 @@ def _one_step_trial(out_dir: Path, hook_factory) -> list[rules.RuleResult]:
 def test_tensor_rules_read_saved_reductions_and_whole_tensors_alike(tmp_path):
     import smdebug.pytorch as smd
 
-    from train import debugger
+    from train.debugger import hook as debugger
 
     # Ours: reductions only (a float per tensor), as the in-container rules hook saves them.
     ours = _one_step_trial(tmp_path / "ours", lambda net, loss_fn: debugger.create_hook(
@@ -314,7 +314,7 @@ def test_tensor_rules_read_saved_reductions_and_whole_tensors_alike(tmp_path):
 
 HOOK_WITHOUT_PANDAS = """
 import sys, tempfile, torch
-from train import debugger, rules
+from train.debugger import hook as debugger, rules
 out = tempfile.mkdtemp()
 net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
 loss_fn = torch.nn.CrossEntropyLoss()
@@ -334,7 +334,7 @@ print("real module:", type(pandas) is type(sys) and pandas.DataFrame is not None
 
 def test_the_rules_hook_and_trial_never_import_pandas_and_smdebug_still_can():
     # smdebug imports pandas (most of its import time) for readers a training job never
-    # calls; train.debugger defers it. A fresh interpreter: the test process may hold pandas.
+    # calls; train.debugger.hook defers it. A fresh interpreter: the test process may hold pandas.
     out = subprocess.run([sys.executable, "-c", HOOK_WITHOUT_PANDAS], capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -344,7 +344,7 @@ def test_the_rules_hook_and_trial_never_import_pandas_and_smdebug_still_can():
 
 
 def test_rules_hook_saves_weights_at_about_ten_steps_of_the_job():
-    from train.debugger import rules_save_steps
+    from train.debugger.hook import rules_save_steps
 
     assert rules_save_steps(20) == [0]
     assert rules_save_steps(2090) == list(range(0, 2090, 209))
@@ -352,7 +352,7 @@ def test_rules_hook_saves_weights_at_about_ten_steps_of_the_job():
 
 
 def test_report_process_writes_the_report_and_reports_its_own_failure(tmp_path):
-    from train import report
+    from train.debugger import report
 
     history = [{"epoch": 1, "train_loss": 1.0, "valid_loss": 1.2}]
     ok = report.ReportProcess(tmp_path / "ok", [], history, [], [], "job-1").wait()

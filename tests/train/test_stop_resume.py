@@ -51,7 +51,7 @@ def metric_lines(log: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, digits_dir) -> Path:
-    from train.datasets import subset
+    from tools.datasets import subset
 
     return subset(digits_dir, tmp_path_factory.mktemp("stop") / "data", per_class=8)
 
@@ -140,7 +140,8 @@ def test_resume_with_other_workers_and_more_epochs_follows_the_new_schedule(tmp_
 def test_the_model_survives_a_failing_report(tmp_path, data):
     """The artifact is written before the optional metrics plots and debugger report; when they
     fail, the failure is logged and the job succeeds with its model."""
-    script = ("import sys; from train import outputs, rules\n"
+    script = ("import sys; from train import outputs\n"
+              "from train.debugger import rules\n"
               "def broken(*a, **k): raise RuntimeError('broke')\n"
               "outputs.write = rules.evaluate_all = broken\n"
               "from tests.train.stop_driver import main\n"

@@ -39,7 +39,7 @@ def metric_values(log: str, name: str) -> list[float]:
 @pytest.fixture
 def tiny_digits(tmp_path, digits_dir) -> Path:
     """A copy of the digits set, 4 photos per class and channel, that a test may damage."""
-    from train.datasets import subset
+    from tools.datasets import subset
 
     return subset(digits_dir, tmp_path / "tiny", per_class=4)
 

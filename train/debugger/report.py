@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from train.rules import TRIGGERED, RuleResult, step_outlier_limit_ms
+from train.debugger.rules import TRIGGERED, RuleResult, step_outlier_limit_ms
 
 REPORT_HTML = "report.html"
 SUMMARY_JSON = "summary.json"
@@ -124,9 +124,9 @@ def write_report(report_dir: Path, rules: Sequence[RuleResult], history: Sequenc
     """Write ``report.html`` and ``summary.json`` to ``report_dir``; returns the HTML path.
 
     Args:
-        rules: every rule's outcome (train.rules).
+        rules: every rule's outcome (train.debugger.rules).
         history: per-epoch metric dicts (``epoch``, ``train_loss``, ``valid_loss``, ...).
-        steps: train.monitor.StepRecord list; samples: train.monitor.SystemSample list.
+        steps: train.debugger.monitor.StepRecord list; samples: train.debugger.monitor.SystemSample list.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -201,13 +201,10 @@ img {{ max-width: 100%; }}
 # --------------------------------------------------------------------------------------------
 # The report in a process of its own.
 # --------------------------------------------------------------------------------------------
-# Drawing the plots costs about a second of Python (matplotlib's import, font set-up and
-# drawing). Done in-line, at the end of training, that second adds straight to the job. In a
-# child process it overlaps the artifact export and the metrics plots. The overlap is partial:
-# the training process's final evaluation and export keep up to both of a 2-vCPU machine's cores
-# busy (2.1 s of CPU in 1.8-2.0 s of wall), so a heavier child would wait for them.
-# A plain ``python -m train.report`` child, not multiprocessing: it imports neither torch nor the
-# job's __main__ (the toolkit's or torchrun's), only numpy and matplotlib.
+# Drawing the plots is about a second of Python (matplotlib's import, font set-up and drawing),
+# which in a child process overlaps what the training process does meanwhile. A plain
+# ``python -m train.debugger.report`` child, not multiprocessing: it imports neither torch nor
+# the job's __main__ (the toolkit's or torchrun's), only numpy and matplotlib.
 class ReportProcess:
     """Writes ``report.html`` and ``summary.json`` (the arguments of :func:`write_report`) in a
     child process; ``wait()`` returns the HTML's path.
@@ -230,10 +227,10 @@ class ReportProcess:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (root, os.environ.get("PYTHONPATH")) if p))
         # One BLAS/OpenMP thread: the plots need no more, and numpy's OpenBLAS threads otherwise
-        # spin on the core the training process is using (child CPU 1.1 s -> 0.7 s, same wall).
+        # spin on the core the training process is using.
         env.update({name: "1" for name in BLAS_THREAD_VARIABLES})
         self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen([sys.executable, "-m", "train.report", self._inputs],
+        self._proc = subprocess.Popen([sys.executable, "-m", "train.debugger.report", self._inputs],
                                       env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
 
     def wait(self, timeout_s: float = 600.0) -> Path:
@@ -254,7 +251,7 @@ class ReportProcess:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m train.report ARGS.pkl``: the child side of :class:`ReportProcess`."""
+    """``python -m train.debugger.report ARGS.pkl``: the child side of :class:`ReportProcess`."""
     with open(argv[0], "rb") as f:
         args = pickle.load(f)
     write_report(*args)

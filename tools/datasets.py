@@ -8,7 +8,7 @@
   shipped inside the scikit-learn package) written as RGB JPEGs in the same layout, so that the
   training and serving code paths are exercised on real images with no network.
 
-Host-side only: the image never calls this module at run time.
+Host-side only (the tools package is not in the image).
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 # The one recipe for the digits set (write_digits, 32 px): the tests' trained model, the demo's
-# offline fallback and container/local_test/train_local.sh. resnet18 from scratch; lr 0.02 (at
-# 0.05 the first epochs' validation loss reached 30 and the final accuracy spread over 0.83-0.93
-# across seeds); benchmarks/README.md has the seeds table.
+# offline fallback and container/local_test/train_local.sh; resnet18 from scratch, at a learning
+# rate that stays stable across seeds and CPUs (benchmarks/README.md has the seeds table).
 DIGITS_RECIPE = {
     "arch": "resnet18",
     "epochs": 6,
@@ -218,7 +217,7 @@ def write_digits(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m train.datasets {dogs,digits} DEST [--per-class N]``: make a local data set."""
+    """``python -m tools.datasets {dogs,digits} DEST [--per-class N]``: make a local data set."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -2,7 +2,7 @@
 
 What SageMaker's profiler agent recorded on the host (step duration, data-loader wait, CPU and GPU
 utilisation, GPU memory) we record in-process, because the managed Debugger/Profiler service closed
-to new customers on 2026-07-30 (DESIGN.md). Cost per step: two ``time.perf_counter`` calls and a list
+to new customers on 2026-07-30 (docs/platform.md). Cost per step: two ``time.perf_counter`` calls and a list
 append; a daemon thread samples utilisation every ``sample_interval_s`` (psutil, and NVML through
 nvidia-ml-py when a GPU is present). A torch.profiler trace (Chrome trace format) covers the last
 few training steps.
@@ -234,11 +234,9 @@ class TraceWindow:
 
     Place the window at the job's last steps (train.loop sets ``start``): they are past every
     warm-up, and only the final evaluation runs after them. Steps after a profiled window run
-    slower: in fresh processes (benchmarks/bench_trace.py: resnet18, batch 16, CPU), the 10
-    steps after a 3-step window took a median 1.058x the 10 before it, against 0.984x with no
-    window (6 processes each; 1.035x against 0.988x in an earlier 19 and 13). On CUDA, kineto
-    releases that left CUPTI attached slowed training 10-20 % after the profiler stopped
-    (pytorch/pytorch#144455). Near the start of a job that would tax every later step. The
+    slower (benchmarks/bench_trace.py measures it; benchmarks/README.md has the numbers), and on
+    CUDA kineto releases that left CUPTI attached slowed training after the profiler stopped
+    (pytorch/pytorch#144455): near the start of a job that would tax every later step. The
     price: a job that stops early (early stopping, a failure) has no trace.
     """
 

@@ -15,19 +15,17 @@ the report states:
 - PoorWeightInitialization looks at the saved weights at the first step (constant or all-zero
   layers) instead of activation variances, which we do not save (they cost too much to write).
 - Overfit and Overtraining work on the per-epoch train/valid loss history instead of per step.
-- The profiler rules work on our own step timings and utilisation samples (train/monitor.py).
+- The profiler rules work on our own step timings and utilisation samples (monitor.py).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-from train import debugger  # noqa: F401 - sets smdebug's log level before smdebug is imported
 
 TRIGGERED, OK, NO_DATA = "triggered", "ok", "no data"
 # smdebug.core.config_constants.TRAINING_END_DELAY_REFRESH_KEY (seconds, default 1)
@@ -81,155 +79,6 @@ ADVICE = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# Tensor rules: smdebug Rule subclasses over the trial.
-# --------------------------------------------------------------------------------------------
-def _rule_base():
-    from smdebug.rules.rule import Rule
-
-    return Rule
-
-
-def _tensor_rules():
-    """Build the smdebug Rule subclasses lazily, so importing this module needs no smdebug."""
-    Rule = _rule_base()
-    from smdebug.core.modes import ModeKeys
-    from smdebug.exceptions import ShapeUnavailableForStep
-
-    def where(trial, step) -> str:
-        """``step`` (smdebug's global step, counting eval steps too) as the user sees it:
-        "train step 20" (the step-time histogram's numbering) or "eval step 3"."""
-        mode, mode_step = trial.mode_modestep(step)
-        return f"{mode.name.lower()} step {mode_step}" if mode is not None else f"step {step}"
-
-    def reduction(tensor, step, name, abs_=False) -> float:
-        """One reduction of ``tensor`` at ``step`` as a float: the saved one when the hook saved
-        reductions (ours does), else smdebug computes it from the saved tensor."""
-        return float(tensor.reduction_value(step, name, abs=abs_))
-
-    class VanishingGradient(Rule):
-        """Triggers when the mean absolute value of any gradient tensor falls below
-        ``threshold`` (AWS default 1e-7) at a step."""
-
-        def __init__(self, base_trial, threshold: float = 1e-7):
-            super().__init__(base_trial, action_str="")
-            self.threshold = float(threshold)
-
-        def invoke_at_step(self, step):
-            for name in self.base_trial.tensor_names(collection="gradients"):
-                tensor = self.base_trial.tensor(name)
-                if step not in tensor.steps():
-                    continue
-                if reduction(tensor, step, "mean", abs_=True) < self.threshold:
-                    self.detail = (f"mean |{name}| below {self.threshold:g} at "
-                                   f"{where(self.base_trial, step)}")
-                    return True
-            return False
-
-    class ExplodingTensor(Rule):
-        """Triggers when any saved loss, gradient or weight holds NaN or infinity. Read from one
-        reduction per collection: NaN and infinity make a mean or a standard deviation
-        non-finite, so the reductions the hook saves suffice."""
-
-        CHECKS = {"losses": ("max", True), "gradients": ("mean", True), "weights": ("std", False)}
-
-        def __init__(self, base_trial):
-            super().__init__(base_trial, action_str="")
-
-        def invoke_at_step(self, step):
-            for collection, (red, abs_) in self.CHECKS.items():
-                for name in self.base_trial.tensor_names(collection=collection):
-                    tensor = self.base_trial.tensor(name)
-                    if step not in tensor.steps():
-                        continue
-                    if not math.isfinite(reduction(tensor, step, red, abs_=abs_)):
-                        self.detail = f"{name} is not finite at {where(self.base_trial, step)}"
-                        return True
-            return False
-
-    class PoorWeightInitialization(Rule):
-        """Triggers when, at the first saved step, a weight tensor of two or more dimensions is
-        constant (standard deviation below ``std_threshold``), e.g. an all-zero layer.
-        (One-dimensional weights are left out: BatchNorm starts at a constant 1 by design.)"""
-
-        def __init__(self, base_trial, std_threshold: float = 1e-8):
-            super().__init__(base_trial, action_str="")
-            self.std_threshold = float(std_threshold)
-            self._checked = False
-
-        def invoke_at_step(self, step):
-            if self._checked:
-                return False
-            for name in self.base_trial.tensor_names(collection="weights"):
-                tensor = self.base_trial.tensor(name)
-                if step not in tensor.steps():
-                    continue
-                self._checked = True
-                try:
-                    if len(tensor.shape(step)) < 2:
-                        continue
-                except ShapeUnavailableForStep:  # reductions saved without their shape
-                    continue
-                std = reduction(tensor, step, "std")
-                if std < self.std_threshold:
-                    self.detail = (f"{name} is constant (std {std:g}) at "
-                                   f"{where(self.base_trial, step)}")
-                    return True
-            return False
-
-    class LossNotDecreasing(Rule):
-        """Triggers when the training loss, averaged over windows of ``num_steps`` TRAIN steps,
-        has not fallen by ``min_decrease`` (a fraction) below its first window after
-        ``patience`` further windows, or when it is not finite.
-
-        AWS's rule compares each window with the one before; on small batches that fires on
-        noise alone, so this compares the best later window with the first.
-        """
-
-        def __init__(self, base_trial, num_steps: int = 10, patience: int = 2,
-                     min_decrease: float = 0.02):
-            super().__init__(base_trial, action_str="")
-            self.num_steps, self.patience, self.min_decrease = num_steps, patience, min_decrease
-            self._values: list[float] = []
-            self._windows: list[float] = []
-            self.evaluated = False
-
-        def invoke_at_step(self, step):
-            if self.base_trial.mode(step) != ModeKeys.TRAIN:
-                return False
-            names = self.base_trial.tensor_names(collection="losses")
-            values = [
-                float(self.base_trial.tensor(n).value(step))
-                for n in names
-                if step in self.base_trial.tensor(n).steps()
-            ]
-            if not values:
-                return False
-            loss = values[0]
-            if not math.isfinite(loss):
-                self.evaluated = True
-                self.detail = f"training loss is {loss} at {where(self.base_trial, step)}"
-                return True
-            self._values.append(loss)
-            if len(self._values) % self.num_steps:
-                return False
-            self._windows.append(float(np.mean(self._values[-self.num_steps :])))
-            if len(self._windows) <= self.patience:
-                return False
-            self.evaluated = True
-            first, best = self._windows[0], min(self._windows[1:])
-            if best > first * (1.0 - self.min_decrease):
-                self.detail = (
-                    f"best mean loss of a {self.num_steps}-step window {best:.4g} is not "
-                    f"{self.min_decrease:.0%} below the first window's {first:.4g} "
-                    f"({where(self.base_trial, step)})"
-                )
-                return True
-            return False
-
-    return [VanishingGradient, ExplodingTensor, PoorWeightInitialization, LossNotDecreasing]
-
-
 def evaluate_trial(trial_dir: str) -> list[RuleResult]:
     """Run the tensor rules over the smdebug trial in ``trial_dir`` (all saved steps). Call it
     after the hook has closed (``hook.close()``): it reads the trial as complete.
@@ -253,7 +102,9 @@ def evaluate_trial(trial_dir: str) -> list[RuleResult]:
         "PoorWeightInitialization": "weights",
         "LossNotDecreasing": "losses",
     }
-    for cls in _tensor_rules():
+    from train.debugger.tensor_rules import RULES
+
+    for cls in RULES:
         name = cls.__name__
         if not steps or not trial.tensor_names(collection=needs[name]):
             results.append(RuleResult(name, "tensor", NO_DATA, None,
@@ -428,7 +279,7 @@ def evaluate_all(trial_dir: str | None, history: Sequence[dict], steps: Sequence
                  samples: Sequence) -> list[RuleResult]:
     """Every rule, in report order: the tensor rules on the smdebug trial in ``trial_dir``
     (skipped when None), Overfit and Overtraining on the per-epoch ``history``, and the system
-    rules on ``steps`` (train.monitor.StepRecord) and ``samples`` (train.monitor.SystemSample)."""
+    rules on ``steps`` (monitor.StepRecord) and ``samples`` (monitor.SystemSample)."""
     results = evaluate_trial(trial_dir) if trial_dir else []
     results += [overfit(history), overtraining(history)]
     results += system_rules(steps, samples)

@@ -48,13 +48,13 @@ def write_job(base: Path, channels: dict[str, Path], hyperparameters: dict,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m train.local BASE DATA [--copy] [--digits-recipe] [key=value ...]``: lay out
+    """``python -m tools.opt_ml BASE DATA [--copy] [--digits-recipe] [key=value ...]``: lay out
     BASE for the channels under DATA (train, valid, test) with the given hyperparameters (after
     the digits recipe's, with --digits-recipe); --copy copies the channels instead of linking
     them (for a tree mounted into a container). Prints BASE."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m train.local", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.opt_ml", description=main.__doc__)
     parser.add_argument("base", type=Path)
     parser.add_argument("data", type=Path)
     parser.add_argument("pairs", nargs="*", metavar="key=value")
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     hyperparameters: dict = {}
     if args.digits_recipe:
-        from train.datasets import DIGITS_RECIPE
+        from tools.datasets import DIGITS_RECIPE
 
         hyperparameters.update(DIGITS_RECIPE)
     for pair in args.pairs:

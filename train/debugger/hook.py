@@ -5,7 +5,7 @@ DebugHookConfig (AWS doc: "Configure the Debugger hook to save tensors"); outsid
 path can be given in ``SMDEBUG_CONFIG_FILE_PATH``. No file: no hook, and no smdebug import.
 
 smdebug 1.0.34 calls ``ndarray.tostring``, which numpy 2 removed; with only the default
-collections the error is swallowed and nothing is written (DESIGN.md). We pin numpy < 2, and
+collections the error is swallowed and nothing is written (docs/platform.md). We pin numpy < 2, and
 refuse to run a hook under numpy 2 rather than save nothing in silence.
 """
 
@@ -40,7 +40,7 @@ def config_path(input_config_dir: str) -> Path | None:
     return None
 
 
-# What the in-container rules (train/rules.py) need when the job has no hook config of its own:
+# What the in-container rules (rules.py, tensor_rules.py) need when the job has no hook config of its own:
 # the loss at every step; for weights and gradients only per-tensor reductions (a float per
 # tensor instead of the tensor: resnet50's weights and gradients are about 200 MB a save) at
 # about RULES_SAVES training steps spread over the job, step 0 included, never closer than
@@ -83,7 +83,7 @@ def create_hook(input_config_dir: str, model, loss_fn, rules_dir: str | None = N
             f"smdebug 1.0.34 cannot write tensors with numpy {np.__version__} (it calls the "
             f"removed ndarray.tostring); install numpy<2 or remove the debugger hook config"
         )
-    smd = _import_smdebug_pytorch()
+    smd = import_smdebug()
 
     if path is not None:
         try:
@@ -109,9 +109,9 @@ def create_hook(input_config_dir: str, model, loss_fn, rules_dir: str | None = N
     return hook
 
 
-# smdebug's import loads pandas for code a training process never runs (importing
-# smdebug.pytorch after torch took 0.40-0.62 s with pandas and 0.09-0.17 s without, 3 runs each,
-# on this CPU): any import of smdebug.core reaches the package smdebug.profiler, whose __init__
+# smdebug's import loads pandas for code a training process never runs (most of the import's
+# time: benchmarks/README.md): any import of smdebug.core reaches the package smdebug.profiler,
+# whose __init__
 # imports its metrics readers, and system_metrics_reader.py imports pandas at module level to
 # build DataFrames in its read methods. pandas is not ours to drop, and
 # importlib.util.LazyLoader does not help on Python 3.11 (the import statement reads the lazy
@@ -132,7 +132,7 @@ class _DeferredModule(types.ModuleType):
         return getattr(importlib.import_module(self.__name__), attr)
 
 
-def _import_smdebug_pytorch():
+def import_smdebug():
     """``import smdebug.pytorch`` with DEFERRED_IMPORTS deferred; returns the module."""
     stand_ins = {name: _DeferredModule(name) for name in DEFERRED_IMPORTS
                  if name not in sys.modules}

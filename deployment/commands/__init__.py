@@ -1,0 +1,6 @@
+"""deploy.py's verbs, one module each (as pip's commands): ``NAME``, ``HELP``, ``JOB_OPTIONS``
+(whether the training-job options apply), ``add_arguments(parser)`` and ``run(ctx, args)``."""
+
+from deployment.commands import data, delete, deploy, local, predict, report, train, tune
+
+COMMANDS = (data, tune, train, deploy, predict, delete, report, local)

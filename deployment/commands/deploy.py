@@ -1,0 +1,106 @@
+"""``deploy.py deploy``: model, endpoint config and endpoint, with optional autoscaling."""
+
+from __future__ import annotations
+
+from deployment.aws import configure_autoscaling, endpoint_status, make_predictor_cls
+from deployment.settings import Context, UserError, load_state, save_state, timestamp
+
+NAME = "deploy"
+HELP = "model, endpoint config and endpoint"
+JOB_OPTIONS = False
+
+
+def add_arguments(p) -> None:
+    """This verb's options."""
+    p.add_argument("--training-job", help="deploy this job's model (default: the last one)")
+    p.add_argument("--model-data", help="or this model.tar.gz")
+    p.add_argument("--instance-type", dest="endpoint_instance_type")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--startup-timeout", type=int, default=600,
+                   help="container startup health-check timeout, 60-3600 s (default 600)")
+    p.add_argument("--workers", type=int, help="SAGEMAKER_MODEL_SERVER_WORKERS")
+    p.add_argument("--autoscale-max", type=int, help="target-tracking autoscaling up to N")
+    p.add_argument("--autoscale-target", type=float, default=100.0,
+                   help="invocations per instance per minute (default 100)")
+    p.add_argument("--serverless", action="store_true")
+    p.add_argument("--memory-mb", type=int, default=6144, help="serverless memory")
+    p.add_argument("--max-concurrency", type=int, default=5, help="serverless concurrency")
+    p.add_argument("--async", dest="asynchronous", action="store_true")
+    p.add_argument("--update", action="store_true", help="replace the model of an endpoint")
+    p.add_argument("--no-wait", dest="wait", action="store_false")
+
+def model_data_uri(ctx: Context, args) -> str:
+    """The model.tar.gz to deploy: --model-data, else the training job's (the last one).
+
+    Raises:
+        UserError: no job named or remembered, or the job has not completed.
+    """
+    if args.model_data:
+        return args.model_data
+    job = args.training_job or load_state().get("training_job")
+    if not job:
+        raise UserError("no model: pass --training-job NAME or --model-data s3://.../model.tar.gz")
+    desc = ctx.session.sagemaker_client.describe_training_job(TrainingJobName=job)
+    status = desc["TrainingJobStatus"]
+    uri = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    if status != "Completed" or not uri:
+        raise UserError(f"training job {job} is {status}, not Completed: no model to deploy yet"
+                        + (f" ({desc['FailureReason']})" if desc.get("FailureReason") else ""))
+    return uri
+
+
+def run(ctx: Context, args) -> int:
+    """Create (or with --update, replace the model of) a real-time, serverless or
+    asynchronous endpoint; re-running on an existing endpoint changes nothing."""
+    from sagemaker.async_inference import AsyncInferenceConfig
+    from sagemaker.model import Model
+    from sagemaker.serverless import ServerlessInferenceConfig
+
+    endpoint = ctx.get("endpoint")
+    sm = ctx.session.sagemaker_client
+    status = endpoint_status(sm, endpoint)
+    if status and not args.update:
+        print(f"endpoint {endpoint} already exists ({status}); nothing done. Pass --update to "
+              "put the new model behind it, or run python deploy.py delete first")
+        return 0
+    if args.serverless and args.asynchronous:
+        raise UserError("--serverless and --async exclude each other: pick one")
+    model_data = model_data_uri(ctx, args)
+    env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60"}
+    if args.workers:
+        env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(args.workers)
+    name = f"{endpoint}-{timestamp()}"
+    model = Model(image_uri=ctx.image(), model_data=model_data, role=ctx.role(), env=env,
+                  name=name, predictor_cls=make_predictor_cls(), sagemaker_session=ctx.session)
+    kwargs = {}
+    if args.serverless:
+        kwargs["serverless_inference_config"] = ServerlessInferenceConfig(
+            memory_size_in_mb=args.memory_mb, max_concurrency=args.max_concurrency)
+    else:
+        kwargs.update(initial_instance_count=args.instance_count,
+                      instance_type=ctx.get("endpoint_instance_type"),
+                      container_startup_health_check_timeout=args.startup_timeout)
+        if args.asynchronous:
+            kwargs["async_inference_config"] = AsyncInferenceConfig(
+                output_path=f"{ctx.s3_prefix()}/async-output/{endpoint}")
+    if status:
+        model.create(instance_type=kwargs.get("instance_type"),
+                     serverless_inference_config=kwargs.get("serverless_inference_config"))
+        predictor = make_predictor_cls()(endpoint, sagemaker_session=ctx.session)
+        predictor.update_endpoint(model_name=name, instance_type=kwargs.get("instance_type"),
+                                  initial_instance_count=kwargs.get("initial_instance_count"),
+                                  wait=args.wait)
+        print(f"updated endpoint {endpoint} to model {name} ({model_data})")
+    else:
+        predictor = model.deploy(endpoint_name=endpoint, wait=args.wait, **kwargs)
+        kind = ("serverless" if args.serverless else "asynchronous" if args.asynchronous
+                else f"{args.instance_count} x {kwargs['instance_type']}")
+        print(f"created model {name}, endpoint config and endpoint {endpoint} ({kind}) "
+              f"from {model_data}")
+        assert predictor is not None, "Model.deploy returns a Predictor with predictor_cls"
+    save_state(endpoint=endpoint, model=name)
+    if args.autoscale_max:
+        configure_autoscaling(ctx.boto, endpoint, args.instance_count, args.autoscale_max,
+                              args.autoscale_target)
+    print(f"try it: python deploy.py predict --endpoint {endpoint} tests/data/dogs/*.jpg")
+    return 0

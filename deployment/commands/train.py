@@ -1,0 +1,44 @@
+"""``deploy.py train``: one training job, from given hyperparameters or a tuning job's best."""
+
+from __future__ import annotations
+
+from deployment.aws import data_channels, make_estimator
+from deployment.commands.tune import best_hyperparameters
+from deployment.hyperparameters import parse_hyperparameters
+from deployment.settings import Context, save_state, timestamp
+
+NAME = "train"
+HELP = "one training job"
+JOB_OPTIONS = True
+
+
+def add_arguments(p) -> None:
+    """This verb's options."""
+    p.add_argument("--tuning-job", help="start from the best hyperparameters of this job")
+    p.add_argument("--debugger-service", action="store_true",
+                   help="SageMaker Debugger hook, built-in rules and profiler (accounts that "
+                        "still have the service)")
+
+def run(ctx: Context, args) -> int:
+    """Start one training job (managed spot with checkpoints unless --no-spot)."""
+    hyperparameters = {}
+    tuning_job = args.tuning_job
+    if tuning_job:
+        best, hyperparameters = best_hyperparameters(ctx.session.sagemaker_client, tuning_job)
+        print(f"hyperparameters of {best}, the best job of {tuning_job}: "
+              + " ".join(f"{k}={v}" for k, v in sorted(hyperparameters.items())))
+    hyperparameters.update(parse_hyperparameters(args.hp))
+    name = args.job_name or f"dog-breeds-{timestamp()}"
+    checkpoints = f"{ctx.s3_prefix()}/checkpoints/{name}" if args.spot else None
+    estimator = make_estimator(ctx, args, hyperparameters, checkpoints=checkpoints)
+    estimator.fit(data_channels(ctx, args.data, args.pretrained), job_name=name,
+                  wait=args.wait, logs="All" if args.wait else "None")
+    save_state(training_job=name)
+    print(f"started training job {name}" + (" (managed spot, checkpoints in "
+                                              f"{checkpoints})" if args.spot else ""))
+    if args.wait:
+        print(f"model: {estimator.model_data}")
+        print(f"deploy it with: python deploy.py deploy --training-job {name}")
+    else:
+        print(f"deploy it when done with: python deploy.py deploy --training-job {name}")
+    return 0
