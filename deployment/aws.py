@@ -266,6 +266,8 @@ def describe_error(exc: BaseException) -> str | None:
         return f"upload failed: {exc}. Fix: pass a --bucket you can write to"
     if isinstance(exc, UnexpectedStatusException):
         return f"{exc}"
-    if type(exc).__name__ == "DatasetError" or isinstance(exc, (OSError, ValueError)):
+    from tools.datasets import DatasetError
+
+    if isinstance(exc, (DatasetError, OSError, ValueError)):
         return f"{exc}"
     return None

@@ -1,9 +1,7 @@
 """Data sets for local runs, tests and uploads, in torchvision's ImageFolder layout.
 
-- dogImages (the Udacity dog-project set: 133 breeds, 6,680 train / 835 valid / 836 test photos
-  in ``train/ valid/ test/NNN.Breed_name/*.jpg``): downloaded with a progress bar, checked
-  (zip integrity and the expected class and image counts), unzipped, and optionally cut down to
-  a few images per class for quick runs.
+- dogImages: tools/dogimages.py fetches and checks it; ``subset`` cuts it down to a few images
+  per class for quick runs.
 - The offline fallback: scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes,
   shipped inside the scikit-learn package) written as RGB JPEGs in the same layout, so that the
   training and serving code paths are exercised on real images with no network.
@@ -16,13 +14,8 @@ from __future__ import annotations
 import random
 import shutil
 import sys
-import urllib.request
-import zipfile
 from pathlib import Path
 
-DOG_IMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
-DOG_IMAGES_SPLITS = {"train": 6680, "valid": 835, "test": 836}
-DOG_IMAGES_CLASSES = 133
 SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -45,45 +38,6 @@ class DatasetError(RuntimeError):
     """A data set could not be fetched, or is not what it should be."""
 
 
-def _progress(done: int, total: int, width: int = 40) -> None:
-    if total > 0:
-        frac = min(done / total, 1.0)
-        bar = "#" * int(frac * width)
-        sys.stderr.write(f"\r[{bar:<{width}}] {frac:6.1%} {done / 1e6:8.1f} of {total / 1e6:.1f} MB")
-    else:
-        sys.stderr.write(f"\r{done / 1e6:8.1f} MB")
-    sys.stderr.flush()
-
-
-def download(url: str, dest: Path, timeout_s: float = 30.0, chunk_bytes: int = 1 << 20) -> Path:
-    """Download ``url`` to ``dest`` with a progress bar on stderr; resume-safe (writes a
-    ``.part`` file, renamed only when complete).
-
-    Raises:
-        DatasetError: the network or the server failed, or the body was shorter than announced.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(chunk_bytes):
-                out.write(chunk)
-                done += len(chunk)
-                _progress(done, total)
-        sys.stderr.write("\n")
-    except OSError as exc:  # URLError, timeouts and HTTP errors are all OSErrors
-        part.unlink(missing_ok=True)
-        raise DatasetError(f"could not download {url}: {exc}") from exc
-    if total and done != total:
-        part.unlink(missing_ok=True)
-        raise DatasetError(f"download of {url} stopped at {done} of {total} bytes")
-    part.replace(dest)
-    return dest
-
-
 def count_images(root: Path) -> dict[str, tuple[int, int]]:
     """Return ``{split: (classes, images)}`` for each split folder present under ``root``."""
     counts = {}
@@ -97,51 +51,6 @@ def count_images(root: Path) -> dict[str, tuple[int, int]]:
         )
         counts[split] = (len(classes), images)
     return counts
-
-
-def check_dog_images(root: Path) -> None:
-    """Check that ``root`` holds the full dogImages set (133 classes per split and the
-    published image counts).
-
-    Raises:
-        DatasetError: naming the split and what was found instead.
-    """
-    counts = count_images(root)
-    for split, expected in DOG_IMAGES_SPLITS.items():
-        found = counts.get(split)
-        if found != (DOG_IMAGES_CLASSES, expected):
-            raise DatasetError(
-                f"{root}/{split}: expected {DOG_IMAGES_CLASSES} classes and {expected} images, "
-                f"found {found or 'nothing'}; delete it and download again"
-            )
-
-
-def fetch_dog_images(data_dir: Path, url: str = DOG_IMAGES_URL) -> Path:
-    """Make sure ``data_dir/dogImages`` holds the checked dogImages set; download and unzip it
-    when it is absent (about 1.1 GB). Returns the dogImages folder.
-
-    Raises:
-        DatasetError: no network, a corrupt zip, or a set that fails ``check_dog_images``.
-    """
-    data_dir = Path(data_dir)
-    root = data_dir / "dogImages"
-    if root.is_dir():
-        check_dog_images(root)
-        return root
-    archive = data_dir / "dogImages.zip"
-    if not archive.exists():
-        download(url, archive)
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            bad = zf.testzip()
-            if bad is not None:
-                raise DatasetError(f"{archive}: member {bad} is corrupt; delete the file and retry")
-            members = [m for m in zf.namelist() if not m.startswith("__MACOSX/")]
-            zf.extractall(data_dir, members)
-    except zipfile.BadZipFile as exc:
-        raise DatasetError(f"{archive} is not a zip file ({exc}); delete it and retry") from exc
-    check_dog_images(root)
-    return root
 
 
 def subset(src: Path, dest: Path, per_class: int, seed: int = 0) -> Path:
@@ -229,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.which == "digits":
             print(write_digits(args.dest, per_class=args.per_class))
         else:
-            root = fetch_dog_images(args.dest.parent)
+            from tools import dogimages
+
+            root = dogimages.ensure(args.dest.parent)
             print(subset(root, args.dest, args.per_class) if args.per_class else root)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,7 +20,8 @@ def add_arguments(p) -> None:
 
 def run(ctx: Context, args) -> int:
     """Fetch dogImages (or take --source), upload train/valid/test to S3, print the URIs."""
-    from tools.datasets import count_images, fetch_dog_images, subset
+    from tools import dogimages
+    from tools.datasets import count_images, subset
 
     if args.source:
         root = Path(args.source)
@@ -28,7 +29,7 @@ def run(ctx: Context, args) -> int:
             raise UserError(f"--source {root}: expected train/ and valid/ folders in ImageFolder "
                             "layout (NNN.Breed_name/*.jpg)")
     else:
-        root = fetch_dog_images(Path(ctx.get("data_dir")))
+        root = dogimages.ensure(Path(ctx.get("data_dir")))
         if args.per_class:
             root = subset(root, root.parent / f"dogImages-{args.per_class}", args.per_class)
     for split, (classes, images) in count_images(root).items():
