@@ -65,10 +65,15 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
     @app.before_request
     def _start_timer():
         g.start = time.monotonic()
-        g.log = {}
+        g.log, g.observed = {}, {}
 
     @app.after_request
     def _access_log(response):
+        if request.path == "/invocations" and holder.metrics is not None:
+            holder.metrics.record(response.status_code, {
+                "latency_ms": (time.monotonic() - g.get("start", time.monotonic())) * 1000,
+                **g.get("log", {})}, g.get("observed", {}).get("confidences", ()),
+                g.get("observed", {}).get("decode_failure"))
         if request.path != "/ping" or response.status_code != 200:
             access_log.info(json.dumps({
                 "method": request.method,
@@ -113,6 +118,7 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
 
     @app.post("/invocations")
     def invocations():
-        return jsonify(handler.handle(request, deadline=g.start + settings.timeout_s, log=g.log))
+        return jsonify(handler.handle(request, deadline=g.start + settings.timeout_s, log=g.log,
+                                      observed=g.observed))
 
     return app

@@ -33,6 +33,7 @@ DEFAULT_MAX_QUEUE = 32  # requests one worker holds at once: decoding, queued or
 DEFAULT_MAX_BATCH = {"cpu": 8, "gpu": 32}
 DEFAULT_MAX_BATCH_DELAY_MS = {"cpu": 10, "gpu": 5}
 SPARE_THREADS = 4  # gunicorn threads beyond max_queue: /ping and fast rejections never wait
+METRICS_NAMESPACE = "SageMakerDogBreeds"  # CloudWatch namespace of serve's EMF metrics
 CPU_THREADS_PER_WORKER = 4  # ResNet50 on CPU scales poorly past ~4 intra-op threads
 
 
@@ -89,6 +90,12 @@ class Settings:
     precision: str = "auto"  # SERVE_PRECISION: auto, fp32, bf16, fp16
     compile: str = "auto"  # SERVE_COMPILE: auto, on, off
     precision_tolerance_points: float = 0.5  # SERVE_PRECISION_TOLERANCE
+    metrics: bool = True  # SERVE_METRICS: on or off
+    metrics_interval_s: int = 60  # SERVE_METRICS_INTERVAL_S
+    metrics_namespace: str = METRICS_NAMESPACE  # SERVE_METRICS_NAMESPACE
+    endpoint_name: str = "local"  # SERVE_ENDPOINT_NAME (deploy.py sets it)
+    variant_name: str = "AllTraffic"  # SERVE_VARIANT_NAME
+    drift_window: int = 1000  # SERVE_DRIFT_WINDOW: images the drift scores look back on
 
     @property
     def threads(self) -> int:
@@ -161,4 +168,10 @@ class Settings:
             precision=choice("SERVE_PRECISION", ("auto", "fp32", "bf16", "fp16")),
             compile=choice("SERVE_COMPILE", ("auto", "on", "off")),
             precision_tolerance_points=points("SERVE_PRECISION_TOLERANCE", 0.5),
+            metrics=choice("SERVE_METRICS", ("on", "off")) == "on",
+            metrics_interval_s=positive("SERVE_METRICS_INTERVAL_S", 60),
+            metrics_namespace=env.get("SERVE_METRICS_NAMESPACE") or METRICS_NAMESPACE,
+            endpoint_name=env.get("SERVE_ENDPOINT_NAME") or "local",
+            variant_name=env.get("SERVE_VARIANT_NAME") or "AllTraffic",
+            drift_window=positive("SERVE_DRIFT_WINDOW", 1000, minimum=10),
         )

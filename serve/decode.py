@@ -36,7 +36,13 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class BadImage(ValueError):
-    """The bytes are not an image we can use; the message says why (for a 400 answer)."""
+    """The bytes are not an image we can use; the message says why (for a 400 answer) and
+    ``kind`` names the failure for the metrics: empty, not_an_image, corrupt, too_large,
+    too_many_pixels or resize_too_large."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -73,28 +79,29 @@ def inspect(body: bytes, geometry: Geometry, max_pixels: int, max_resized_pixels
             ``max_resized_pixels`` (the message gives the limit).
     """
     if not body:
-        raise BadImage("the request body is empty")
+        raise BadImage("the request body is empty", "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(body))
             width, height = img.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"the image is too large to decode safely: {exc}") from None
+        raise BadImage(f"the image is too large to decode safely: {exc}", "too_large") from None
     except UnidentifiedImageError:
-        raise BadImage("the body is not an image Pillow can identify (JPEG, PNG, ...)") from None
+        raise BadImage("the body is not an image Pillow can identify (JPEG, PNG, ...)",
+                       "not_an_image") from None
     except Exception as exc:  # noqa: BLE001 - any header Pillow chokes on is the client's
         raise BadImage(f"the image header cannot be read: {type(exc).__name__}: {exc}") from None
     if width < 1 or height < 1:
         raise BadImage(f"the image has {width}x{height} pixels")
     if width * height > max_pixels:
         raise BadImage(f"the image has {width}x{height} pixels; the limit is {max_pixels:,} "
-                       f"pixels")
+                       f"pixels", "too_many_pixels")
     rw, rh = geometry.resized_size(width, height)
     if rw * rh > max_resized_pixels:
         raise BadImage(f"the image's {width}x{height} pixels resize to {rw}x{rh} for the model; "
                        f"the limit is {max_resized_pixels:,} pixels (an aspect ratio of at most "
-                       f"about {max_resized_pixels // geometry.resize ** 2}:1)")
+                       f"about {max_resized_pixels // geometry.resize ** 2}:1)", "resize_too_large")
     if img.format == "JPEG":
         # Decodes at the smallest 1/1, 1/2, 1/4 or 1/8 scale that keeps both sides >= resize.
         img.draft("RGB", (geometry.resize, geometry.resize))

@@ -47,6 +47,14 @@ def post_fork(server, worker):
         os.environ["SERVE_GPU_INDEX"] = str(worker.gpu_index)
 
 
+def worker_exit(server, worker):
+    """In the worker, as it exits (SIGTERM, or a max-requests restart): write its pending
+    metrics."""
+    from serve.lifecycle import close_all
+
+    close_all()
+
+
 def post_worker_init(worker):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
                                                    "%(message)s")

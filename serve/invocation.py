@@ -130,9 +130,10 @@ class InvocationHandler:
         self.settings, self.holder = settings, holder
         self.budget = MemoryBudget(settings.decode_memory_bytes)
 
-    def handle(self, request, deadline: float, log: dict) -> dict:
+    def handle(self, request, deadline: float, log: dict, observed: dict) -> dict:
         """The JSON answer to a Flask ``request``; fills ``log`` (images, decode, batch, queue
-        and compute ms) for the access log.
+        and compute ms) for the access log, and ``observed`` for the metrics (``confidences``
+        of its images, or the ``decode_failure`` kind that ended it).
 
         Raises:
             ClientError: 4xx (or 503 while the model is missing or still loading).
@@ -155,7 +156,7 @@ class InvocationHandler:
         scheduler.admit(len(bodies), deadline)
         decode_start = time.monotonic()
         try:
-            images = self._decode_all(bodies, classifier.geometry, deadline)
+            images, sizes = self._decode_all(bodies, classifier.geometry, deadline, observed)
         except BaseException:
             scheduler.release()
             raise
@@ -164,6 +165,14 @@ class InvocationHandler:
         probabilities = scheduler.wait(job)
         log.update(batch_size=job.batch_size, queue_ms=round(job.queue_ms, 2),
                    compute_ms=round(job.compute_ms, 2))
+        top = probabilities.argmax(1)
+        observed["confidences"] = probabilities[np.arange(len(top)), top].tolist()
+        drift = self.holder.drift
+        if drift is not None:
+            for image, (width, height), cls, conf in zip(images, sizes, top,
+                                                         observed["confidences"]):
+                drift.add(int(cls), conf, float(image.mean()), width / height,
+                          width * height / 1e6)
         return {"model_version": classifier.version,
                 "predictions": predictions(probabilities, classifier.classes, k, want_all)}
 
@@ -195,11 +204,12 @@ class InvocationHandler:
                                    f"{REQUEST_DEADLINE_SHARE:.0%} of the {s.timeout_s} s "
                                    f"deadline; send at most {most} per request")
 
-    def _decode_all(self, bodies: list[bytes], geometry: Geometry, deadline: float) -> np.ndarray:
-        """uint8 [n, crop, crop, 3], each image inspected (pixel limits) before it decodes and
-        decoded under the worker's memory budget."""
+    def _decode_all(self, bodies: list[bytes], geometry: Geometry, deadline: float,
+                    observed: dict) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """uint8 [n, crop, crop, 3] and each original's (width, height), each image inspected
+        (pixel limits) before it decodes and decoded under the worker's memory budget."""
         s, budget = self.settings, self.budget
-        arrays = []
+        arrays, sizes = [], []
         for i, body in enumerate(bodies):
             try:
                 inspected = inspect(body, geometry, s.max_pixels, s.max_resized_pixels)
@@ -211,8 +221,10 @@ class InvocationHandler:
                 budget.acquire(inspected.decode_bytes, deadline)
                 try:
                     arrays.append(to_model_input(inspected, geometry))
+                    sizes.append(inspected.size)
                 finally:
                     budget.release(inspected.decode_bytes)
             except BadImage as exc:
+                observed["decode_failure"] = exc.kind
                 raise ClientError(400, f"image {i}: {exc}" if len(bodies) > 1 else str(exc))
-        return np.stack(arrays)
+        return np.stack(arrays), sizes

@@ -10,6 +10,7 @@ reported by /ping and the invocations at once.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import threading
@@ -19,12 +20,24 @@ import torch
 
 from serve.config import Settings
 from serve import precision
+from serve.drift import DriftWindow, load_baseline
+from serve.metrics import EndpointMetrics
 from serve.model import ArtifactError, Classifier, read_manifest
 from serve.scheduler import Scheduler
 
 logger = logging.getLogger("serve")
 
 RETRY_LOAD_S = 2.0
+# Objects still frozen at exit are never collected, and nanobind (triton's bindings, which torch
+# imports) then prints each of its own as a leak; the worker unfreezes them as it exits.
+atexit.register(gc.unfreeze)
+_holders: list["ModelHolder"] = []  # this worker's, for close_all() at its exit
+
+
+def close_all() -> None:
+    """Write every holder's pending metrics (gunicorn's worker_exit calls this)."""
+    for holder in _holders:
+        holder.close()
 
 
 class ModelHolder:
@@ -34,13 +47,21 @@ class ModelHolder:
         self.settings, self.device = settings, device
         self.classifier: Classifier | None = None
         self.scheduler: Scheduler | None = None
+        self.metrics: EndpointMetrics | None = None
+        self.drift: DriftWindow | None = None
         self.error: str | None = None
         self.ready = threading.Event()
         self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
 
     def start(self) -> "ModelHolder":
+        _holders.append(self)
         self._thread.start()
         return self
+
+    def close(self) -> None:
+        """Write the pending metrics."""
+        if self.metrics is not None:
+            self.metrics.close()
 
     def wait_ready(self, deadline: float) -> bool:
         """Wait (until ``deadline``, time.monotonic()) while the model loads without error; True
@@ -72,6 +93,7 @@ class ModelHolder:
                 # the collector's sight (Python docs, gc.freeze).
                 gc.collect()
                 gc.freeze()
+                self._start_metrics(classifier)
                 self.classifier, self.scheduler, self.error = classifier, scheduler, None
                 self.ready.set()
                 logger.info("model %s loaded on %s in %.0f ms (%.1f ms per image at batch %d)",
@@ -88,6 +110,19 @@ class ModelHolder:
                              RETRY_LOAD_S)
                 last = self.error
             time.sleep(RETRY_LOAD_S)
+
+    def _start_metrics(self, classifier: Classifier) -> None:
+        s = self.settings
+        baseline = load_baseline(classifier.manifest)
+        if baseline is None:
+            logger.warning("model %s has no drift baseline: no drift scores",
+                           classifier.version)
+        else:
+            self.drift = DriftWindow(baseline, size=s.drift_window,
+                                     min_images=min(100, s.drift_window))
+        if s.metrics:
+            self.metrics = EndpointMetrics(s.endpoint_name, s.variant_name, classifier.version,
+                                           s.metrics_interval_s, self.drift, s.metrics_namespace)
 
     @staticmethod
     def _warn_if_partial(classifier: Classifier) -> None:

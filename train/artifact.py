@@ -11,7 +11,8 @@ Files (format_version 1; serve/ reads them and never imports train/):
   and which weights the program holds (``complete`` false: a partial model), and ``precisions``:
   the program's top-1 and top-5 accuracy on the test (else valid) channel in fp32 and in each
   reduced precision serve may run it in (train/precision.py), which serve's choice is gated
-  by. Written last: its presence marks a complete
+  by, and ``baseline``: the distributions the endpoint's drift scores compare against
+  (train/baseline.py). Written last: its presence marks a complete
   artifact, so a job that fails half way never leaves something serve would load.
 """
 
@@ -57,7 +58,7 @@ def export(model: nn.Module, crop: int) -> torch.export.ExportedProgram:
 def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str],
           pre: Preprocess, job_name: str, metrics: dict, hyperparameters: dict,
           training: dict | None = None,
-          evaluate: Callable[[Path], dict | None] | None = None) -> Path:
+          evaluate: Callable[[Path], dict] | None = None) -> Path:
     """Write ``model.pt2`` then ``manifest.json`` to ``model_dir``; returns the manifest path.
 
     ``model`` must be a plain module (no DDP wrapper, no debugger hooks): export a fresh copy.
@@ -75,7 +76,7 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
     atomic_write(model_dir / PROGRAM, lambda p: torch.export.save(program, str(p)),
                  "the model program")
     digest = _sha256(model_dir / PROGRAM)
-    precisions = evaluate(model_dir / PROGRAM) if evaluate is not None else None
+    sections = evaluate(model_dir / PROGRAM) if evaluate is not None else {}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -103,8 +104,7 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
         "hyperparameters": hyperparameters,
         "training": training or {"complete": True},
     }
-    if precisions:
-        manifest["precisions"] = precisions
+    manifest.update({name: value for name, value in sections.items() if value})
     path = model_dir / MANIFEST
     atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2)), "the manifest")
     return path

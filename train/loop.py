@@ -29,8 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from train import artifact, checkpoint, data, metrics, model as model_lib, outputs, precision
-from train import stop
+from serve.decode import Geometry
+from train import artifact, baseline, checkpoint, data, metrics, model as model_lib, outputs
+from train import precision, stop
 from train.debugger import Debugger
 from train.errors import TrainingError, write_failure
 
@@ -596,13 +597,23 @@ class Trainer:
         plain = model_lib.build(self.hp["arch"], len(self.classes))
         plain.load_state_dict({k: v.cpu() for k, v in weights.items()})
 
-        def evaluate(program: Path) -> dict | None:
+        def evaluate(program: Path) -> dict:
+            sections = {}
             try:
-                return precision.evaluate(program, self._unsharded(precisions_on), self.device,
-                                          precisions_on)
+                sections["precisions"] = precision.evaluate(
+                    program, self._unsharded(precisions_on), self.device, precisions_on)
             except Exception:  # noqa: BLE001 - the model matters more than its precision table
                 logger.exception("serving precisions not measured; serve will use fp32")
-                return None
+            try:
+                predictions, confidences = baseline.valid_outputs(
+                    program, self._unsharded("valid"), self.device)
+                sections["baseline"] = baseline.compute(
+                    predictions, confidences, len(self.classes),
+                    [path for path, _ in self.datasets["train"].samples],
+                    Geometry(self.pre.resize, self.pre.crop), self.hp["seed"])
+            except Exception:  # noqa: BLE001 - likewise: the endpoint then reports no drift
+                logger.exception("drift baseline not written; the endpoint will score no drift")
+            return sections
 
         manifest = artifact.write(Path(self.job.model_dir), plain, self.hp["arch"], self.classes,
                                   self.pre, self.job.job_name, summary, self.hp, training,

@@ -1,6 +1,7 @@
 """deploy.py's verbs, one module each (as pip's commands): ``NAME``, ``HELP``, ``JOB_OPTIONS``
 (whether the training-job options apply), ``add_arguments(parser)`` and ``run(ctx, args)``."""
 
-from deployment.commands import data, delete, deploy, local, predict, report, train, tune
+from deployment.commands import (data, delete, deploy, local, monitor, predict, report, train,
+                                 tune)
 
-COMMANDS = (data, tune, train, deploy, predict, delete, report, local)
+COMMANDS = (data, tune, train, deploy, predict, monitor, delete, report, local)

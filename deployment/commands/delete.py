@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deployment.aws import deregister_autoscaling, is_not_found
+from deployment.commands import monitor
 from deployment.settings import Context
 
 NAME = "delete"
@@ -11,7 +12,9 @@ JOB_OPTIONS = False
 
 
 def add_arguments(p) -> None:
-    """This verb has no options of its own."""
+    """This verb's options."""
+    p.add_argument("--keep-monitoring", action="store_true",
+                   help="keep the endpoint's alarms and dashboard (deploy.py monitor)")
 
 def run(ctx: Context, args) -> int:
     """Endpoint, then its config, then its models: names are read first, so the order cannot
@@ -34,6 +37,8 @@ def run(ctx: Context, args) -> int:
         if not is_not_found(exc):
             raise
     deregister_autoscaling(ctx.boto, endpoint)
+    if not args.keep_monitoring:
+        monitor.delete(ctx.boto.client("cloudwatch"), endpoint)
     steps = [("endpoint", endpoint, lambda: sm.delete_endpoint(EndpointName=endpoint)),
              ("endpoint config", config,
               lambda: sm.delete_endpoint_config(EndpointConfigName=config))]

@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
     p.add_argument("--max-concurrency", type=int, default=5, help="serverless concurrency")
     p.add_argument("--async", dest="asynchronous", action="store_true")
     p.add_argument("--update", action="store_true", help="replace the model of an endpoint")
+    p.add_argument("--capture", type=int, metavar="PERCENT",
+                   help="capture this share of requests to S3 (SageMaker data capture; off by "
+                        "default)")
     p.add_argument("--no-wait", dest="wait", action="store_false")
 
 def model_data_uri(ctx: Context, args) -> str:
@@ -49,6 +52,22 @@ def model_data_uri(ctx: Context, args) -> str:
     return uri
 
 
+def data_capture(ctx: Context, endpoint: str, percent: int):
+    """SageMaker's DataCaptureConfig: ``percent`` of the requests (their inputs only, never the
+    answers' logs) to s3://BUCKET/PREFIX/capture/ENDPOINT/.
+
+    Raises:
+        UserError: a percentage outside 1-100.
+    """
+    from sagemaker.model_monitor import DataCaptureConfig
+
+    if not 1 <= percent <= 100:
+        raise UserError(f"--capture {percent}: a percentage of requests from 1 to 100")
+    return DataCaptureConfig(enable_capture=True, sampling_percentage=percent,
+                             destination_s3_uri=f"{ctx.s3_prefix()}/capture/{endpoint}",
+                             capture_options=["REQUEST"])
+
+
 def run(ctx: Context, args) -> int:
     """Create (or with --update, replace the model of) a real-time, serverless or
     asynchronous endpoint; re-running on an existing endpoint changes nothing."""
@@ -66,7 +85,9 @@ def run(ctx: Context, args) -> int:
     if args.serverless and args.asynchronous:
         raise UserError("--serverless and --async exclude each other: pick one")
     model_data = model_data_uri(ctx, args)
-    env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60"}
+    # serve's metrics carry the endpoint's name: SageMaker does not tell a container its name.
+    env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60", "SERVE_ENDPOINT_NAME": endpoint,
+           "SERVE_VARIANT_NAME": "AllTraffic"}
     if args.workers:
         env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(args.workers)
     name = f"{endpoint}-{timestamp()}"
@@ -83,6 +104,8 @@ def run(ctx: Context, args) -> int:
         if args.asynchronous:
             kwargs["async_inference_config"] = AsyncInferenceConfig(
                 output_path=f"{ctx.s3_prefix()}/async-output/{endpoint}")
+    if args.capture is not None:
+        kwargs["data_capture_config"] = data_capture(ctx, endpoint, args.capture)
     if status:
         model.create(instance_type=kwargs.get("instance_type"),
                      serverless_inference_config=kwargs.get("serverless_inference_config"))

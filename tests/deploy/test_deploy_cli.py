@@ -536,3 +536,70 @@ def test_aws_errors_become_one_line_with_a_fix(operation, code, message, expecte
 
 def test_a_bug_keeps_its_traceback():
     assert deploy_aws.describe_error(KeyError("x")) is None
+
+
+# ---------------------------------------------------------------------------------- monitor
+def test_monitor_puts_alarms_and_a_dashboard_idempotently_and_delete_removes_them(aws, capsys):
+    topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:dogs-alarms"
+    argv = ("monitor", "--endpoint", "dogs-ep", "--latency-p99-ms", "800", "--sns-topic", topic)
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    alarms = {c["AlarmName"]: c for c in aws.calls[("cloudwatch", "PutMetricAlarm")]}
+    assert set(alarms) == {"dogs-ep-latency-p99", "dogs-ep-error-rate", *(
+        f"dogs-ep-drift-{s}" for s in ("predictedclass", "confidence", "brightness",
+                                       "aspectratio", "megapixels"))}
+    latency = alarms["dogs-ep-latency-p99"]
+    assert latency["Namespace"] == "SageMakerDogBreeds" and latency["MetricName"] == "LatencyP99"
+    assert latency["Threshold"] == 800 and latency["Statistic"] == "Maximum"
+    assert {"Name": "EndpointName", "Value": "dogs-ep"} in latency["Dimensions"]
+    assert latency["AlarmActions"] == [topic] and "What to do" in latency["AlarmDescription"]
+    rate = alarms["dogs-ep-error-rate"]
+    assert [m["Id"] for m in rate["Metrics"]] == ["invocations", "errors", "rate"]
+    assert rate["Metrics"][2]["Expression"] == "IF(invocations > 0, errors / invocations, 0)"
+    assert alarms["dogs-ep-drift-brightness"]["Threshold"] == 0.25
+    (dashboard,) = aws.calls[("cloudwatch", "PutDashboard")]
+    body = json.loads(dashboard["DashboardBody"])
+    titles = [w["properties"]["title"] for w in body["widgets"]]
+    assert "Latency (ms)" in titles and "Drift (PSI against the training baseline)" in titles
+    cw = aws.session.client("cloudwatch", region_name=REGION)
+    assert len(cw.describe_alarms(AlarmNamePrefix="dogs-ep-")["MetricAlarms"]) == 7
+
+    code, out, err = run(capsys, *argv)  # again: the same alarms and dashboard, replaced
+    assert code == 0, err
+    assert len(cw.describe_alarms(AlarmNamePrefix="dogs-ep-")["MetricAlarms"]) == 7
+    assert len(cw.list_dashboards()["DashboardEntries"]) == 1
+
+    code, out, err = run(capsys, "monitor", "--endpoint", "dogs-ep", "--delete")
+    assert code == 0, err
+    assert "deleted 7 alarms of dogs-ep" in out and "deleted dashboard dogs-ep-monitoring" in out
+    assert cw.describe_alarms(AlarmNamePrefix="dogs-ep-")["MetricAlarms"] == []
+    assert cw.list_dashboards()["DashboardEntries"] == []
+    code, out, err = run(capsys, "monitor", "--endpoint", "dogs-ep", "--delete")
+    assert code == 0 and "already gone" in out
+
+
+def test_monitor_rejects_a_bad_error_rate_before_any_call(aws, capsys):
+    code, out, err = run(capsys, "monitor", "--endpoint", "dogs-ep", "--error-rate", "5")
+    assert code == 1 and "--error-rate 5.0: a share between 0 and 1" in err
+    assert not aws.calls[("cloudwatch", "PutMetricAlarm")]
+
+
+def test_deploy_with_data_capture_names_the_endpoint_and_delete_removes_monitoring(aws, capsys):
+    model_data = f"s3://{BUCKET}/dog-breeds/output/dogs-1/output/model.tar.gz"
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
+                         "--endpoint", "dogs-ep", "--instance-type", "ml.m5.xlarge",
+                         "--capture", "10")
+    assert code == 0, err
+    env = aws.one("CreateModel")["PrimaryContainer"]["Environment"]
+    assert env["SERVE_ENDPOINT_NAME"] == "dogs-ep" and env["SERVE_VARIANT_NAME"] == "AllTraffic"
+    capture = aws.one("CreateEndpointConfig")["DataCaptureConfig"]
+    assert capture["EnableCapture"] is True and capture["InitialSamplingPercentage"] == 10
+    assert capture["DestinationS3Uri"] == f"s3://{BUCKET}/dog-breeds/capture/dogs-ep"
+    assert capture["CaptureOptions"] == [{"CaptureMode": "Input"}]
+    assert run(capsys, "monitor", "--endpoint", "dogs-ep")[0] == 0
+    code, out, err = run(capsys, "delete", "--endpoint", "dogs-ep")
+    assert code == 0, err
+    assert "deleted 7 alarms of dogs-ep" in out
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
+                         "--endpoint", "other", "--capture", "0")
+    assert code == 1 and "--capture 0: a percentage of requests from 1 to 100" in err
