@@ -49,7 +49,7 @@ from serve.config import Settings  # noqa: E402
 from serve.decode import decode  # noqa: E402
 from serve.model import Classifier  # noqa: E402
 from tests.conftest import DOG_PHOTOS, start_server  # noqa: E402
-from train import artifact, data, model  # noqa: E402
+from train import artifact, data, model, quantize  # noqa: E402
 
 _local = threading.local()
 
@@ -197,28 +197,41 @@ def main() -> int:
         model_dir = Path(tmp) / "model"
         pre = data.Preprocess.for_size(224)
         folders = [f"{i + 1:03d}.Breed_{i}" for i in range(133)]
-        # The record a training job writes (train/precision.py), here unmeasured: bf16 equal to
-        # fp32, so that the choice follows the host alone.
-        record = {"evaluated_on": "none (benchmark)", "fp32": {"top1": 1.0},
-                  "bf16": {"top1": 1.0}, "fp16": {"top1": 1.0}}
-        artifact.write(model_dir, model.build(args.arch, 133), args.arch, folders, pre, "bench",
-                       {}, {}, evaluate=lambda program: record)
+        net = model.build(args.arch, 133)
+
+        def record(program: Path) -> dict:
+            """The record a training job writes (train/precision.py), here unmeasured: every
+            precision equal to fp32, so that the choice follows the host alone; the int8
+            program is calibrated on the sample photos."""
+            calibration = [torch.stack([pre.eval_transform()(data.load_rgb(str(p), pre.resize))
+                                        for p in DOG_PHOTOS])]
+            int8 = quantize.write(program.parent, quantize.quantize(
+                net, calibration, pre.crop, artifact.MAX_BATCH))
+            return {"evaluated_on": "none (benchmark)", "fp32": {"top1": 1.0},
+                    "bf16": {"top1": 1.0}, "fp16": {"top1": 1.0},
+                    "int8": {"top1": 1.0, "program": int8.name}}
+
+        artifact.write(model_dir, net, args.arch, folders, pre, "bench", {}, {},
+                       evaluate=lambda program: {"precisions": record(program)})
         runs = {"fp32 eager": {"SERVE_PRECISION": "fp32", "SERVE_COMPILE": "off"}}
         if args.compare:
+            runs["bf16 compiled"] = {"SERVE_PRECISION": "bf16", "SERVE_COMPILE": "on"}
             runs["chosen"] = {}
         results = {name: measure(model_dir, Path(tmp) / f"serve-{i}.log", args.requests, env)
                    for i, (name, env) in enumerate(runs.items())}
     print(f"{args.arch}, 133 classes, random weights")
     for name, m in results.items():
         report(name, m, args.requests)
-    if args.compare:
-        base, chosen = results["fp32 eager"], results["chosen"]
-        same = sum(a == b for a, b in zip(base["answers"], chosen["answers"]))
-        print("== chosen against fp32 eager")
-        print(f"c1 p50 chosen / fp32-eager c1 p50:        "
-              f"{chosen['rows'][1][0] / base['rows'][1][0]:.3f} (goal <= 0.65)")
-        print(f"c8 req/s chosen / fp32-eager c1 req/s:    "
-              f"{chosen['rows'][8][2] / base['rows'][1][2]:.3f} (goal >= 2.5)")
+    base = results["fp32 eager"]
+    for name, run in results.items():
+        if name == "fp32 eager":
+            continue
+        same = sum(a == b for a, b in zip(base["answers"], run["answers"]))
+        print(f"== {name} against fp32 eager")
+        print(f"c1 p50 {name} / fp32-eager c1 p50:        "
+              f"{run['rows'][1][0] / base['rows'][1][0]:.3f} (goal <= 0.65)")
+        print(f"c8 req/s {name} / fp32-eager c1 req/s:    "
+              f"{run['rows'][8][2] / base['rows'][1][2]:.3f} (goal >= 2.5)")
         print(f"top-1 agreement on {len(base['answers'])} photos and copies: "
               f"{same}/{len(base['answers'])} (goal >= 99.5 %)")
     return 0

@@ -78,7 +78,9 @@ class ModelHolder:
         while True:
             try:
                 start = time.perf_counter()
-                choice = precision.choose(read_manifest(s.model_dir).get("precisions"),
+                record = precision.present(read_manifest(s.model_dir).get("precisions"),
+                                           s.model_dir)
+                choice = precision.choose(record,
                                           precision.Host.detect(self.device.type,
                                                                 self.device.index or 0),
                                           s.precision, s.compile, s.precision_tolerance_points)

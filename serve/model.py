@@ -9,15 +9,17 @@ fork; each worker may be pinned to its own GPU. Only the scheduler's model threa
 from __future__ import annotations
 
 import json
+import importlib
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from serve.decode import Geometry
-from serve.precision import Choice
+from serve.precision import Choice, import_x86_quantizer, int8_program
 
 logger = logging.getLogger("serve")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,6 +85,8 @@ class Classifier:
         self.choice = choice
         self.max_batch = int(self.manifest.get("input", {}).get("max_batch", 1024))
         program_path = Path(model_dir) / self.manifest["program"]
+        if choice.precision == "int8":
+            program_path = Path(model_dir) / self._int8_program(device)
         try:
             program = torch.export.load(str(program_path))
         except Exception as exc:  # torch raises several types for a bad archive
@@ -95,10 +99,38 @@ class Classifier:
 
             # Weights as constants: inductor folds them and prepacks them for oneDNN.
             inductor_config.freezing = True
+            # inductor's own int8 lowering warns about its own tensor copy on every conv, and
+            # its C++ toolchain lookup logs "No CUDA runtime is found" on a CPU host: noise
+            # that sends users hunting in a healthy worker's log.
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor",
+                                    category=UserWarning)
+            if device.type == "cpu":
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             self.module = torch.compile(self.module, dynamic=False)
         self._autocast = AUTOCAST.get(choice.precision)
         self._mean = torch.tensor(pre["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def _int8_program(self, device: torch.device) -> str:
+        """The int8 program's file name, with torchao's int8 lowering registered for it.
+
+        Raises:
+            ArtifactError: not a CPU, or the artifact has no int8 program.
+        """
+        name = int8_program(self.manifest.get("precisions"))
+        if device.type != "cpu":
+            raise ArtifactError("int8 runs on CPU hosts only: set SERVE_PRECISION to auto, "
+                                "fp16, bf16 or fp32 on a GPU host")
+        if name is None:
+            raise ArtifactError("this artifact has no int8 program (train it with "
+                                "int8-calibration-images > 0), so SERVE_PRECISION=int8 cannot "
+                                "be served")
+        importlib.import_module("torch.ao.quantization.fx._decomposed")  # the int8 ops
+        # Registers inductor's passes that lower the program's quantize/dequantize pairs into
+        # oneDNN int8 kernels (without them the compiled program runs the reference
+        # decomposition, slower than fp32).
+        import_x86_quantizer()
+        return name
 
     @torch.inference_mode()
     def forward(self, images: np.ndarray) -> np.ndarray:

@@ -3,12 +3,15 @@
 The fastest precision the host has hardware for, among those whose top-1 accuracy the training
 job recorded (manifest ``precisions``, train/precision.py) within ``tolerance`` points of fp32's:
 
-- a CPU with AMX-BF16 or AVX512-BF16 (``/proc/cpuinfo`` flags): bf16, else fp32 (a CPU without
-  them emulates bf16, slower than fp32);
+- a CPU with int8 dot-product instructions (AMX-INT8, AVX512-VNNI or AVX-VNNI) and a C++
+  compiler: int8, where the artifact holds an int8 program (train/quantize.py), compiled (the
+  uncompiled int8 program is slower than fp32);
+- a CPU with AMX-BF16 or AVX512-BF16 (``/proc/cpuinfo`` flags): bf16 (a CPU without them
+  emulates bf16, slower than fp32);
 - a GPU: fp16 (every CUDA GPU has fast fp16), then bf16 (compute capability 8.0 and later),
   else fp32.
 
-``SERVE_PRECISION`` forces one (``fp32``, ``bf16``, ``fp16``; ``auto`` by default) and
+``SERVE_PRECISION`` forces one (``fp32``, ``bf16``, ``fp16``, ``int8``; ``auto`` by default) and
 ``SERVE_COMPILE`` the mode (``auto``, ``on``, ``off``): ``auto`` compiles with torch.compile
 (inductor, weights frozen) where it can, which on a CPU needs a C++ compiler at compile time.
 A model whose reduced precision disagrees too much with fp32, or whose record is missing or
@@ -17,13 +20,16 @@ corrupt, is served in fp32, and the choice is logged with its reason.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
+from pathlib import Path
 from dataclasses import dataclass, field
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 DEFAULT_TOLERANCE_POINTS = 0.5
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,17 @@ class Host:
         return cls(device_type, flags, capability, compiler)
 
     def fast_precisions(self) -> list[str]:
-        """Reduced precisions this host runs faster than fp32, fastest first."""
+        """Reduced precisions this host runs faster than fp32, fastest first (on a CPU, int8
+        before bf16: int8 compiled took 0.72x bf16 compiled's time per image at batch 8 on
+        an AMX Xeon, benchmarks/README.md)."""
         if self.device == "cuda":
             return ["fp16"] + (["bf16"] if (self.cuda_capability or (0, 0)) >= (8, 0) else [])
-        return ["bf16"] if any(f in self.cpu_flags for f in CPU_BF16_FLAGS) else []
+        fast = []
+        if self.compiler and any(f in self.cpu_flags for f in CPU_INT8_FLAGS):
+            fast.append("int8")
+        if any(f in self.cpu_flags for f in CPU_BF16_FLAGS):
+            fast.append("bf16")
+        return fast
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,44 @@ def _accuracy(record: dict | None, precision: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+
+
+def int8_program(record: dict | None) -> str | None:
+    """The int8 program's file name in the model dir (manifest ``precisions.int8.program``), or
+    None when the artifact has none or the name is not a plain file name."""
+    entry = (record or {}).get("int8")
+    name = entry.get("program") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        return None
+    return name
+
+
+def import_x86_quantizer():
+    """torchao's X86InductorQuantizer module. Importing it registers inductor's int8 lowering
+    passes for x86 (a process-wide side effect, which an int8 worker and the training job's
+    quantization both need).
+
+    torchao registers an Enum with torch's pytree at import, and torch logs a deprecation
+    warning for it: a line users would chase in a healthy job's or worker's log.
+    """
+    pytree_logger = logging.getLogger("torch.utils._pytree")
+    level = pytree_logger.level
+    pytree_logger.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
+    finally:
+        pytree_logger.setLevel(level)
+    return x86_inductor_quantizer
+
+
+def present(record: dict | None, model_dir) -> dict | None:
+    """``record`` without its int8 entry when the int8 program it names is not a file in
+    ``model_dir`` (an artifact copied without it): that model is then served in another
+    precision instead of failing to load."""
+    name = int8_program(record)
+    if name is None or (Path(model_dir) / name).is_file():
+        return record
+    return {key: value for key, value in record.items() if key != "int8"}
 
 
 def choose(record: dict | None, host: Host, precision: str = "auto", compile_mode: str = "auto",
@@ -106,6 +157,12 @@ def choose(record: dict | None, host: Host, precision: str = "auto", compile_mod
                                         f"accuracy to check a reduced precision against")
     rejected = []
     for candidate in fast:
+        if candidate == "int8" and not compiled:
+            rejected.append("int8 runs fast only compiled (SERVE_COMPILE=off)")
+            continue
+        if candidate == "int8" and int8_program(record) is None:
+            rejected.append("int8 not recorded (the artifact has no int8 program)")
+            continue
         accuracy = _accuracy(record, candidate)
         if accuracy is None:
             rejected.append(f"{candidate} not recorded")
@@ -115,7 +172,8 @@ def choose(record: dict | None, host: Host, precision: str = "auto", compile_mod
             return Choice(candidate, compiled,
                           f"{candidate}, {mode}: the host runs it fast, and its recorded top-1 "
                           f"{accuracy:.4f} is within {tolerance_points:g} points of fp32's "
-                          f"{reference:.4f} (on {record.get('evaluated_on', '?')})")
+                          f"{reference:.4f} (on {record.get('evaluated_on', '?')})"
+                          + "".join(f"; passed over: {r}" for r in rejected))
         rejected.append(f"{candidate} top-1 {accuracy:.4f} is {loss:.2f} points below fp32's "
                         f"{reference:.4f}, over the {tolerance_points:g}-point tolerance")
     return Choice("fp32", compiled, f"fp32, {mode}: " + "; ".join(rejected))

@@ -5,6 +5,9 @@ Files (format_version 1; serve/ reads them and never imports train/):
 - ``model.pt2``: a ``torch.export`` program of the eval-mode network. Input float32 NCHW
   [B, 3, crop, crop], already normalised; B dynamic (1 to 1024). Output float32 logits
   [B, num_classes]. Loading it needs torch, not this code, and unpickles no Python objects.
+- ``model-int8.pt2`` (optional): the same network quantized to int8 for CPU serving
+  (train/quantize.py), named in ``precisions.int8.program``; it needs torchao's inductor passes
+  to run fast, and serve only runs it compiled.
 - ``manifest.json``: architecture, class names in index order, preprocessing (resize, crop, mean,
   std), versions, metrics, hyperparameters and ``training``: whether training completed, or
   where a stop (SIGTERM: StopTrainingJob, a spot interruption, MaxRuntimeInSeconds) cut it short
@@ -64,7 +67,8 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
     ``model`` must be a plain module (no DDP wrapper, no debugger hooks): export a fresh copy.
     ``training``: the manifest's ``training`` section (``{"complete": True}`` when omitted).
     ``evaluate``: called with the written program's path before the manifest is written; what
-    it returns is the manifest's ``precisions`` section (train.precision).
+    it returns, ``{section name: section}`` (``precisions``, ``baseline``), goes into the
+    manifest (empty sections are left out).
 
     Raises:
         TrainingError: the program cannot be written (disk full, permissions).

@@ -148,6 +148,10 @@ SPECS: dict[str, Spec] = {
     "profiler-steps": Spec(_int(0, 100), 3, "an integer from 0 to 100 (0: no trace)",
                            "training steps in output/data/report/trace.json (torch.profiler): "
                            "the job's last ones (with debugger-rules=true)"),
+    "int8-calibration-images": Spec(_int(0, 10_000), 256,
+                                    "an integer from 0 to 10000 (0: no int8 program)",
+                                    "train photos that calibrate the int8 program serve may run "
+                                    "on CPUs (model-int8.pt2)"),
     "processes-per-host": Spec(_int(0, 64), 0, "an integer from 0 to 64 (0: one per GPU, else 1)",
                                "training processes per host; more than one in all runs DDP"),
 }

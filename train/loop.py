@@ -31,7 +31,7 @@ from torch import nn
 
 from serve.decode import Geometry
 from train import artifact, baseline, checkpoint, data, metrics, model as model_lib, outputs
-from train import precision, stop
+from train import precision, quantize, stop
 from train.debugger import Debugger
 from train.errors import TrainingError, write_failure
 
@@ -587,9 +587,10 @@ class Trainer:
     def write_artifact(self, weights: dict, summary: dict, training: dict | None = None,
                        precisions_on: str | None = None) -> Path:
         """Export ``weights`` (a state_dict of this arch) as the model artifact; returns the
-        manifest's path. With ``precisions_on`` (a split), the exported program is evaluated
-        there in each serving precision first (train/precision.py); a failure of that is logged
-        and the manifest goes without.
+        manifest's path. With ``precisions_on`` (a split), an int8 program is calibrated and
+        written beside it (train/quantize.py; with int8-calibration-images > 0), and the
+        programs are evaluated there in each serving precision first (train/precision.py); a
+        failure of either is logged and the manifest goes without.
 
         Raises:
             TrainingError: the artifact cannot be written (disk full, permissions).
@@ -599,9 +600,21 @@ class Trainer:
 
         def evaluate(program: Path) -> dict:
             sections = {}
+            int8_program = None
+            (program.parent / quantize.PROGRAM).unlink(missing_ok=True)  # an older job's
+            if self.hp["int8-calibration-images"]:
+                try:
+                    int8_program = quantize.write(program.parent, quantize.quantize(
+                        plain, quantize.calibration_batches(
+                            self._calibration_dataset(), self.hp["int8-calibration-images"],
+                            self.hp["batch-size"]),
+                        self.pre.crop, artifact.MAX_BATCH))
+                except Exception:  # noqa: BLE001 - an fp32 and bf16 model is still a model
+                    logger.exception("int8 program not written; serve will not offer int8")
             try:
                 sections["precisions"] = precision.evaluate(
-                    program, self._unsharded(precisions_on), self.device, precisions_on)
+                    program, self._unsharded(precisions_on), self.device, precisions_on,
+                    int8_program)
             except Exception:  # noqa: BLE001 - the model matters more than its precision table
                 logger.exception("serving precisions not measured; serve will use fp32")
             try:
@@ -620,6 +633,14 @@ class Trainer:
                                   evaluate if precisions_on else None)
         logger.info("model artifact written: %s", manifest.parent)
         return manifest
+
+    def _calibration_dataset(self) -> data.ChannelDataset:
+        """The train channel under the evaluation transform (no augmentation): the images
+        the int8 program's activation ranges are calibrated on."""
+        return data.ChannelDataset(
+            self.job.channels["train"], {c: i for i, c in enumerate(self.classes)},
+            self.pre.eval_transform(), self.hp["max-images-per-class"], self.hp["seed"],
+            draft=self.pre.resize)
 
     def _unsharded(self, split: str):
         """A loader over the whole ``split`` (in DDP each rank's own loader holds a shard)."""

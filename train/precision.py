@@ -6,16 +6,16 @@ CPUs with AVX512-BF16 or AMX, fp16 and bf16 on GPUs), but only where the accurac
 is within a tolerance of fp32's (serve/precision.py). So after the export, the job loads the
 program as serve does and evaluates it on the test channel (else valid) in fp32 and in each
 reduced precision, under ``torch.autocast`` as serve runs it: top-1, top-5, and how often the
-top-1 class agrees with fp32's. fp16 is measured on a GPU only (a CPU has no fast fp16, and
-CPU hosts serve bf16).
+top-1 class agrees with fp32's. fp16 is measured on a GPU only (a CPU has no fast fp16).
 
-int8 (torchao's PT2E flow with the X86 inductor quantizer) is not offered: it needs a second,
-calibrated program in the artifact, and bf16 compiled by inductor already met the serving goals
-on both CPUs measured (benchmarks/README.md, "A faster forward").
+int8 is measured where the job wrote an int8 program (train/quantize.py): on the CPU, as the
+reference decomposition of that program (serve runs it compiled into oneDNN int8 kernels, which
+round differently in the last bit; the tests hold the two to one photo of each other).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -32,9 +32,10 @@ def precisions_for(device: torch.device) -> list[str]:
 
 
 @torch.inference_mode()
-def evaluate(program_path: Path, batches, device: torch.device, split: str) -> dict:
+def evaluate(program_path: Path, batches, device: torch.device, split: str,
+             int8_program: Path | None = None) -> dict:
     """Top-1, top-5 and top-1 agreement with fp32 of the exported program at ``program_path``
-    in each precision of ``precisions_for(device)``.
+    in each precision of ``precisions_for(device)``, and of ``int8_program`` (on the CPU).
 
     Args:
         batches: an iterable (re-iterable) of ``(images float32 [N, 3, H, W], labels int64 [N],
@@ -43,13 +44,20 @@ def evaluate(program_path: Path, batches, device: torch.device, split: str) -> d
 
     Returns:
         ``{"evaluated_on": split, "images": N, "device": "cpu", "fp32": {"top1": 0.96,
-        "top5": 1.0, "agreement_with_fp32": 1.0}, "bf16": {...}}`` (accuracies 0-1).
+        "top5": 1.0, "agreement_with_fp32": 1.0}, "bf16": {...}, "int8": {..., "program":
+        "model-int8.pt2"}}`` (accuracies 0-1).
     """
     module = torch.export.load(str(program_path)).module().to(device)
     module = module.to(memory_format=torch.channels_last)
     out: dict = {"evaluated_on": split, "device": device.type}
     reference: list[torch.Tensor] = []
-    for precision in precisions_for(device):
+    runs = [(p, module, device) for p in precisions_for(device)]
+    if int8_program is not None:
+        importlib.import_module("torch.ao.quantization.fx._decomposed")  # the int8 ops
+
+        cpu = torch.device("cpu")
+        runs.append(("int8", torch.export.load(str(int8_program)).module(), cpu))
+    for precision, module, device in runs:
         dtype = AUTOCAST_DTYPES.get(precision)
         top1 = top5 = seen = agree = 0
         predictions = []
@@ -74,6 +82,8 @@ def evaluate(program_path: Path, batches, device: torch.device, split: str) -> d
         agree = int((pred == reference).sum())
         out[precision] = {"top1": top1 / seen, "top5": top5 / seen,
                           "agreement_with_fp32": agree / seen}
+        if precision == "int8":
+            out[precision]["program"] = Path(int8_program).name
         out["images"] = seen
     logger.info("serving precisions on %s (%d images): %s", split, out.get("images", 0),
                 ", ".join(f"{p} top-1 {v['top1']:.4f}" for p, v in out.items()

@@ -13,29 +13,61 @@ import torch
 from serve.precision import Choice, Host, choose
 
 RECORD = {"evaluated_on": "test", "images": 836, "fp32": {"top1": 0.80, "top5": 0.95},
-          "bf16": {"top1": 0.797, "top5": 0.95}, "fp16": {"top1": 0.80, "top5": 0.95}}
+          "bf16": {"top1": 0.797, "top5": 0.95}, "fp16": {"top1": 0.80, "top5": 0.95},
+          "int8": {"top1": 0.796, "top5": 0.95, "program": "model-int8.pt2"}}
+NO_INT8 = {k: v for k, v in RECORD.items() if k != "int8"}
 ZEN4 = Host("cpu", frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}), compiler=True)
 SAPPHIRE_RAPIDS = Host("cpu", frozenset({"avx512f", "amx_bf16", "amx_int8"}), compiler=True)
-SKYLAKE = Host("cpu", frozenset({"avx512f", "avx512_vnni"}), compiler=True)
+CASCADE_LAKE = Host("cpu", frozenset({"avx512f", "avx512_vnni"}), compiler=True)
+HASWELL = Host("cpu", frozenset({"avx2", "fma"}), compiler=True)
 T4 = Host("cuda", cuda_capability=(7, 5))
 A10G = Host("cuda", cuda_capability=(8, 6))
 
 
-@pytest.mark.parametrize("host, precision, compiled", [
-    (ZEN4, "bf16", True),
-    (SAPPHIRE_RAPIDS, "bf16", True),
-    (SKYLAKE, "fp32", True),  # no bf16 hardware: emulated bf16 is slower than fp32
-    (Host("cpu", frozenset({"amx_bf16"})), "bf16", False),  # no C++ compiler: eager
-    (T4, "fp16", True),
-    (A10G, "fp16", True),
+@pytest.mark.parametrize("host, record, precision, compiled", [
+    (ZEN4, RECORD, "int8", True),
+    (SAPPHIRE_RAPIDS, RECORD, "int8", True),
+    (CASCADE_LAKE, RECORD, "int8", True),  # VNNI: int8 dot products, no bf16
+    (HASWELL, RECORD, "fp32", True),  # neither: emulated bf16 and int8 are slower than fp32
+    (ZEN4, NO_INT8, "bf16", True),  # an artifact without an int8 program
+    (SAPPHIRE_RAPIDS, NO_INT8, "bf16", True),
+    (CASCADE_LAKE, NO_INT8, "fp32", True),
+    (Host("cpu", frozenset({"amx_bf16", "amx_int8"})), RECORD, "bf16", False),  # no compiler
+    (T4, RECORD, "fp16", True),  # int8 is a CPU program
+    (A10G, RECORD, "fp16", True),
 ])
-def test_the_fastest_precision_the_host_has_hardware_for(host, precision, compiled):
-    choice = choose(RECORD, host)
+def test_the_fastest_precision_the_host_has_hardware_for(host, record, precision, compiled):
+    choice = choose(record, host)
     assert (choice.precision, choice.compile) == (precision, compiled), choice.reason
 
 
+def test_int8_needs_its_program_and_the_compiled_mode():
+    choice = choose(RECORD, ZEN4, compile_mode="off")
+    assert (choice.precision, choice.compile) == ("bf16", False)
+    assert "int8 runs fast only compiled (SERVE_COMPILE=off)" in choice.reason
+    for program in (None, "", "../model.pt2", ".hidden", 8):
+        record = dict(RECORD, int8=dict(RECORD["int8"], program=program))
+        choice = choose(record, ZEN4)
+        assert choice.precision == "bf16", choice.reason
+        assert "int8 not recorded (the artifact has no int8 program)" in choice.reason
+    worse = dict(RECORD, int8=dict(RECORD["int8"], top1=0.79))
+    choice = choose(worse, ZEN4)
+    assert choice.precision == "bf16"
+    assert "int8 top-1 0.7900 is 1.00 points below fp32's 0.8000" in choice.reason
+
+
+def test_an_int8_program_missing_from_the_model_dir_is_not_chosen(tmp_path):
+    from serve.precision import present
+
+    assert "int8" not in present(RECORD, tmp_path)
+    assert choose(present(RECORD, tmp_path), ZEN4).precision == "bf16"
+    (tmp_path / "model-int8.pt2").write_bytes(b"program")
+    assert present(RECORD, tmp_path) == RECORD
+    assert present(None, tmp_path) is None
+
+
 def test_a_reduced_precision_that_loses_accuracy_is_not_served():
-    worse = dict(RECORD, bf16={"top1": 0.79, "top5": 0.95})  # 1 point below fp32
+    worse = dict(NO_INT8, bf16={"top1": 0.79, "top5": 0.95})  # 1 point below fp32
     choice = choose(worse, ZEN4)
     assert choice.precision == "fp32"
     assert "1.00 points below fp32's 0.8000, over the 0.5-point tolerance" in choice.reason
@@ -61,7 +93,8 @@ def test_a_missing_or_corrupt_record_means_fp32(record):
 
 
 def test_forcing_and_bad_settings():
-    assert choose(RECORD, SKYLAKE, "bf16", "off") == Choice(
+    assert choose(RECORD, HASWELL, "int8", "on").precision == "int8"
+    assert choose(RECORD, HASWELL, "bf16", "off") == Choice(
         "bf16", False, "bf16, eager: forced by SERVE_PRECISION")
     assert choose(RECORD, ZEN4, "fp32", "off").precision == "fp32"
     with pytest.raises(ValueError, match="SERVE_PRECISION='int4'"):
@@ -103,11 +136,14 @@ def test_serve_reproduces_the_accuracy_the_training_job_recorded(trained_job, di
     bodies = [p.read_bytes() for p in paths]
     dogs = [p.read_bytes() for p in DOG_PHOTOS]
     answers = {}
-    for precision, compiled in (("fp32", False), ("bf16", False), ("bf16", True)):
+    assert record["int8"]["program"] == "model-int8.pt2"
+    for precision, compiled in (("fp32", False), ("bf16", False), ("bf16", True),
+                                ("int8", True)):
         predicted = _predict(trained_job.model_dir, Choice(precision, compiled, ""), bodies + dogs)
         answers[precision, compiled] = predicted
         accuracy = float((predicted[:len(paths)] == labels).mean())
-        # What the job recorded, to within one photo (a batch's size can change a bf16 sum).
+        # What the job recorded, to within one photo (a batch's size can change a bf16 sum;
+        # the job measures int8 on the reference decomposition, serve runs oneDNN's kernels).
         assert accuracy == pytest.approx(record[precision]["top1"], abs=1.01 / len(paths))
     reference = answers["fp32", False]
     for key, predicted in answers.items():
