@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from serve.precision import DEFAULT_TOLERANCE_POINTS, PRECISIONS
+
 PORT = 8080
 MODEL_DIR = "/opt/ml/model"
 DEFAULT_MAX_PAYLOAD_MB = 6  # real-time endpoints accept bodies under 6 MB
@@ -87,9 +89,9 @@ class Settings:
     max_concurrent_transforms: int
     port: int
     gpus: int
-    precision: str = "auto"  # SERVE_PRECISION: auto, fp32, bf16, fp16
+    precision: str = "auto"  # SERVE_PRECISION: auto or one of serve.precision.PRECISIONS
     compile: str = "auto"  # SERVE_COMPILE: auto, on, off
-    precision_tolerance_points: float = 0.5  # SERVE_PRECISION_TOLERANCE
+    precision_tolerance_points: float = DEFAULT_TOLERANCE_POINTS  # SERVE_PRECISION_TOLERANCE
     metrics: bool = True  # SERVE_METRICS: on or off
     metrics_interval_s: int = 60  # SERVE_METRICS_INTERVAL_S
     metrics_namespace: str = METRICS_NAMESPACE  # SERVE_METRICS_NAMESPACE
@@ -165,9 +167,10 @@ class Settings:
             max_concurrent_transforms=positive("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
             port=positive("SAGEMAKER_BIND_TO_PORT", PORT),
             gpus=gpus,
-            precision=choice("SERVE_PRECISION", ("auto", "fp32", "bf16", "fp16")),
+            precision=choice("SERVE_PRECISION", ("auto",) + PRECISIONS),
             compile=choice("SERVE_COMPILE", ("auto", "on", "off")),
-            precision_tolerance_points=points("SERVE_PRECISION_TOLERANCE", 0.5),
+            precision_tolerance_points=points("SERVE_PRECISION_TOLERANCE",
+                                              DEFAULT_TOLERANCE_POINTS),
             metrics=choice("SERVE_METRICS", ("on", "off")) == "on",
             metrics_interval_s=positive("SERVE_METRICS_INTERVAL_S", 60),
             metrics_namespace=env.get("SERVE_METRICS_NAMESPACE") or METRICS_NAMESPACE,

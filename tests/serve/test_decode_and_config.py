@@ -143,6 +143,11 @@ def test_settings_defaults_and_overrides():
                                   "SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS": "0"}, gpus=0)
     assert s.workers == 3 and s.max_payload_bytes == 20 * 1024 * 1024 and s.model_dir == "/m"
     assert s.max_batch_size == 4 and s.max_batch_delay_ms == 0
+    for precision in ("fp32", "bf16", "fp16", "int8"):
+        assert config.Settings.from_env({"SERVE_PRECISION": precision}, gpus=0).precision == \
+            precision
+    with pytest.raises(ValueError, match="SERVE_PRECISION"):
+        config.Settings.from_env({"SERVE_PRECISION": "int4"}, gpus=0)
     with pytest.raises(ValueError, match="SAGEMAKER_MODEL_SERVER_WORKERS"):
         config.Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, gpus=0)
     with pytest.raises(ValueError, match="SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE.*at least 1"):

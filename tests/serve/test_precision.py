@@ -176,3 +176,32 @@ def test_a_worker_serves_fp32_when_the_record_is_corrupt(trained_model_dir, tmp_
     finally:
         holder.scheduler.close()
         gc.unfreeze()
+
+
+@pytest.mark.slow
+def test_serve_precision_int8_from_the_environment_runs_the_int8_program(trained_model_dir):
+    """SERVE_PRECISION=int8 passes the settings, and the worker loads model-int8.pt2 and
+    answers with it."""
+    import gc
+    import time
+
+    from serve import lifecycle
+    from serve.config import Settings
+
+    settings = Settings.from_env({"SM_MODEL_DIR": str(trained_model_dir),
+                                  "SERVE_PRECISION": "int8"}, gpus=0)
+    holder = lifecycle.ModelHolder(settings, torch.device("cpu")).start()
+    try:
+        assert holder.wait_ready(time.monotonic() + 300), holder.error
+        classifier = holder.classifier
+        assert classifier.choice.precision == "int8"
+        assert "forced by SERVE_PRECISION" in classifier.choice.reason
+        ops = {str(n.target) for n in classifier.module._orig_mod.graph.nodes}
+        assert "quantized_decomposed.dequantize_per_tensor.default" in ops
+        crop = classifier.geometry.crop
+        probabilities = classifier.forward(np.zeros((3, crop, crop, 3), np.uint8))
+        assert probabilities.shape == (3, len(classifier.classes))
+        assert np.allclose(probabilities.sum(1), 1.0, atol=1e-4)
+    finally:
+        holder.scheduler.close()
+        gc.unfreeze()
