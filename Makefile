@@ -34,7 +34,7 @@ system-deps:
 test: venv system-deps
 	$(PY) -m pytest
 
-# Everything but the slow tests (no training runs, no image build): about a minute and a half.
+# Everything but the slow tests: no training runs, no image build.
 test-fast: venv
 	$(PY) -m pytest -m "not slow"
 

@@ -13,9 +13,9 @@ dog photos are sent as image/jpeg over keep-alive connections. Printed:
   (<= 1.10), concurrency-8 throughput / concurrency-1 throughput (>= 1.3), concurrency-8
   throughput / bare max-batch images per second (>= 0.9).
 
-With ``--compare``, the same run serves the artifact twice: as before the faster forward
-(SERVE_PRECISION=fp32, SERVE_COMPILE=off) and as this host's default (the precision and mode
-serve chooses), and prints both and the ratios of the faster-forward goals: the chosen path's
+With ``--compare``, the same run serves the artifact three times: as before the faster forward
+(SERVE_PRECISION=fp32, SERVE_COMPILE=off), in bf16 compiled, and as this host's default (the
+precision and mode serve chooses), and prints each and the ratios of the faster-forward goals: the chosen path's
 concurrency-1 p50 / fp32-eager's (<= 0.65) and its concurrency-8 throughput / fp32-eager's
 concurrency-1 throughput (>= 2.5), with the top-1 agreement of the two on the sample photos and
 on flipped and cropped copies of them (a random-weights model: its top-1 margins are thin, so
@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from serve.config import Settings  # noqa: E402
 from serve.decode import decode  # noqa: E402
+from serve.lifecycle import choose_precision  # noqa: E402
 from serve.model import Classifier  # noqa: E402
 from tests.conftest import DOG_PHOTOS, start_server  # noqa: E402
 from train import artifact, data, model, quantize  # noqa: E402
@@ -102,8 +103,7 @@ def variants(bodies: list[bytes]) -> list[bytes]:
 
 
 def top1(url: str, bodies: list[bytes]) -> list[int]:
-    import json
-
+    """Each body's top-1 class index from the server at ``url``."""
     answers = []
     for body in bodies:
         conn = http.client.HTTPConnection(*urlsplit(url).netloc.split(":"), timeout=60)
@@ -117,12 +117,13 @@ def top1(url: str, bodies: list[bytes]) -> list[int]:
 def measure(model_dir: Path, log: Path, requests: int, env: dict) -> dict:
     """One server with ``env``: its bare forward (the same precision and mode), concurrency
     1/8/16, start-up seconds and top-1 answers."""
+    # The server's own settings, so that the bare forward runs as its one worker does.
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SM_MODEL_DIR": str(model_dir), **env}
     settings = Settings.from_env({**os.environ, **env})
     max_batch = settings.max_batch_size
     _local.__dict__.pop("conn", None)  # this thread's connection to an earlier server
     start = time.monotonic()
-    server = start_server(model_dir, log, env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env},
-                          wait_ready=600)
+    server = start_server(model_dir, log, env=env, wait_ready=600)
     startup_s = time.monotonic() - start
     try:
         bodies = [p.read_bytes() for p in DOG_PHOTOS]
@@ -134,13 +135,9 @@ def measure(model_dir: Path, log: Path, requests: int, env: dict) -> dict:
         # The bare forward in this process (the server idles meanwhile), with the server's
         # thread count, precision and mode, in rounds alternating with the concurrency-1
         # requests so that a shared machine's slow spells fall on both sides of the ratio.
-        from serve import precision
-
         torch.set_num_threads(settings.threads_per_worker)
-        manifest_record = json.loads((model_dir / "manifest.json").read_text()).get("precisions")
-        choice = precision.choose(manifest_record, precision.Host.detect("cpu"),
-                                  settings.precision, settings.compile)
-        bare = Classifier(model_dir, torch.device("cpu"), choice)
+        cpu = torch.device("cpu")
+        bare = Classifier(model_dir, cpu, choose_precision(settings, cpu))
         bare.warm_up(max_batch)
         one = decode(bodies[0], bare.geometry, 50_000_000, 2_000_000)[None].copy()
         full = np.repeat(one, max_batch, axis=0)
@@ -201,15 +198,17 @@ def main() -> int:
 
         def record(program: Path) -> dict:
             """The record a training job writes (train/precision.py), here unmeasured: every
-            precision equal to fp32, so that the choice follows the host alone; the int8
-            program is calibrated on the sample photos."""
+            precision equal to fp32, so that the choice follows the host alone; with
+            --compare, an int8 program calibrated on the sample photos."""
+            unmeasured = {"evaluated_on": "none (benchmark)", "fp32": {"top1": 1.0},
+                          "bf16": {"top1": 1.0}, "fp16": {"top1": 1.0}}
+            if not args.compare:  # only fp32 eager is served
+                return unmeasured
             calibration = [torch.stack([pre.eval_transform()(data.load_rgb(str(p), pre.resize))
                                         for p in DOG_PHOTOS])]
             int8 = quantize.write(program.parent, quantize.quantize(
                 net, calibration, pre.crop, artifact.MAX_BATCH))
-            return {"evaluated_on": "none (benchmark)", "fp32": {"top1": 1.0},
-                    "bf16": {"top1": 1.0}, "fp16": {"top1": 1.0},
-                    "int8": {"top1": 1.0, "program": int8.name}}
+            return dict(unmeasured, int8={"top1": 1.0, "program": int8.name})
 
         artifact.write(model_dir, net, args.arch, folders, pre, "bench", {}, {},
                        evaluate=lambda program: {"precisions": record(program)})

@@ -34,6 +34,20 @@ atexit.register(gc.unfreeze)
 _holders: list["ModelHolder"] = []  # this worker's, for close_all() at its exit
 
 
+def choose_precision(settings: Settings, device: torch.device) -> precision.Choice:
+    """The precision and mode a worker on ``device`` runs the artifact in ``settings.model_dir``
+    (serve/precision.py), from its manifest's record and this host.
+
+    Raises:
+        ArtifactError: the manifest is missing or unreadable.
+    """
+    record = precision.present(read_manifest(settings.model_dir).get("precisions"),
+                               settings.model_dir)
+    host = precision.Host.detect(device.type, device.index or 0)
+    return precision.choose(record, host, settings.precision, settings.compile,
+                            settings.precision_tolerance_points)
+
+
 def close_all() -> None:
     """Write every holder's pending metrics (gunicorn's worker_exit calls this)."""
     for holder in _holders:
@@ -78,12 +92,7 @@ class ModelHolder:
         while True:
             try:
                 start = time.perf_counter()
-                record = precision.present(read_manifest(s.model_dir).get("precisions"),
-                                           s.model_dir)
-                choice = precision.choose(record,
-                                          precision.Host.detect(self.device.type,
-                                                                self.device.index or 0),
-                                          s.precision, s.compile, s.precision_tolerance_points)
+                choice = choose_precision(s, self.device)
                 logger.info("precision %s", choice.reason)
                 classifier = Classifier(s.model_dir, self.device, choice)
                 ms_per_image = classifier.warm_up(s.max_batch_size)

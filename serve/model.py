@@ -83,7 +83,6 @@ class Classifier:
         self.version: str = self.manifest["model_version"]
         self.device = device
         self.choice = choice
-        self.max_batch = int(self.manifest.get("input", {}).get("max_batch", 1024))
         program_path = Path(model_dir) / self.manifest["program"]
         if choice.precision == "int8":
             program_path = Path(model_dir) / self._int8_program(device)

@@ -44,6 +44,7 @@ class Host:
 
     @classmethod
     def detect(cls, device_type: str, gpu_index: int = 0) -> "Host":
+        """This host as seen from a worker on ``device_type`` ("cpu" or "cuda")."""
         flags: frozenset = frozenset()
         try:
             with open("/proc/cpuinfo") as f:
@@ -63,8 +64,7 @@ class Host:
 
     def fast_precisions(self) -> list[str]:
         """Reduced precisions this host runs faster than fp32, fastest first (on a CPU, int8
-        before bf16: int8 compiled took 0.72x bf16 compiled's time per image at batch 8 on
-        an AMX Xeon, benchmarks/README.md)."""
+        before bf16: faster where both run, benchmarks/README.md)."""
         if self.device == "cuda":
             return ["fp16"] + (["bf16"] if (self.cuda_capability or (0, 0)) >= (8, 0) else [])
         fast = []

@@ -161,6 +161,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the model thread
     def close(self) -> None:
+        """Stop the model thread: it takes no more batches (worker exit)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -243,7 +244,7 @@ class MemoryBudget:
         self._cond = threading.Condition()
 
     def acquire(self, n: int, deadline: float) -> None:
-        """Hold ``n`` bytes (at most the total; ask ``fits`` first).
+        """Hold ``n`` bytes (``n`` at most the total: the caller rejects larger requests).
 
         Raises:
             Overloaded: the bytes did not free up before ``deadline``.
@@ -258,6 +259,7 @@ class MemoryBudget:
             self._used += n
 
     def release(self, n: int) -> None:
+        """Give back ``n`` bytes held by ``acquire`` and wake the decodes waiting for them."""
         with self._cond:
             self._used -= n
             self._cond.notify_all()

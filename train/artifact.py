@@ -37,6 +37,7 @@ from train.data import Preprocess, readable_label
 FORMAT = "sagemaker-dog-breeds/model"
 FORMAT_VERSION = 1
 PROGRAM = "model.pt2"
+INT8_PROGRAM = "model-int8.pt2"  # written by train/quantize.py
 MANIFEST = "manifest.json"
 MAX_BATCH = 1024
 
@@ -76,6 +77,9 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / MANIFEST).unlink(missing_ok=True)  # an older artifact is incomplete from here on
+    # An older job's int8 program must not ride along in model.tar.gz when this job writes none
+    # (a stop, int8-calibration-images=0 or a failed quantization).
+    (model_dir / INT8_PROGRAM).unlink(missing_ok=True)
     program = export(model, pre.crop)
     atomic_write(model_dir / PROGRAM, lambda p: torch.export.save(program, str(p)),
                  "the model program")

@@ -15,7 +15,9 @@ job ends with.
 from __future__ import annotations
 
 import atexit
+import copy
 import contextlib
+import functools
 import gc
 import logging
 import math
@@ -601,7 +603,6 @@ class Trainer:
         def evaluate(program: Path) -> dict:
             sections = {}
             int8_program = None
-            (program.parent / quantize.PROGRAM).unlink(missing_ok=True)  # an older job's
             if self.hp["int8-calibration-images"]:
                 try:
                     int8_program = quantize.write(program.parent, quantize.quantize(
@@ -635,12 +636,12 @@ class Trainer:
         return manifest
 
     def _calibration_dataset(self) -> data.ChannelDataset:
-        """The train channel under the evaluation transform (no augmentation): the images
-        the int8 program's activation ranges are calibrated on."""
-        return data.ChannelDataset(
-            self.job.channels["train"], {c: i for i, c in enumerate(self.classes)},
-            self.pre.eval_transform(), self.hp["max-images-per-class"], self.hp["seed"],
-            draft=self.pre.resize)
+        """The train channel's photos under the evaluation transform and decoding (no
+        augmentation): the images the int8 program's activation ranges are calibrated on."""
+        ds = copy.copy(self.datasets["train"])  # the same samples, not a second folder scan
+        ds.transform = self.pre.eval_transform()
+        ds.loader = functools.partial(data.load_rgb, draft=self.pre.resize)
+        return ds
 
     def _unsharded(self, split: str):
         """A loader over the whole ``split`` (in DDP each rank's own loader holds a shard)."""

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from serve.model import AUTOCAST
+
 logger = logging.getLogger(__name__)
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def precisions_for(device: torch.device) -> list[str]:
@@ -54,20 +55,19 @@ def evaluate(program_path: Path, batches, device: torch.device, split: str,
     runs = [(p, module, device) for p in precisions_for(device)]
     if int8_program is not None:
         importlib.import_module("torch.ao.quantization.fx._decomposed")  # the int8 ops
-
-        cpu = torch.device("cpu")
-        runs.append(("int8", torch.export.load(str(int8_program)).module(), cpu))
-    for precision, module, device in runs:
-        dtype = AUTOCAST_DTYPES.get(precision)
-        top1 = top5 = seen = agree = 0
+        runs.append(("int8", torch.export.load(str(int8_program)).module(), torch.device("cpu")))
+    for precision, run_module, run_device in runs:
+        dtype = AUTOCAST.get(precision)
+        top1 = top5 = seen = 0
         predictions = []
         for images, labels, _ in batches:
             if images.numel() == 0:
                 continue
-            x = images.to(device).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = module(x).float()
-            labels = labels.to(device)
+            x = images.to(run_device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(run_device.type, dtype=dtype or torch.float32,
+                                enabled=dtype is not None):
+                logits = run_module(x).float()
+            labels = labels.to(run_device)
             pred = logits.argmax(1)
             k = min(5, logits.shape[1])
             top1 += int((pred == labels).sum())

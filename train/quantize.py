@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from serve.precision import import_x86_quantizer
+from train.artifact import INT8_PROGRAM
+from train.checkpoint import atomic_write
+from train.data import skip_collate
 
 logger = logging.getLogger(__name__)
 
-PROGRAM = "model-int8.pt2"
 
 
 def calibration_batches(dataset, images: int, batch_size: int) -> Iterator[torch.Tensor]:
@@ -34,10 +36,9 @@ def calibration_batches(dataset, images: int, batch_size: int) -> Iterator[torch
     count = min(images, total)
     indices = sorted({i * total // count for i in range(count)}) if count else []
     for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
-        good = [item[0] for item in items if item is not None]
-        if good:
-            yield torch.stack(good)
+        images, _, _ = skip_collate([dataset[i] for i in indices[start:start + batch_size]])
+        if images.numel():
+            yield images
 
 
 @torch.no_grad()
@@ -93,8 +94,6 @@ def write(model_dir: Path, program: torch.export.ExportedProgram) -> Path:
     Raises:
         TrainingError: it cannot be written (disk full, permissions).
     """
-    from train.checkpoint import atomic_write
-
-    path = Path(model_dir) / PROGRAM
+    path = Path(model_dir) / INT8_PROGRAM
     atomic_write(path, lambda p: torch.export.save(program, str(p)), "the int8 program")
     return path
