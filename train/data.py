@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate
 from torchvision import datasets
@@ -54,9 +54,9 @@ def load_rgb(path: str, draft: int | None = None) -> Image.Image:
         Exception: anything Pillow raises on an unreadable or malformed file.
     """
     with Image.open(path) as img:
-        if draft and img.format == "JPEG":
+        if draft and img.format in ("JPEG", "MPO"):
             img.draft("RGB", (draft, draft))
-        return to_rgb(ImageOps.exif_transpose(img))
+        return to_rgb(img)
 
 
 @dataclass(frozen=True)
