@@ -5,29 +5,32 @@ thread (serve/lifecycle.py). An invocation checks its cost before any work (byte
 pixels: a 4xx with the limit), decodes its images in its own thread, then waits for the
 worker's model thread to run them in a batch with whatever else is queued (serve/scheduler.py),
 within its deadline. Every client error is a 4xx with a JSON reason, an overload a 503 with
-Retry-After, never a 500, and the worker lives on.
+Retry-After, never a 500, and the worker lives on. /ping answers 200 only while the model is
+loaded and its thread serves; a worker whose model thread died or whose device broke answers
+503 and exits (serve/lifecycle.py), and gunicorn starts another.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import torch
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from serve.config import Settings
+from serve.body import BodyTimeout
+from serve.config import REFUSAL_DRAIN_S, Settings
 from serve.invocation import ClientError, InvocationHandler
 from serve.lifecycle import ModelHolder
-from serve.scheduler import Overloaded
+from serve.scheduler import ModelFailed, Overloaded
 
 access_log = logging.getLogger("serve.access")
 
-ERROR_NAMES = {400: "bad_request", 406: "not_acceptable", 413: "payload_too_large",
-               415: "unsupported_media_type", 503: "service_unavailable"}
+ERROR_NAMES = {400: "bad_request", 406: "not_acceptable", 408: "request_timeout",
+               413: "payload_too_large", 415: "unsupported_media_type",
+               500: "internal_server_error", 503: "service_unavailable"}
 
 
 def _error(status: int, reason: str, retry_after_s: int | None = None):
@@ -40,10 +43,10 @@ def _error(status: int, reason: str, retry_after_s: int | None = None):
 
 
 def _device(settings: Settings) -> torch.device:
-    """The GPU gunicorn_conf assigned this worker (SERVE_GPU_INDEX), else the CPU with the
-    worker's share of the cores for torch's intra-op threads."""
+    """The GPU gunicorn_conf assigned this worker (the only one its CUDA_VISIBLE_DEVICES
+    shows), else the CPU with the worker's share of the cores for torch's intra-op threads."""
     if settings.gpus:
-        return torch.device("cuda", int(os.environ.get("SERVE_GPU_INDEX", "0")))
+        return torch.device("cuda", 0)
     torch.set_num_threads(settings.threads_per_worker)
     return torch.device("cpu")
 
@@ -61,6 +64,7 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
     holder = ModelHolder(settings, device or _device(settings)).start()
     handler = InvocationHandler(settings, holder)
     app.extensions["model"] = holder
+    app.extensions["invocations"] = handler
 
     @app.before_request
     def _start_timer():
@@ -87,25 +91,49 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
             }))
         return response
 
+    def _refused(status: int, reason: str, retry_after_s: int | None = None):
+        """An error answer; an invocation refused before its body was read drains the body
+        briefly first, so the connection stays usable without a slow sender holding the
+        thread."""
+        if request.path == "/invocations" and not g.get("observed", {}).get("body_read"):
+            handler.bodies.drain(request, REFUSAL_DRAIN_S)
+        return _error(status, reason, retry_after_s)
+
     @app.errorhandler(ClientError)
     def _client_error(exc: ClientError):
-        return _error(exc.status, exc.reason, exc.retry_after_s)
+        return _refused(exc.status, exc.reason, exc.retry_after_s)
 
     @app.errorhandler(Overloaded)
     def _overloaded(exc: Overloaded):
-        return _error(503, exc.reason, exc.retry_after_s)
+        return _refused(503, exc.reason, exc.retry_after_s)
+
+    @app.errorhandler(ModelFailed)
+    def _model_failed(exc: ModelFailed):
+        return _refused(503, f"this worker's model stopped ({exc}); it is being replaced", 1)
+
+    @app.errorhandler(BodyTimeout)
+    def _body_timeout(exc: BodyTimeout):
+        return _error(408, f"{exc} (SERVE_BODY_TIMEOUT_S)")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         if exc.code == 413:
-            return _error(413, f"the body is over the {settings.max_payload_bytes:,}-byte limit "
-                               f"(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+            return _refused(413, f"the body is over the {settings.max_payload_bytes:,}-byte "
+                                 f"limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
         return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        # The model failing on one batch (the scheduler re-checks the model after it): the
+        # request gets a JSON reason, the worker serves on.
+        access_log.exception("invocation failed")
+        return _error(500, f"{type(exc).__name__}: {exc}")
 
     @app.get("/ping")
     def ping():
-        if not holder.ready.is_set():
-            return _error(503, holder.error or "the model is loading")
+        reason = holder.status()
+        if reason is not None:
+            return _error(503, reason)
         return jsonify({"status": "ok", "model_version": holder.classifier.version})
 
     @app.get("/execution-parameters")
@@ -118,7 +146,7 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
 
     @app.post("/invocations")
     def invocations():
-        return jsonify(handler.handle(request, deadline=g.start + settings.timeout_s, log=g.log,
-                                      observed=g.observed))
+        return jsonify(handler.handle(request, g.start, g.start + settings.timeout_s, g.log,
+                                      g.observed))
 
     return app

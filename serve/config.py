@@ -34,7 +34,13 @@ DEFAULT_MAX_QUEUE = 32  # requests one worker holds at once: decoding, queued or
 # (not yet measured on one: 32 is TorchServe's and Triton's usual starting point for ResNet50).
 DEFAULT_MAX_BATCH = {"cpu": 8, "gpu": 32}
 DEFAULT_MAX_BATCH_DELAY_MS = {"cpu": 10, "gpu": 5}
-SPARE_THREADS = 4  # gunicorn threads beyond max_queue: /ping and fast rejections never wait
+# gunicorn threads beyond max_queue: /ping and refusals never wait for one (a refused request's
+# unread body is drained for at most REFUSAL_DRAIN_S first).
+SPARE_THREADS = 16
+REFUSAL_DRAIN_S = 1.0
+# A request's body must arrive within this many seconds (and the invocation's deadline): a
+# client sending a byte a second holds a place and a thread no longer than that.
+DEFAULT_BODY_TIMEOUT_S = 20
 METRICS_NAMESPACE = "SageMakerDogBreeds"  # CloudWatch namespace of serve's EMF metrics
 CPU_THREADS_PER_WORKER = 4  # ResNet50 on CPU scales poorly past ~4 intra-op threads
 
@@ -47,17 +53,24 @@ def gpu_count() -> int:
     """GPUs the driver shows this container, through NVML (nvidia-ml-py). Not through torch:
     the gunicorn master reads this, and importing torch there would delay the port opening by
     seconds (SageMaker wants connections accepted within 250 ms). Whether torch can use them is
-    container/gpu_check.py's job, before the server starts."""
+    container/gpu_check.py's job, before the server starts. A CUDA_VISIBLE_DEVICES list
+    narrows them (NVML itself ignores it)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return 0
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
-            return int(pynvml.nvmlDeviceGetCount())
+            count = int(pynvml.nvmlDeviceGetCount())
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001 - no library, no driver, no GPU: all mean 0
         return 0
+    if visible:
+        return min(count, len([d for d in visible.split(",") if d.strip()]))
+    return count
 
 
 def default_workers(gpus: int, cpus: int) -> int:
@@ -78,6 +91,7 @@ class Settings:
     threads_per_worker: int  # torch intra-op threads in each worker (CPU)
     timeout_s: int
     max_payload_bytes: int
+    body_timeout_s: int
     max_pixels: int
     max_resized_pixels: int
     decode_memory_bytes: int
@@ -152,6 +166,7 @@ class Settings:
             timeout_s=positive("SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S),
             max_payload_bytes=positive("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
             * 1024 * 1024,
+            body_timeout_s=positive("SERVE_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
             max_pixels=positive("SERVE_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS),
             max_resized_pixels=positive("SERVE_MAX_RESIZED_PIXELS", DEFAULT_MAX_RESIZED_PIXELS),
             decode_memory_bytes=positive("SERVE_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB)

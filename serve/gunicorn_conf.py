@@ -2,11 +2,15 @@
 
 gthread workers: a thread per request the worker's queue admits (they decode and wait for the
 model thread) and spares, so /ping (within SageMaker's 2 s) and fast rejections never wait for
-a thread. No preload: each worker imports the app and loads the model after the fork, because
-CUDA does not survive a fork. SIGTERM: gunicorn stops accepting, finishes requests in flight for
-up to ``graceful_timeout`` s, then exits; SageMaker sends SIGKILL 30 s after SIGTERM, so 25 s.
+a thread. The master imports the app's modules once its port is open (``when_ready``), so a
+worker forked later, a replacement included, answers at once instead of importing torch for
+seconds; each worker still builds the app and loads the model after the fork, because CUDA does
+not survive a fork, and sees only its own GPU. SIGTERM: gunicorn stops accepting, finishes
+requests in flight for up to ``graceful_timeout`` s, then exits; SageMaker sends SIGKILL 30 s
+after SIGTERM, so 25 s.
 """
 
+import gc
 import logging
 import os
 from collections import Counter
@@ -41,10 +45,29 @@ def pre_fork(server, worker):
         worker.gpu_index = assign_gpu(live, _settings.gpus)
 
 
+def when_ready(server):
+    """In the master, once the port is open: import the app's modules (torch takes seconds),
+    then freeze them out of the garbage collector so the workers' copies stay shared (Python
+    docs, gc.freeze). Importing torch initialises no CUDA, so forking stays safe."""
+    import serve.app  # noqa: F401
+
+    gc.freeze()
+
+
 def post_fork(server, worker):
-    """In the worker, before it imports torch: pin it to its GPU."""
+    """In the worker, before it touches CUDA: make its GPU the only one it sees (so no worker
+    creates a context on another GPU by accident)."""
     if _settings.gpus:
-        os.environ["SERVE_GPU_INDEX"] = str(worker.gpu_index)
+        visible = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), _settings.gpus)
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[worker.gpu_index]
+
+
+def visible_gpus(cuda_visible_devices: str | None, gpus: int) -> list[str]:
+    """The GPU ids the workers are spread over: the container's own CUDA_VISIBLE_DEVICES list
+    when it has one, else 0 to ``gpus`` - 1."""
+    if cuda_visible_devices:
+        return [d.strip() for d in cuda_visible_devices.split(",") if d.strip()][:gpus]
+    return [str(i) for i in range(gpus)]
 
 
 def worker_exit(server, worker):

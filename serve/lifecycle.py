@@ -4,8 +4,15 @@ through its scheduler.
 The worker accepts connections at once; /ping says 503 ("loading") until the model is loaded and
 warmed up at batch 1 and at the max batch size. Invocations that arrive meanwhile (a worker that
 was just restarted takes its share of connections) wait for it within their deadline instead of
-failing. An artifact that is not there yet, or broken, is retried every ``RETRY_LOAD_S`` and
-reported by /ping and the invocations at once.
+failing.
+
+The artifact is validated once, before anything of it runs (serve/model.py: every manifest
+field, the program's sha256, its output width). An artifact that is not there yet (no
+manifest.json) is looked for every ``RETRY_LOAD_S``; one that is there and wrong fails the load
+with one line naming the field, reported by /ping and the invocations, and is not loaded again
+until its files change. A program that fails to compile is served eagerly, with one warning.
+A model thread that dies, or a device that fails even blank images (serve/scheduler.py), ends
+the worker: /ping stops answering 200 and gunicorn starts a fresh worker.
 """
 
 from __future__ import annotations
@@ -13,8 +20,13 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import os
+import signal
 import threading
 import time
+from pathlib import Path
+
+import numpy as np
 
 import torch
 
@@ -22,7 +34,7 @@ from serve.config import Settings
 from serve import precision
 from serve.drift import DriftWindow, load_baseline
 from serve.metrics import EndpointMetrics
-from serve.model import ArtifactError, Classifier, read_manifest
+from serve.model import ArtifactError, ArtifactMissing, Classifier, read_manifest
 from serve.scheduler import Scheduler
 
 logger = logging.getLogger("serve")
@@ -34,15 +46,21 @@ atexit.register(gc.unfreeze)
 _holders: list["ModelHolder"] = []  # this worker's, for close_all() at its exit
 
 
-def choose_precision(settings: Settings, device: torch.device) -> precision.Choice:
+def choose_precision(settings: Settings, device: torch.device,
+                     manifest: dict | None = None) -> precision.Choice:
     """The precision and mode a worker on ``device`` runs the artifact in ``settings.model_dir``
-    (serve/precision.py), from its manifest's record and this host.
+    (serve/precision.py), from its manifest's record (``manifest``, read when None) and this
+    host. A ``precisions`` record that is not an object counts as none (fp32).
 
     Raises:
-        ArtifactError: the manifest is missing or unreadable.
+        ArtifactError: the manifest is missing or invalid.
     """
-    record = precision.present(read_manifest(settings.model_dir).get("precisions"),
-                               settings.model_dir)
+    manifest = manifest if manifest is not None else read_manifest(settings.model_dir)
+    record = manifest.get("precisions")
+    if record is not None and not isinstance(record, dict):
+        logger.warning("manifest.json: field 'precisions' is not an object; serving fp32")
+        record = None
+    record = precision.present(record, settings.model_dir)
     host = precision.Host.detect(device.type, device.index or 0)
     return precision.choose(record, host, settings.precision, settings.compile,
                             settings.precision_tolerance_points)
@@ -55,16 +73,21 @@ def close_all() -> None:
 
 
 class ModelHolder:
-    """Loads the classifier and starts its scheduler; says whether they are ready."""
+    """Loads the classifier and starts its scheduler; says whether they are ready and healthy.
 
-    def __init__(self, settings: Settings, device: torch.device):
+    ``on_fatal`` is called once when a loaded model stops for good (default: the worker sends
+    itself SIGTERM, gunicorn's graceful stop, and the master starts a new worker)."""
+
+    def __init__(self, settings: Settings, device: torch.device, on_fatal=None):
         self.settings, self.device = settings, device
         self.classifier: Classifier | None = None
         self.scheduler: Scheduler | None = None
         self.metrics: EndpointMetrics | None = None
         self.drift: DriftWindow | None = None
         self.error: str | None = None
+        self.failed = False  # the artifact is there and cannot be served: no retry
         self.ready = threading.Event()
+        self._on_fatal = on_fatal or _stop_this_worker
         self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
 
     def start(self) -> "ModelHolder":
@@ -77,9 +100,21 @@ class ModelHolder:
         if self.metrics is not None:
             self.metrics.close()
 
+    def healthy(self) -> bool:
+        """Whether the model is loaded and its scheduler's thread is serving."""
+        return self.ready.is_set() and self.scheduler is not None and self.scheduler.healthy
+
+    def status(self) -> str | None:
+        """Why the worker cannot serve now (for /ping and invocations), or None when it can."""
+        if self.healthy():
+            return None
+        if self.scheduler is not None and self.scheduler.failure is not None:
+            return self.scheduler.failure
+        return self.error or "the model is loading"
+
     def wait_ready(self, deadline: float) -> bool:
-        """Wait (until ``deadline``, time.monotonic()) while the model loads without error; True
-        once it is ready."""
+        """Wait (until ``deadline``, time.monotonic()) while the model loads without error (a
+        missing or broken artifact answers at once); True once it is ready."""
         while not self.ready.is_set() and self.error is None:
             left = deadline - time.monotonic()
             if left <= 0 or self.ready.wait(min(left, 0.2)):
@@ -87,40 +122,70 @@ class ModelHolder:
         return self.ready.is_set()
 
     def _load(self) -> None:
-        last = None
-        s = self.settings
+        last, seen = None, None
         while True:
-            try:
-                start = time.perf_counter()
-                choice = choose_precision(s, self.device)
-                logger.info("precision %s", choice.reason)
-                classifier = Classifier(s.model_dir, self.device, choice)
-                ms_per_image = classifier.warm_up(s.max_batch_size)
-                scheduler = Scheduler(classifier.forward, s.max_batch_size,
-                                      s.max_batch_delay_ms / 1000.0, s.max_queue, ms_per_image)
-                # The loaded program is hundreds of thousands of long-lived Python objects (the
-                # exported graph). Left to the cyclic GC, each full collection walks them all,
-                # inside some request's latency. gc.freeze() moves everything alive now out of
-                # the collector's sight (Python docs, gc.freeze).
-                gc.collect()
-                gc.freeze()
-                self._start_metrics(classifier)
-                self.classifier, self.scheduler, self.error = classifier, scheduler, None
-                self.ready.set()
-                logger.info("model %s loaded on %s in %.0f ms (%.1f ms per image at batch %d)",
-                            classifier.version, self.device,
-                            (time.perf_counter() - start) * 1000, ms_per_image, s.max_batch_size)
-                self._warn_if_partial(classifier)
-                return
-            except ArtifactError as exc:  # not there yet: keep /ping at 503 and retry
-                self.error = str(exc)
-            except Exception as exc:  # noqa: BLE001 - a broken artifact must not kill the worker
-                self.error = f"{type(exc).__name__}: {exc}"
-            if self.error != last:
-                logger.error("model not loaded: %s (retrying every %.0f s)", self.error,
-                             RETRY_LOAD_S)
-                last = self.error
+            signature = _artifact_signature(Path(self.settings.model_dir))
+            if not self.failed or signature != seen:
+                seen = signature
+                try:
+                    self._load_once()
+                    return
+                except ArtifactMissing as exc:  # not there yet: keep /ping at 503 and look again
+                    self.error, self.failed = str(exc), False
+                except Exception as exc:  # noqa: BLE001 - a broken artifact must not kill the worker
+                    self.error = (str(exc) if isinstance(exc, ArtifactError)
+                                  else f"{type(exc).__name__}: {exc}")
+                    self.failed = True
+                if self.error != last:
+                    if self.failed:
+                        logger.error("model not loaded: %s (loaded again when the model dir "
+                                     "changes)", self.error)
+                    else:
+                        logger.error("model not loaded: %s (looking again every %.0f s)",
+                                     self.error, RETRY_LOAD_S)
+                    last = self.error
             time.sleep(RETRY_LOAD_S)
+
+    def _load_once(self) -> None:
+        """Validate, load, warm up and start the model, or raise leaving nothing running."""
+        s = self.settings
+        start = time.perf_counter()
+        manifest = read_manifest(s.model_dir)
+        max_batch = manifest["input"]["max_batch"]
+        if s.max_batch_size > max_batch:
+            raise ArtifactError(f"SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE={s.max_batch_size} is "
+                                f"over this artifact's max batch ({max_batch}, manifest.json "
+                                f"field 'input.max_batch')")
+        choice = choose_precision(s, self.device, manifest)
+        logger.info("precision %s", choice.reason)
+        classifier = Classifier(s.model_dir, self.device, choice, manifest)
+        try:
+            ms_per_image = classifier.warm_up(s.max_batch_size)
+        except Exception as exc:  # noqa: BLE001 - inductor and its C++ toolchain fail many ways
+            if not classifier.choice.compile:
+                raise
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            logger.warning("compiling the model failed (%s); serving it eagerly", reason)
+            classifier.use_eager(reason)
+            ms_per_image = classifier.warm_up(s.max_batch_size)
+        crop = classifier.geometry.crop
+        scheduler = Scheduler(classifier.forward, s.max_batch_size,
+                              s.max_batch_delay_ms / 1000.0, s.max_queue, ms_per_image,
+                              probe=np.zeros((1, crop, crop, 3), np.uint8),
+                              on_fatal=self._on_fatal)
+        # The loaded program is hundreds of thousands of long-lived Python objects (the
+        # exported graph). Left to the cyclic GC, each full collection walks them all,
+        # inside some request's latency. gc.freeze() moves everything alive now out of
+        # the collector's sight (Python docs, gc.freeze).
+        gc.collect()
+        gc.freeze()
+        self._start_metrics(classifier)
+        self.classifier, self.scheduler, self.error, self.failed = classifier, scheduler, None, False
+        self.ready.set()
+        logger.info("model %s loaded on %s in %.0f ms (%.1f ms per image at batch %d)",
+                    classifier.version, self.device, (time.perf_counter() - start) * 1000,
+                    ms_per_image, s.max_batch_size)
+        self._warn_if_partial(classifier)
 
     def _start_metrics(self, classifier: Classifier) -> None:
         s = self.settings
@@ -143,3 +208,21 @@ class ModelHolder:
                            "of %s epochs; the weights are from %s", classifier.version,
                            training.get("stopped_by"), training.get("epochs_completed"),
                            training.get("epochs"), training.get("weights_from"))
+
+
+def _artifact_signature(model_dir: Path) -> tuple:
+    """What changes when a model dir's files are replaced: each file's name, size, mtime and
+    inode (cheap: no file is read)."""
+    try:
+        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns, st.st_ino)
+                            for p in model_dir.iterdir() if p.is_file()
+                            for st in (p.stat(),)))
+    except OSError:
+        return ()
+
+
+def _stop_this_worker(reason: str) -> None:
+    """End this gunicorn worker gracefully (SIGTERM: requests in flight are answered, then it
+    exits and the master starts a new one)."""
+    logger.error("worker %d exits so that gunicorn replaces it: %s", os.getpid(), reason)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -7,6 +7,11 @@ difference: the model thread waits for more requests only while some are known t
 way (admitted and still decoding), never on a hunch, so a lone request runs at once and pays
 nothing for batching. Under load, the requests that arrive while a batch runs form the next one.
 
+The model thread is the worker's only torch caller, so its health is the worker's: when it dies,
+or when a batch fails and a blank image fails after it (the device or the program is broken,
+not the batch), the scheduler is ``failed``; every request it holds fails at once, /ping stops
+answering 200 and ``on_fatal`` ends the worker, so gunicorn starts a fresh one.
+
 Every request has a deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT): one that cannot be served in time
 fails with ``Overloaded`` (a 503 with Retry-After), never a hang:
 - at admission, when the worker already holds ``max_queue`` requests, or when the images queued
@@ -31,6 +36,11 @@ logger = logging.getLogger(__name__)
 
 # Weight of the newest batch in the running estimate of the cost of one image.
 COST_SMOOTHING = 0.2
+
+
+class ModelFailed(RuntimeError):
+    """The worker's model thread stopped for good (the message says why); the worker is being
+    replaced."""
 
 
 class Overloaded(Exception):
@@ -71,13 +81,20 @@ class Scheduler:
         max_queue: requests a worker holds at once (decoding, queued or running).
         ms_per_image: first estimate of the cost of an image (the warm-up's), refined from
             every batch.
+        probe: a batch that must succeed on a healthy model (blank images), run after a batch
+            fails; None skips the check.
+        on_fatal: called once, with the reason, when the model thread dies or the probe fails.
         clock: seconds, monotonic (tests inject one).
     """
 
     def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch_size: int,
                  max_batch_delay_s: float, max_queue: int, ms_per_image: float,
+                 probe: np.ndarray | None = None,
+                 on_fatal: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.forward, self.clock = forward, clock
+        self.probe, self.on_fatal = probe, on_fatal
+        self.failure: str | None = None  # why the model thread stopped for good
         self.max_batch_size, self.max_batch_delay_s = max_batch_size, max_batch_delay_s
         self.max_queue = max_queue
         self.ms_per_image = ms_per_image
@@ -86,6 +103,7 @@ class Scheduler:
         self._admitted = 0  # requests admitted and not yet finished
         self._decoding = 0  # admitted requests that have not submitted yet
         self._running_images = 0
+        self._running: list[Job] = []  # the batch the model thread has taken
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
@@ -99,8 +117,11 @@ class Scheduler:
         Raises:
             Overloaded: ``max_queue`` requests are in the worker already, or the work queued
                 ahead would not end before ``deadline``.
+            ModelFailed: the model thread stopped for good.
         """
         with self._cond:
+            if self.failure is not None:
+                raise ModelFailed(self.failure)
             ahead_s = self._backlog_s(images)
             if self._admitted >= self.max_queue:
                 raise Overloaded(f"the worker holds {self._admitted} requests, its queue's bound "
@@ -120,10 +141,17 @@ class Scheduler:
             self._cond.notify_all()
 
     def submit(self, images: np.ndarray, deadline: float) -> Job:
-        """Queue an admitted request's decoded images (uint8 [n, H, W, 3])."""
+        """Queue an admitted request's decoded images (uint8 [n, H, W, 3]).
+
+        Raises:
+            ModelFailed: the model thread stopped for good (the place is given back).
+        """
         job = Job(images=images, deadline=deadline, enqueued=self.clock())
         with self._cond:
             self._decoding -= 1
+            if self.failure is not None:
+                self._admitted -= 1
+                raise ModelFailed(self.failure)
             self._queue.append(job)
             self._queued_images += len(images)
             self._cond.notify_all()
@@ -152,6 +180,11 @@ class Scheduler:
         """Seconds until ``extra_images`` more would be done, at the current cost per image."""
         images = self._queued_images + self._running_images + extra_images
         return images * self.ms_per_image / 1000.0
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the model thread is alive and serving."""
+        return self.failure is None and self._thread.is_alive()
 
     def stats(self) -> dict:
         """What the worker holds now: admitted requests, queued images, ms per image."""
@@ -198,39 +231,81 @@ class Scheduler:
                     batch.append(job)
                     images += n
                 if batch:
-                    self._running_images = images
+                    self._running_images, self._running = images, batch
                     return batch
 
     def _run(self) -> None:
-        while True:
-            batch = self._take_batch()
-            if not batch:
-                return
+        try:
+            while True:
+                batch = self._take_batch()
+                if not batch:
+                    return
+                self._run_batch(batch)
+        except BaseException as exc:  # noqa: BLE001 - anything here is the thread's end
+            self._fail(f"the model thread stopped: {type(exc).__name__}: {exc}")
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if self.failure is None and not self._closed:
+                self._fail("the model thread stopped")
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        n_images = sum(len(job.images) for job in batch)
+        start = self.clock()
+        try:
             images = np.concatenate([job.images for job in batch])
-            start = self.clock()
+            chunks = [self.forward(images[i:i + self.max_batch_size])
+                      for i in range(0, n_images, self.max_batch_size)]
+            result, error = np.concatenate(chunks), None
+        except Exception as exc:  # noqa: BLE001 - the requests answer it; the thread lives
+            logger.exception("the model failed on a batch of %d images", n_images)
+            result, error = None, exc
+        compute_ms = (self.clock() - start) * 1000.0
+        with self._cond:
+            self._running_images, self._running = 0, []
+            if error is None and n_images >= min(self.max_batch_size, 2):
+                cost = compute_ms / n_images
+                self.ms_per_image += COST_SMOOTHING * (cost - self.ms_per_image)
+        offset = 0
+        for job in batch:
+            n = len(job.images)
+            if error is None:
+                job.result = result[offset:offset + n]
+            job.error = error
+            job.batch_size = min(n_images, self.max_batch_size)
+            job.compute_ms = compute_ms
+            offset += n
+            job.done.set()
+        if error is not None and self.probe is not None:
             try:
-                chunks = [self.forward(images[i:i + self.max_batch_size])
-                          for i in range(0, len(images), self.max_batch_size)]
-                result, error = np.concatenate(chunks), None
-            except Exception as exc:  # noqa: BLE001 - the requests answer it; the thread lives
-                logger.exception("the model failed on a batch of %d images", len(images))
-                result, error = None, exc
-            compute_ms = (self.clock() - start) * 1000.0
-            with self._cond:
-                self._running_images = 0
-                if error is None and len(images) >= min(self.max_batch_size, 2):
-                    cost = compute_ms / len(images)
-                    self.ms_per_image += COST_SMOOTHING * (cost - self.ms_per_image)
-            offset = 0
-            for job in batch:
-                n = len(job.images)
-                if error is None:
-                    job.result = result[offset:offset + n]
-                job.error = error
-                job.batch_size = min(len(images), self.max_batch_size)
-                job.compute_ms = compute_ms
-                offset += n
+                self.forward(self.probe)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(f"the model fails on blank images too, so the device or the program "
+                           f"is broken: {type(exc).__name__}: {exc}")
+                raise _Stopped from None
+
+    def _fail(self, reason: str) -> None:
+        """Stop for good: fail every request queued or in the batch taken, refuse new ones, and
+        tell ``on_fatal``."""
+        with self._cond:
+            if self.failure is not None:
+                return
+            self.failure = reason
+            self._closed = True
+            held = self._running + list(self._queue)
+            self._queue, self._running, self._queued_images = deque(), [], 0
+            self._cond.notify_all()
+        logger.error("%s; the worker stops serving", reason)
+        for job in held:
+            if not job.done.is_set():
+                job.error = ModelFailed(reason)
                 job.done.set()
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
+
+
+class _Stopped(Exception):
+    """Ends the model thread after ``_fail`` (already reported)."""
 
 
 class MemoryBudget:

@@ -146,10 +146,16 @@ def test_serve_reproduces_the_accuracy_the_training_job_recorded(trained_job, di
         # the job measures int8 on the reference decomposition, serve runs oneDNN's kernels).
         assert accuracy == pytest.approx(record[precision]["top1"], abs=1.01 / len(paths))
     reference = answers["fp32", False]
-    for key, predicted in answers.items():
+    for (precision, compiled), predicted in answers.items():
         agreement = float((predicted[:len(paths)] == reference[:len(paths)]).mean())
-        assert agreement >= 0.995, (key, agreement)
-        assert (predicted[len(paths):] == reference[len(paths):]).all(), key  # the dog photos
+        # What the job measured on this machine, to within two photos (each photo a precision
+        # flips moves the agreement by one); a fixed bar like 0.995 sat inside the spread of
+        # bf16 on one CPU kind (0.9926 on a Sapphire Rapids, the job recording the same).
+        recorded = record[precision].get("agreement_with_fp32", 1.0)
+        assert agreement == pytest.approx(recorded, abs=2.01 / len(paths)), (
+            precision, compiled, agreement, recorded)
+        assert agreement >= 0.98, (precision, compiled, agreement)
+        assert (predicted[len(paths):] == reference[len(paths):]).all(), precision  # the dogs
 
 
 @pytest.mark.slow
