@@ -210,8 +210,8 @@ def main() -> int:
                 net, calibration, pre.crop, artifact.MAX_BATCH))
             return dict(unmeasured, int8={"top1": 1.0, "program": int8.name})
 
-        artifact.write(model_dir, net, args.arch, folders, pre, "bench", {}, {},
-                       evaluate=lambda program: {"precisions": record(program)})
+        artifact.write(model_dir, net, args.arch, folders, pre, "bench", {}, {})
+        artifact.update(model_dir, {"precisions": record(model_dir / artifact.PROGRAM)})
         runs = {"fp32 eager": {"SERVE_PRECISION": "fp32", "SERVE_COMPILE": "off"}}
         if args.compare:
             runs["bf16 compiled"] = {"SERVE_PRECISION": "bf16", "SERVE_COMPILE": "on"}

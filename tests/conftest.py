@@ -120,6 +120,26 @@ def write_untrained_artifact(model_dir: Path, num_classes: int, arch: str = "res
     return model_dir
 
 
+def full_disk(folder: Path):
+    """A context manager that mounts a 1 MiB tmpfs on ``folder`` (an empty folder: a full disk
+    for any model or checkpoint) and unmounts it on exit. Skips the test where mounting is not
+    allowed (it needs root, as `make test` runs)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def mounted():
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+
+    return mounted()
+
+
 @pytest.fixture(scope="session")
 def trained_job(tmp_path_factory, digits_dir) -> TrainingRun:
     """One real, successful `train` run on digits (the digits recipe); shared by all tests

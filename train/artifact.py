@@ -4,26 +4,44 @@ Files (format_version 1; serve/ reads them and never imports train/):
 
 - ``model.pt2``: a ``torch.export`` program of the eval-mode network. Input float32 NCHW
   [B, 3, crop, crop], already normalised; B dynamic (1 to 1024). Output float32 logits
-  [B, num_classes]. Loading it needs torch, not this code, and unpickles no Python objects.
+  [B, num_classes]. Loading it needs torch, not this code, but it is not inert data:
+  ``torch.export.load`` unpickles parts of the archive (``torch.load(weights_only=False)``,
+  ``pickle.loads``), so loading runs whatever code the archive carries. Load only artifacts
+  your own training job wrote (README, "Security").
 - ``model-int8.pt2`` (optional): the same network quantized to int8 for CPU serving
   (train/quantize.py), named in ``precisions.int8.program``; it needs torchao's inductor passes
-  to run fast, and serve only runs it compiled.
+  to run fast, and serve only runs it compiled. The same caution applies.
 - ``manifest.json``: architecture, class names in index order, preprocessing (resize, crop, mean,
-  std), versions, metrics, hyperparameters and ``training``: whether training completed, or
-  where a stop (SIGTERM: StopTrainingJob, a spot interruption, MaxRuntimeInSeconds) cut it short
-  and which weights the program holds (``complete`` false: a partial model), and ``precisions``:
-  the program's top-1 and top-5 accuracy on the test (else valid) channel in fp32 and in each
-  reduced precision serve may run it in (train/precision.py), which serve's choice is gated
-  by, and ``baseline``: the distributions the endpoint's drift scores compare against
-  (train/baseline.py). Written last: its presence marks a complete
-  artifact, so a job that fails half way never leaves something serve would load.
+  std), versions, metrics, hyperparameters, ``program_sha256`` (of ``model.pt2``), and
+  ``training``: whether training completed, or where a stop (SIGTERM: StopTrainingJob, a spot
+  interruption, MaxRuntimeInSeconds) cut it short and which weights the program holds
+  (``complete`` false: a partial model). Then what the optional passes after the export add
+  (train/post_training.py): ``precisions``: the program's top-1 and top-5 accuracy on the test
+  (else valid) channel in fp32 and in each reduced precision serve may run it in
+  (train/precision.py), which serve's choice is gated by; ``baseline``: the distributions the
+  endpoint's drift scores compare against (train/baseline.py); and ``post_training``: each
+  pass's outcome, ``{"int8_calibration"|"precisions"|"baseline": {"status": ..., "reason":
+  ...}}`` with status ``pending`` (not run yet, or the job ended before it), ``done``,
+  ``skipped`` (a stop came first: ``reason`` says which signal), ``failed`` (``reason``: the
+  error) or ``off`` (not asked for); a done int8 calibration also names its ``program`` and
+  ``program_sha256``.
+
+Order of writes: the program goes to a temporary file first; only when it is complete is an
+older manifest removed (it must never describe the new program) and the program renamed into
+place, and the manifest follows at once: from then on the folder holds a complete, servable
+fp32 artifact. Each pass then adds its sections with an atomic rewrite of the manifest (the
+int8 program is in place before the manifest names it). A manifest marks a complete artifact,
+so a job that fails during the export never leaves something serve would load, and one that
+stops or fails during the passes keeps its model.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -31,8 +49,11 @@ import torch
 import torchvision
 from torch import nn
 
-from train.checkpoint import atomic_write
+from train.checkpoint import atomic_write, failure_cause
 from train.data import Preprocess, readable_label
+from train.errors import TrainingError
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "sagemaker-dog-breeds/model"
 FORMAT_VERSION = 1
@@ -42,7 +63,8 @@ MANIFEST = "manifest.json"
 MAX_BATCH = 1024
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path``, hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -59,32 +81,65 @@ def export(model: nn.Module, crop: int) -> torch.export.ExportedProgram:
         return torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
 
 
+def save_program(program: torch.export.ExportedProgram, path: Path, what: str,
+                 before_replace: Callable[[], None] | None = None) -> str:
+    """``torch.export.save`` ``program`` to ``path`` atomically (train.checkpoint.atomic_write);
+    ``before_replace()`` runs once the new file is complete, just before it takes the place of
+    ``path``. Returns the file's SHA-256 (hex).
+
+    Raises:
+        TrainingError: it cannot be serialised or written (disk full, permissions), naming the
+            cause; no temporary file is left.
+    """
+    # Serialised in memory first (the program's size, ~100 MB for resnet50): torch.export.save
+    # writing to a file on a full disk raises, and then torch 2.15's archive writer throws again
+    # in its destructor, which aborts the whole process (std::terminate), failure file unwritten.
+    buffer = io.BytesIO()
+    try:
+        torch.export.save(program, buffer)
+    except Exception as exc:
+        logger.exception("cannot serialise %s", what)
+        raise TrainingError(f"cannot save {what}: {failure_cause(exc)}") from exc
+    digest = hashlib.sha256(buffer.getbuffer()).hexdigest()
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(buffer.getbuffer()), what,
+                 None if before_replace is None else lambda tmp: before_replace())
+    return digest
+
+
 def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str],
           pre: Preprocess, job_name: str, metrics: dict, hyperparameters: dict,
-          training: dict | None = None,
-          evaluate: Callable[[Path], dict] | None = None) -> Path:
-    """Write ``model.pt2`` then ``manifest.json`` to ``model_dir``; returns the manifest path.
+          training: dict | None = None, sections: dict | None = None) -> Path:
+    """Write a complete fp32 artifact, ``model.pt2`` then ``manifest.json``, to ``model_dir``;
+    returns the manifest path. An older artifact there stays whole until the new program is
+    complete on disk; then its manifest and int8 program are removed and the new program takes
+    its place.
 
     ``model`` must be a plain module (no DDP wrapper, no debugger hooks): export a fresh copy.
     ``training``: the manifest's ``training`` section (``{"complete": True}`` when omitted).
-    ``evaluate``: called with the written program's path before the manifest is written; what
-    it returns, ``{section name: section}`` (``precisions``, ``baseline``), goes into the
-    manifest (empty sections are left out).
+    ``sections``: more manifest sections, ``{name: section}`` (``post_training``; empty ones are
+    left out); ``update`` adds the rest later.
 
     Raises:
-        TrainingError: the program cannot be written (disk full, permissions).
+        TrainingError: the program cannot be exported or written (disk full, permissions),
+            naming the cause; no temporary file is left.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / MANIFEST).unlink(missing_ok=True)  # an older artifact is incomplete from here on
-    # An older job's int8 program must not ride along in model.tar.gz when this job writes none
-    # (a stop, int8-calibration-images=0 or a failed quantization).
-    (model_dir / INT8_PROGRAM).unlink(missing_ok=True)
-    program = export(model, pre.crop)
-    atomic_write(model_dir / PROGRAM, lambda p: torch.export.save(program, str(p)),
-                 "the model program")
-    digest = _sha256(model_dir / PROGRAM)
-    sections = evaluate(model_dir / PROGRAM) if evaluate is not None else {}
+    try:
+        program = export(model, pre.crop)
+    except Exception as exc:
+        logger.exception("cannot export the model")
+        raise TrainingError(f"cannot export the model: {failure_cause(exc)}") from exc
+
+    def retire_older_artifact() -> None:
+        # An older manifest must never describe the new program; and an older job's int8 program
+        # must not ride along in model.tar.gz when this job writes none (a stop,
+        # int8-calibration-images=0 or a failed quantization).
+        (model_dir / MANIFEST).unlink(missing_ok=True)
+        (model_dir / INT8_PROGRAM).unlink(missing_ok=True)
+
+    digest = save_program(program, model_dir / PROGRAM, "the model program",
+                          before_replace=retire_older_artifact)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -112,6 +167,25 @@ def write(model_dir: Path, model: nn.Module, arch: str, class_folders: list[str]
         "hyperparameters": hyperparameters,
         "training": training or {"complete": True},
     }
+    return _write_manifest(model_dir, manifest, sections or {})
+
+
+def update(model_dir: Path, sections: dict) -> Path:
+    """Add (or replace) ``sections``, ``{name: section}``, in ``model_dir``'s manifest with an
+    atomic rewrite (empty sections are left out); returns its path.
+
+    Raises:
+        TrainingError: the manifest cannot be read or written; the previous one stays.
+    """
+    path = Path(model_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot read the manifest {path}: {failure_cause(exc)}") from exc
+    return _write_manifest(Path(model_dir), manifest, sections)
+
+
+def _write_manifest(model_dir: Path, manifest: dict, sections: dict) -> Path:
     manifest.update({name: value for name, value in sections.items() if value})
     path = model_dir / MANIFEST
     atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=2)), "the manifest")

@@ -20,6 +20,7 @@ import random
 import numpy as np
 
 from serve.decode import BadImage, Geometry, decode
+from train import stop
 
 MAX_CLASS_GROUPS = 10
 IMAGE_SAMPLE = 1000
@@ -43,11 +44,15 @@ def class_groups(num_classes: int) -> list[int]:
 
 def image_statistics(paths: list[str], geometry: Geometry, seed: int = 0) -> np.ndarray:
     """float [N, 3]: brightness, aspect ratio and megapixels of up to IMAGE_SAMPLE photos of
-    ``paths`` (a seeded sample; unreadable ones left out)."""
+    ``paths`` (a seeded sample; unreadable ones left out).
+
+    Raises:
+        train.stop.Stopped: a stop was requested (checked before each photo).
+    """
     rng = random.Random(seed)
     sample = rng.sample(paths, min(len(paths), IMAGE_SAMPLE))
     rows = []
-    for path in sample:
+    for path in stop.checked(sample):
         try:
             with open(path, "rb") as f:
                 body = f.read()

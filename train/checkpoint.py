@@ -31,13 +31,18 @@ KEEP = 2  # newest checkpoints kept; older ones are deleted after a successful w
 UNREADABLE_SUFFIX = ".unreadable"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], what: str = "file") -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], what: str = "file",
+                 before_replace: Callable[[Path], None] | None = None) -> None:
     """Write ``path`` through ``write(temporary path)``, fsync and rename, so a crash or a full
     disk leaves the previous file (or none), never half of one. The temporary name keeps the
-    final suffix (torch.export wants ``.pt2``) and starts with a dot.
+    final suffix (torch.export wants ``.pt2``) and starts with a dot; it is removed when
+    anything fails. ``before_replace(temporary path)`` runs once the new file is complete on
+    disk, just before it takes the place of ``path``.
 
     Raises:
-        TrainingError: the disk is full or not writable (the previous file at ``path`` stays).
+        TrainingError: anything ``write``, the fsync, ``before_replace`` or the rename raised (a
+            full disk, permissions; torch's writers raise RuntimeError for a full disk), named
+            in the message; the previous file at ``path`` stays.
     """
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
@@ -46,12 +51,33 @@ def atomic_write(path: Path, write: Callable[[Path], None], what: str = "file") 
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        cause = "no space left on the device" if exc.errno == errno.ENOSPC else str(exc)
-        raise TrainingError(f"cannot write {what} {path}: {cause}; earlier files are "
-                            f"kept") from exc
+    except Exception as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the cause to report is the first failure
+            pass
+        raise TrainingError(f"cannot write {what} {path}: {failure_cause(exc)}; earlier files "
+                            f"are kept") from exc
+
+
+def failure_cause(exc: BaseException) -> str:
+    """What made a write fail, in a few words: "no space left on the device" when an OSError
+    with ENOSPC (or EDQUOT) is ``exc`` or in its chain (torch's writers raise a RuntimeError
+    during handling of the OSError), else the exception's type and first line."""
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in seen:
+        seen.append(e)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return "no space left on the device"
+        if isinstance(e, OSError) and e.errno == errno.EDQUOT:
+            return "disk quota exceeded"
+        e = e.__cause__ or e.__context__
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else 'no message'}"
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -33,7 +33,7 @@ from torch import nn
 
 from serve.decode import Geometry
 from train import artifact, baseline, checkpoint, data, metrics, model as model_lib, outputs
-from train import precision, quantize, stop
+from train import post_training, precision, quantize, stop
 from train.debugger import Debugger
 from train.errors import TrainingError, write_failure
 
@@ -187,6 +187,7 @@ class Trainer:
         self.epoch, self.step, self.acc = 0, 0, _new_accumulators()
         self.saved: tuple[int, int] | None = None
         self.artifact_written = False  # finish() wrote the complete model
+        self.post_training: dict = {}  # the last artifact's manifest section of that name
         self.best = {"valid_loss": math.inf, "epoch": -1}
         self.best_state: dict | None = None
         self.skipped = 0
@@ -349,7 +350,7 @@ class Trainer:
         done = len(self.history)
         complete = done >= self.hp["epochs"]
         if self.artifact_written:
-            return f"model written from epoch {self.best['epoch']}"
+            return f"model written from epoch {self.best['epoch']}{self._complete_note()}"
         if self.best_state is not None:
             weights, source = self.best_state, f"epoch {self.best['epoch']}"
         elif done or self.step:
@@ -372,7 +373,16 @@ class Trainer:
             self.write_artifact(weights, self._summary({}), training)
         except TrainingError as exc:
             return f"model not written ({exc})"
-        return f"model written from {source}"
+        return f"model written from {source}" + (self._complete_note() if complete else "")
+
+    def _complete_note(self) -> str:
+        """What the failure reason adds for a model of the whole training: that it is complete,
+        and the post-training passes the stop cut."""
+        cut = post_training.skipped(self.post_training)
+        if not cut:
+            return " (training complete)"
+        return (f" (training complete; post-training passes skipped: {', '.join(cut)}: "
+                f"{'; '.join(post_training.WITHOUT[name] for name in cut)})")
 
     # ---------------------------------------------------------------- epochs
     def _forward(self, images: torch.Tensor, labels: torch.Tensor):
@@ -587,53 +597,65 @@ class Trainer:
         return summary
 
     def write_artifact(self, weights: dict, summary: dict, training: dict | None = None,
-                       precisions_on: str | None = None) -> Path:
-        """Export ``weights`` (a state_dict of this arch) as the model artifact; returns the
-        manifest's path. With ``precisions_on`` (a split), an int8 program is calibrated and
-        written beside it (train/quantize.py; with int8-calibration-images > 0), and the
-        programs are evaluated there in each serving precision first (train/precision.py); a
-        failure of either is logged and the manifest goes without.
+                       passes_on: str | None = None) -> Path:
+        """Export ``weights`` (a state_dict of this arch) as a complete fp32 artifact; returns
+        the manifest's path. With ``passes_on`` (a split), the post-training passes then add to
+        it (train/post_training.py): an int8 program (with int8-calibration-images > 0), the
+        serving precisions measured on that split, and the drift baseline. A pass that fails is
+        logged and recorded; a stop ends them, and the manifest says which did not run.
 
         Raises:
             TrainingError: the artifact cannot be written (disk full, permissions).
         """
         plain = model_lib.build(self.hp["arch"], len(self.classes))
         plain.load_state_dict({k: v.cpu() for k, v in weights.items()})
-
-        def evaluate(program: Path) -> dict:
-            sections = {}
-            int8_program = None
-            if self.hp["int8-calibration-images"]:
-                try:
-                    int8_program = quantize.write(program.parent, quantize.quantize(
-                        plain, quantize.calibration_batches(
-                            self._calibration_dataset(), self.hp["int8-calibration-images"],
-                            self.hp["batch-size"]),
-                        self.pre.crop, artifact.MAX_BATCH))
-                except Exception:  # noqa: BLE001 - an fp32 and bf16 model is still a model
-                    logger.exception("int8 program not written; serve will not offer int8")
-            try:
-                sections["precisions"] = precision.evaluate(
-                    program, self._unsharded(precisions_on), self.device, precisions_on,
-                    int8_program)
-            except Exception:  # noqa: BLE001 - the model matters more than its precision table
-                logger.exception("serving precisions not measured; serve will use fp32")
-            try:
-                predictions, confidences = baseline.valid_outputs(
-                    program, self._unsharded("valid"), self.device)
-                sections["baseline"] = baseline.compute(
-                    predictions, confidences, len(self.classes),
-                    [path for path, _ in self.datasets["train"].samples],
-                    Geometry(self.pre.resize, self.pre.crop), self.hp["seed"])
-            except Exception:  # noqa: BLE001 - likewise: the endpoint then reports no drift
-                logger.exception("drift baseline not written; the endpoint will score no drift")
-            return sections
-
-        manifest = artifact.write(Path(self.job.model_dir), plain, self.hp["arch"], self.classes,
-                                  self.pre, self.job.job_name, summary, self.hp, training,
-                                  evaluate if precisions_on else None)
-        logger.info("model artifact written: %s", manifest.parent)
+        model_dir = Path(self.job.model_dir)
+        passes = self._post_training_passes(plain, passes_on) if passes_on else {}
+        off = ({"int8_calibration": "int8-calibration-images=0"}
+               if passes_on and not self.hp["int8-calibration-images"] else {})
+        self.post_training = post_training.plan(
+            passes, off, f"stopped by {stop.signal_name()}" if stop.requested() else None)
+        manifest = artifact.write(model_dir, plain, self.hp["arch"], self.classes, self.pre,
+                                  self.job.job_name, summary, self.hp, training,
+                                  {"post_training": self.post_training})
+        logger.info("model artifact written: %s", model_dir)
+        post_training.run(model_dir, self.post_training, passes)
         return manifest
+
+    def _post_training_passes(self, plain: nn.Module, split: str) -> dict:
+        """The post-training passes over the artifact of ``plain`` (train/post_training.py),
+        name -> pass; each iterates its batches through ``stop.checked``."""
+        program = Path(self.job.model_dir) / artifact.PROGRAM
+        int8_program: Path | None = None
+
+        def int8_calibration() -> tuple[dict, dict]:
+            nonlocal int8_program
+            batches = quantize.calibration_batches(
+                self._calibration_dataset(), self.hp["int8-calibration-images"],
+                self.hp["batch-size"])
+            path = quantize.write(program.parent, quantize.quantize(
+                plain, stop.checked(batches), self.pre.crop, artifact.MAX_BATCH))
+            int8_program = path
+            return {}, {"program": path.name, "program_sha256": artifact.file_sha256(path)}
+
+        def precisions() -> tuple[dict, dict]:
+            return {"precisions": precision.evaluate(
+                program, stop.checked(self._unsharded(split)), self.device, split,
+                int8_program)}, {}
+
+        def drift_baseline() -> tuple[dict, dict]:
+            predictions, confidences = baseline.valid_outputs(
+                program, stop.checked(self._unsharded("valid")), self.device)
+            return {"baseline": baseline.compute(
+                predictions, confidences, len(self.classes),
+                [path for path, _ in self.datasets["train"].samples],
+                Geometry(self.pre.resize, self.pre.crop), self.hp["seed"])}, {}
+
+        passes = {"int8_calibration": int8_calibration, "precisions": precisions,
+                  "baseline": drift_baseline}
+        if not self.hp["int8-calibration-images"]:
+            del passes["int8_calibration"]
+        return passes
 
     def _calibration_dataset(self) -> data.ChannelDataset:
         """The train channel's photos under the evaluation transform and decoding (no
@@ -653,8 +675,8 @@ class Trainer:
 
     def finish(self) -> None:
         """Evaluate the best weights on test (or valid), log the final line, and on rank 0 write
-        the artifact, then the reports (a failure in a report is logged; the job keeps its
-        model).
+        the artifact, then its post-training passes (unless a stop came first: it ends them) and
+        the reports (a failure in a pass or a report is logged; the job keeps its model).
 
         Raises:
             _Stop: every rank agreed to stop during the final evaluation.
@@ -672,7 +694,7 @@ class Trainer:
                             {"complete": True, "epochs": self.hp["epochs"],
                              "epochs_completed": len(self.history),
                              "weights_from": f"epoch {self.best['epoch']}"},
-                            precisions_on=None if stop.requested() else split)
+                            passes_on=None if stop.requested() else split)
         self.artifact_written = True
         if stop.requested():
             return  # run() reports the stop; the reports are what a stop may skip

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from serve.precision import import_x86_quantizer
-from train.artifact import INT8_PROGRAM
-from train.checkpoint import atomic_write
+from train.artifact import INT8_PROGRAM, save_program
 from train.data import skip_collate
 
 logger = logging.getLogger(__name__)
@@ -92,8 +91,9 @@ def write(model_dir: Path, program: torch.export.ExportedProgram) -> Path:
     """Save ``program`` as ``model_dir/model-int8.pt2`` (atomically); returns its path.
 
     Raises:
-        TrainingError: it cannot be written (disk full, permissions).
+        TrainingError: it cannot be written (disk full, permissions), naming the cause; no
+            temporary file is left.
     """
     path = Path(model_dir) / INT8_PROGRAM
-    atomic_write(path, lambda p: torch.export.save(program, str(p)), "the int8 program")
+    save_program(program, path, "the int8 program")
     return path

@@ -11,7 +11,10 @@ steps (``requested()``): the current step finishes, a checkpoint and a model are
 job fails with a reason that says so. A watchdog bounds the whole stop: ``STOP_DEADLINE_S``
 after the first signal it writes the failure file and ends the process, so a stop that hangs
 (a stuck data loader, a slow disk) still ends before SIGKILL, keeping what was written
-atomically before it. This module imports nothing heavy: the entry program installs it first.
+atomically before it. Work that a stop may cut short (the optional passes after the model is
+written, train/post_training.py) iterates through ``checked()``, which raises ``Stopped`` at
+the next item once a stop is requested. This module imports nothing heavy: the entry program
+installs it first.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,30 @@ def signal_name() -> str | None:
 def seconds_since() -> float:
     """Seconds since the stop was requested (0.0 before one)."""
     return 0.0 if _state.at is None else time.monotonic() - _state.at
+
+
+class Stopped(Exception):
+    """A stop was requested while work iterated through ``checked()``: that work is abandoned."""
+
+
+class _Checked:
+    def __init__(self, iterable: Iterable):
+        self.iterable = iterable
+
+    def __iter__(self) -> Iterator:
+        if requested():
+            raise Stopped(f"stopped by {signal_name()}")
+        for item in self.iterable:
+            if requested():
+                raise Stopped(f"stopped by {signal_name()}")
+            yield item
+
+
+def checked(iterable: Iterable) -> Iterable:
+    """``iterable``'s items (re-iterable when ``iterable`` is), but each pass over them raises
+    ``Stopped`` before it starts and before each item once a stop is requested: a pass over
+    batches ends within a batch of the signal."""
+    return _Checked(iterable)
 
 
 def request(name: str = "SIGTERM") -> None:

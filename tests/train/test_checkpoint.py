@@ -1,10 +1,12 @@
 """Checkpoints are atomic: a full disk or a cut-off file never costs the last good one."""
 
 import errno
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import full_disk
 from train import checkpoint
 from train.errors import TrainingError
 
@@ -79,3 +81,39 @@ def test_generators_round_trip_through_a_weights_only_checkpoint(tmp_path):
     state = torch.load(tmp_path / "s.pt", weights_only=True)
     checkpoint.set_rng_state(state["rng"], cuda=False)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_a_write_that_fails_with_any_error_leaves_no_temporary_file(tmp_path):
+    """torch.save on a full disk raises RuntimeError during handling of the OSError: the cause
+    is found in the chain, the temporary file removed and the previous file kept."""
+    path = tmp_path / "epoch-0001.pt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def torch_save_on_a_full_disk(tmp: Path) -> None:
+        tmp.write_bytes(b"half a checkpoint")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos")
+
+    with pytest.raises(TrainingError, match="cannot write checkpoint .*epoch-0001.pt: no space "
+                                            "left on the device; earlier files are kept"):
+        checkpoint.atomic_write(path, torch_save_on_a_full_disk, "checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.pt"]
+    assert path.read_bytes() == b"the previous checkpoint"
+
+    def broken(tmp: Path) -> None:
+        tmp.write_bytes(b"x")
+        raise ValueError("a writer bug")
+
+    with pytest.raises(TrainingError, match="ValueError: a writer bug"):
+        checkpoint.atomic_write(path, broken, "checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.pt"]
+
+
+def test_a_real_full_disk_fails_a_checkpoint_with_the_cause_and_no_temporary_file(tmp_path):
+    state = {"model": torch.zeros(1 << 19)}  # 2 MiB on a 1 MiB disk
+    with full_disk(tmp_path):
+        with pytest.raises(TrainingError, match="no space left on the device"):
+            checkpoint.save(tmp_path, 1, state)
+        assert list(tmp_path.iterdir()) == []
