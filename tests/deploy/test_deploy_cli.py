@@ -364,7 +364,7 @@ def test_deploy_without_a_model_is_one_line(aws, capsys):
 def test_data_uploads_once_and_prints_uris(aws, capsys, tmp_path):
     from tools.datasets import write_digits
 
-    src = write_digits(tmp_path / "digits", image_size=8, per_class=5)
+    src = write_digits(tmp_path / "digits", image_size=8, per_class=6)
     files = sorted(p for p in src.rglob("*.jpg"))
     code, out, err = run(capsys, "data", "--source", str(src))
     assert code == 0, err
@@ -463,7 +463,7 @@ def test_local_builds_local_session_train_and_deploy(capsys, monkeypatch, tmp_pa
     from sagemaker.model import Model
     from tools.datasets import write_digits
 
-    data = write_digits(tmp_path / "digits", image_size=8, per_class=3)
+    data = write_digits(tmp_path / "digits", image_size=8, per_class=6)
     seen = {}
 
     def fit(self, inputs, job_name=None, **kw):

@@ -52,6 +52,20 @@ def test_empty_hidden_and_macos_folders_are_skipped_with_one_warning_each(tmp_pa
     ]
 
 
+def test_the_datasets_read_the_photos_the_tools_count(tmp_path):
+    """A hidden ``._`` file beside the photos is no photo for the job, as for the tools."""
+    from tools.datasets import count_images
+
+    train = channel(tmp_path / "train", {"001.Affenpinscher": 3, "002.Afghan_hound": 2})
+    channel(tmp_path / "valid", {"001.Affenpinscher": 1, "002.Afghan_hound": 1})
+    (train / "001.Affenpinscher" / "._0.jpg").write_bytes(b"\0\5\26\7")
+    channels = {s: str(tmp_path / s) for s in ("train", "valid")}
+    classes = data.discover_classes(channels)
+    built = data.build_datasets(channels, classes, data.Preprocess.for_size(32), 0.5, 0, 0)
+    assert {s: len(ds) for s, ds in built.items()} == {
+        s: n for s, (_, n) in count_images(tmp_path).items()} == {"train": 5, "valid": 2}
+
+
 def test_a_channel_whose_folders_are_all_skipped_fails_naming_the_channel(tmp_path):
     train = channel(tmp_path / "train", {"001.Affenpinscher": 2, "002.Afghan_hound": 2})
     valid = tmp_path / "valid"
