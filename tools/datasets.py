@@ -16,8 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from train import layout  # the training job's rule for class folders (standard library only)
+
 SPLITS = ("train", "valid", "test")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 # The one recipe for the digits set (write_digits, 32 px): the tests' trained model, the demo's
 # offline fallback and container/local_test/train_local.sh; resnet18 from scratch, at a learning
@@ -38,39 +39,96 @@ class DatasetError(RuntimeError):
     """A data set could not be fetched, or is not what it should be."""
 
 
-def count_images(root: Path) -> dict[str, tuple[int, int]]:
-    """Return ``{split: (classes, images)}`` for each split folder present under ``root``."""
-    counts = {}
+def warn(message: str) -> None:
+    """The tools' warnings: one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def read_tree(root: Path, say=warn) -> dict[str, dict[str, list[Path]]]:
+    """The data set under ``root``: ``{split: {class folder name: [photo paths, sorted]}}`` for
+    each split folder present. Class folders and photos follow train/layout.py, the training
+    job's own rule: hidden folders, ``__MACOSX`` and folders without photos are skipped, and
+    each split's skipped folders are named in one ``say`` line (stderr by default).
+
+    Raises:
+        OSError: a folder cannot be listed.
+    """
+    tree = {}
     for split in SPLITS:
         split_dir = Path(root) / split
         if not split_dir.is_dir():
             continue
-        classes = [d for d in split_dir.iterdir() if d.is_dir()]
-        images = sum(
-            1 for d in classes for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
-        )
-        counts[split] = (len(classes), images)
-    return counts
+        found = layout.class_folders(split_dir)
+        if found.skipped:
+            say(found.warning())
+        tree[split] = {c: layout.photos(split_dir / c) for c in found.classes}
+    return tree
 
 
-def subset(src: Path, dest: Path, per_class: int, seed: int = 0) -> Path:
-    """Copy at most ``per_class`` images of each class of each split from ``src`` to ``dest``
-    (chosen with ``random.Random(seed)``), keeping the layout. An existing ``dest`` is replaced.
+def count_images(root: Path, say=warn) -> dict[str, tuple[int, int]]:
+    """Return ``{split: (classes, images)}`` for each split folder present under ``root``, as
+    the training job counts them (``read_tree``)."""
+    return {split: (len(classes), sum(map(len, classes.values())))
+            for split, classes in read_tree(root, say).items()}
+
+
+def check_apart(src: Path, dest: Path) -> None:
+    """Refuse a ``dest`` that is ``src``, lies inside it or holds it: replacing ``dest`` would
+    delete the source.
+
+    Raises:
+        DatasetError: naming both folders.
+    """
+    a, b = Path(src).resolve(), Path(dest).resolve()
+    if a == b or b.is_relative_to(a) or a.is_relative_to(b):
+        where = "is" if a == b else "is inside" if b.is_relative_to(a) else "holds"
+        raise DatasetError(f"{dest} {where} the source {src}: writing it would delete the "
+                           "source; choose a destination outside it")
+
+
+def replace_dataset(dest: Path) -> None:
+    """Delete ``dest`` before a data set is written there, if it is one already (nothing but
+    split folders); anything else is left as it is.
+
+    Raises:
+        DatasetError: ``dest`` exists and holds something other than train/ valid/ test/.
+    """
+    dest = Path(dest)
+    if not dest.exists():
+        return
+    if dest.is_dir():
+        other = sorted(p.name for p in dest.iterdir() if not (p.is_dir() and p.name in SPLITS))
+    else:
+        other = [dest.name]
+    if other:
+        raise DatasetError(f"{dest} exists and is not a data set (it holds {', '.join(other[:3])}"
+                           f"{' ...' if len(other) > 3 else ''}); choose another destination or "
+                           "remove it")
+    shutil.rmtree(dest)
+
+
+def subset(src: Path, dest: Path, per_class: int, seed: int = 0, say=warn) -> Path:
+    """Copy at most ``per_class`` photos of each class of each split from ``src`` to ``dest``
+    (chosen with ``random.Random(seed)``), keeping the layout; only class folders are copied
+    (``read_tree``: skipped folders are named through ``say``). An existing ``dest`` is
+    replaced if it is a data set (``replace_dataset``).
+
+    Raises:
+        DatasetError: ``dest`` is ``src``, inside it or holds it (``check_apart``), or exists
+            and is not a data set: the source, and anything not a data set, is never deleted.
     """
     src, dest = Path(src), Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
+    check_apart(src, dest)
+    tree = read_tree(src, say)
+    replace_dataset(dest)
     rng = random.Random(seed)
-    for split in SPLITS:
-        if not (src / split).is_dir():
-            continue
-        for class_dir in sorted(d for d in (src / split).iterdir() if d.is_dir()):
-            files = sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    for split, classes in tree.items():
+        for files in classes.values():
             rng.shuffle(files)
-            out = dest / split / class_dir.name
-            out.mkdir(parents=True, exist_ok=True)
             for f in files[:per_class]:
-                shutil.copy2(f, out / f.name)
+                out = dest / split / f.relative_to(src / split)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, out)
     return dest
 
 
@@ -86,22 +144,25 @@ def write_digits(
     ``train/ valid/ test/NNN.digit_D/*.jpg`` (class folders numbered like dogImages').
 
     Args:
-        dest: output folder; replaced if it exists.
+        dest: output folder; replaced if it is a data set (``replace_dataset``).
         image_size: side of each JPEG in pixels (nearest-neighbour upscale of the 8x8 scan).
-        per_class: keep at most this many images per class before the split (None: all).
+        per_class: keep at most this many images per class before the split (None: all); a
+            split a class then has no image for gets no folder of it (below 6, test has none).
         splits: fractions of each class for train, valid and test.
         seed: shuffles each class with ``random.Random(seed)``.
 
     Returns:
         ``dest``.
+
+    Raises:
+        DatasetError: ``dest`` exists and is not a data set.
     """
     from PIL import Image
     from sklearn.datasets import load_digits  # ships its data inside the package
 
     digits = load_digits()
     dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
+    replace_dataset(dest)
     rng = random.Random(seed)
     for label in range(10):
         idx = [i for i, t in enumerate(digits.target) if t == label]
@@ -116,6 +177,8 @@ def write_digits(
             "test": idx[n_train + n_valid :],
         }
         for split, members in parts.items():
+            if not members:  # an empty class folder would be no class (train/layout.py)
+                continue
             out = dest / split / f"{label + 1:03d}.digit_{label}"
             out.mkdir(parents=True, exist_ok=True)
             for i in members:
@@ -131,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("which", choices=["dogs", "digits"])
-    parser.add_argument("dest", type=Path)
-    parser.add_argument("--per-class", type=int, default=None)
+    parser.add_argument("dest", type=Path,
+                        help="where the data set goes; for dogs, the full set is fetched into "
+                             "DEST's parent folder as dogImages/ and DEST is its --per-class "
+                             "copy (e.g. data/dogImages-5)")
+    parser.add_argument("--per-class", type=int, default=None,
+                        help="at most N photos per class and split")
     args = parser.parse_args(argv)
     try:
         if args.which == "digits":
@@ -140,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from tools import dogimages
 
+            full = args.dest.parent / dogimages.FOLDER
+            if args.per_class:
+                try:  # before a 1.1 GB download
+                    check_apart(full, args.dest)
+                except DatasetError as exc:
+                    raise DatasetError(f"{exc} (e.g. {full}-{args.per_class})") from None
             root = dogimages.ensure(args.dest.parent)
             print(subset(root, args.dest, args.per_class) if args.per_class else root)
     except DatasetError as exc:

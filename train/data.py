@@ -1,6 +1,8 @@
 """Channels in torchvision's ImageFolder layout, their transforms and DataLoaders.
 
-Each channel (``train``, ``valid``, optional ``test``) holds ``NNN.Class_name/*.jpg`` folders.
+Each channel (``train``, ``valid``, optional ``test``) holds ``NNN.Class_name/*.jpg`` folders;
+hidden folders, ``__MACOSX`` and folders without photos are skipped with a warning, not classes
+(train/layout.py, the rule the host tools share).
 All channels use the train channel's class-to-index map, so a class missing from ``valid`` does
 not shift the labels; a class in ``valid`` or ``test`` that ``train`` lacks fails the job.
 
@@ -29,6 +31,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from serve.decode import to_rgb
+from train import layout
 from train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -107,8 +110,8 @@ class ChannelDataset(datasets.DatasetFolder):
     def __init__(self, root: str, class_to_idx: dict[str, int], transform, max_per_class: int,
                  seed: int, draft: int | None = None):
         self._fixed = class_to_idx
-        super().__init__(root, loader=functools.partial(load_rgb, draft=draft), extensions=datasets.folder.IMG_EXTENSIONS,
-                         transform=transform, allow_empty=True)
+        super().__init__(root, loader=functools.partial(load_rgb, draft=draft),
+                         is_valid_file=layout.is_photo, transform=transform, allow_empty=True)
         if max_per_class:
             by_class = defaultdict(list)
             for sample in self.samples:
@@ -163,18 +166,18 @@ def skip_collate(batch):
     return images, labels, skipped
 
 
-def _class_folders(root: Path) -> list[str]:
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
 def discover_classes(channels: dict[str, str]) -> list[str]:
     """The class folder names of the ``train`` channel, checked against ``valid`` and ``test``.
+
+    A class folder follows train/layout.py's rule: hidden folders, ``__MACOSX`` and folders with
+    no photos are not classes; each channel's skipped folders are named in one warning line.
 
     Args:
         channels: channel name -> local folder (the toolkit's ``channel_input_dirs``).
 
     Raises:
-        TrainingError: a missing or empty channel, or a class in valid/test that train lacks.
+        TrainingError: a missing or empty channel, one with no photos in any class folder, or a
+            class in valid/test that train lacks.
     """
     for required in ("train", "valid"):
         if required not in channels:
@@ -189,11 +192,19 @@ def discover_classes(channels: dict[str, str]) -> list[str]:
         root = Path(channels[name])
         if not root.is_dir() or not any(root.iterdir()):
             raise TrainingError(f"channel {name!r} at {root} is empty")
-        folders = _class_folders(root)
+        found = layout.class_folders(root)
+        folders = found.classes
+        if not folders and found.skipped:
+            raise TrainingError(
+                f"channel {name!r} has no image files ({', '.join(layout.IMAGE_EXTENSIONS)}) in "
+                f"a class folder at {root}; its folders: {found.describe()}"
+            )
         if not folders:
             raise TrainingError(
                 f"channel {name!r} at {root} has no class folders; expected NNN.Class_name/*.jpg"
             )
+        if found.skipped:
+            logger.warning("channel %s: %s", name, found.warning())
         if name == "train":
             classes = folders
             continue
@@ -232,7 +243,7 @@ def build_datasets(channels: dict[str, str], classes: list[str], pre: Preprocess
                             draft=None if name == "train" else pre.resize)
         if len(ds) == 0:
             raise TrainingError(
-                f"channel {name!r} has no image files ({', '.join(datasets.folder.IMG_EXTENSIONS)})"
+                f"channel {name!r} has no image files ({', '.join(layout.IMAGE_EXTENSIONS)})"
             )
         out[name] = ds
     return out

@@ -123,11 +123,12 @@ def choose_data() -> tuple[Path, dict, str, Path | None]:
     try:
         root = dogimages.ensure(DATA)
         weights = pretrained_weights()
+        # Refused, never deleting dogImages, when DEMO_OUT_DIR's copy would overlap it.
+        subset = datasets.subset(root, OUT / "data" / "dogs", per_class=PER_CLASS)
     except (dogimages.DogImagesUnavailable, Unreachable) as exc:
         return fallback(str(exc))
     except (datasets.DatasetError, FetchError) as exc:
         raise SystemExit(f"demo: {exc}") from None
-    subset = datasets.subset(root, OUT / "data" / "dogs", per_class=PER_CLASS)
     return subset, DOGS, f"dogImages, {PER_CLASS} per breed and split", weights
 
 

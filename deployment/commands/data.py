@@ -1,27 +1,37 @@
-"""``deploy.py data``: the data set into S3, once (re-runs upload only what changed)."""
+"""``deploy.py data``: one data set in S3, exactly: ``s3://BUCKET/PREFIX/data/`` is synced to the
+chosen tree (new and changed photos uploaded, objects not in the tree deleted), so a job never
+trains on what an earlier upload left there."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
-from deployment.settings import SPLITS, Context, UserError, save_state
+from deployment.settings import Context, UserError, save_state
 
 NAME = "data"
-HELP = "fetch dogImages and upload it to S3"
+HELP = "fetch dogImages and sync it to s3://BUCKET/PREFIX/data/"
 JOB_OPTIONS = False
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys per request (S3 API reference)
 
 
 def add_arguments(p) -> None:
     """This verb's options."""
     p.add_argument("--data-dir", help="where dogImages is or goes (default ./data)")
-    p.add_argument("--per-class", type=int, help="upload only N photos per breed and split")
+    p.add_argument("--per-class", type=int, help="upload only N photos per breed and split "
+                   "(a copy beside the set: dogImages-N, SOURCE-N)")
     p.add_argument("--source", help="upload this ImageFolder tree instead of dogImages")
 
+
 def run(ctx: Context, args) -> int:
-    """Fetch dogImages (or take --source), upload train/valid/test to S3, print the URIs."""
+    """Fetch dogImages (or take --source), sync its train/valid/test to S3, print the URIs.
+
+    Raises:
+        UserError: --source lacks train/ or valid/, or one of them has no class folder.
+    """
     from tools import dogimages
-    from tools.datasets import count_images, subset
+    from tools.datasets import read_tree, subset
 
     if args.source:
         root = Path(args.source)
@@ -30,40 +40,84 @@ def run(ctx: Context, args) -> int:
                             "layout (NNN.Breed_name/*.jpg)")
     else:
         root = dogimages.ensure(Path(ctx.get("data_dir")))
-        if args.per_class:
-            root = subset(root, root.parent / f"dogImages-{args.per_class}", args.per_class)
-    for split, (classes, images) in count_images(root).items():
-        print(f"{split}: {classes} classes, {images} images in {root / split}")
+    if args.per_class:
+        root = subset(root, root.parent / f"{root.name}-{args.per_class}", args.per_class)
+    tree = read_tree(root)
+    for split, classes in tree.items():
+        print(f"{split}: {len(classes)} classes, {sum(map(len, classes.values()))} images in "
+              f"{root / split}")
+    for split in ("train", "valid"):
+        if not tree.get(split):  # syncing would delete the data set in S3 for nothing
+            raise UserError(f"{root / split} has no class folder with photos; expected "
+                            "NNN.Breed_name/*.jpg")
     bucket = ctx.bucket()
     key_prefix = f"{ctx.get('prefix').strip('/')}/data"
-    uris = upload_tree(ctx.boto.client("s3"), root, bucket, key_prefix)
-    for split, uri in uris.items():
-        print(f"{split}: {uri}")
+    files = [f for classes in tree.values() for photos in classes.values() for f in photos]
+    sync_tree(ctx.boto.client("s3"), root, files, bucket, key_prefix)
+    for split in (s for s, classes in tree.items() if classes):
+        print(f"{split}: s3://{bucket}/{key_prefix}/{split}")
     save_state(data=f"s3://{bucket}/{key_prefix}")
     print(f"data: s3://{bucket}/{key_prefix} (train with --data s3://{bucket}/{key_prefix})")
     return 0
 
 
-def upload_tree(s3, root: Path, bucket: str, key_prefix: str) -> dict[str, str]:
-    """Upload root/{train,valid,test} under s3://bucket/key_prefix/, skipping objects already
-    there with the same size (re-runnable); progress bar on stderr."""
+def _md5(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+
+
+def _unchanged(path: Path, obj: dict | None) -> bool:
+    """Whether the object ``obj`` (a ListObjectsV2 entry) holds ``path``'s bytes: same size, and
+    same MD5 where the ETag is one (a multipart upload's ETag is not: size only)."""
+    if obj is None or obj["Size"] != path.stat().st_size:
+        return False
+    etag = obj["ETag"].strip('"')
+    return "-" in etag or _md5(path) == etag
+
+
+def sync_tree(s3, root: Path, files: list[Path], bucket: str, key_prefix: str
+              ) -> tuple[int, int, int]:
+    """Make ``s3://bucket/key_prefix/`` hold exactly ``files`` (paths under ``root``, keyed by
+    their path relative to it): upload the new and changed ones (progress bar on stderr), then
+    delete every other object under ``key_prefix/`` (DeleteObjects, 1,000 keys a request).
+    Nothing outside ``key_prefix/`` is listed or touched. Our own code because boto3 has no sync
+    (the AWS CLI's ``s3 sync --delete`` is a separate program, outside deploy.py's session and
+    its one-line errors).
+
+    Returns:
+        ``(uploaded, already there, deleted)`` object counts, also printed.
+
+    Raises:
+        UserError: S3 refused to delete some objects (their key and S3's reason).
+        botocore.exceptions.ClientError, boto3.exceptions.S3UploadFailedError: a failed
+            request (deploy.py prints them as one line).
+    """
     from tqdm import tqdm
 
-    files = [f for s in SPLITS if (root / s).is_dir() for f in sorted((root / s).rglob("*"))
-             if f.is_file()]
     existing = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                              Prefix=key_prefix + "/"):
         for obj in page.get("Contents", []):
-            existing[obj["Key"]] = obj["Size"]
-    todo = [f for f in files
-            if existing.get(f"{key_prefix}/{f.relative_to(root).as_posix()}") != f.stat().st_size]
-    total = sum(f.stat().st_size for f in todo)
+            existing[obj["Key"]] = obj
+    wanted = {f"{key_prefix}/{f.relative_to(root).as_posix()}": f for f in files}
+    todo = {key: f for key, f in wanted.items() if not _unchanged(f, existing.get(key))}
+    total = sum(f.stat().st_size for f in todo.values())
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", file=sys.stderr,
               disable=not todo) as bar:
-        for f in todo:
-            s3.upload_file(str(f), bucket, f"{key_prefix}/{f.relative_to(root).as_posix()}",
-                           Callback=bar.update)
-    print(f"uploaded {len(todo)} files ({total / 1e6:.1f} MB), {len(files) - len(todo)} "
-          "already there")
-    return {s: f"s3://{bucket}/{key_prefix}/{s}" for s in SPLITS if (root / s).is_dir()}
+        for key, f in todo.items():
+            s3.upload_file(str(f), bucket, key, Callback=bar.update)
+    # Deleted only once the new set is complete: a failed upload leaves the old objects.
+    stale = sorted(set(existing) - set(wanted))
+    for i in range(0, len(stale), DELETE_BATCH):
+        batch = stale[i:i + DELETE_BATCH]
+        answer = s3.delete_objects(Bucket=bucket, Delete={
+            "Objects": [{"Key": key} for key in batch], "Quiet": True})
+        if answer.get("Errors"):
+            e = answer["Errors"][0]
+            raise UserError(f"S3 did not delete {len(answer['Errors'])} objects, e.g. "
+                            f"s3://{bucket}/{e['Key']}: {e.get('Code')} {e.get('Message')}. "
+                            "Fix: grant s3:DeleteObject on the prefix, or use another --prefix")
+    print(f"uploaded {len(todo)} files ({total / 1e6:.1f} MB), {len(wanted) - len(todo)} "
+          f"already there, deleted {len(stale)} objects not in {root}"
+          + (f" (e.g. s3://{bucket}/{stale[0]})" if stale else ""))
+    return len(todo), len(wanted) - len(todo), len(stale)

@@ -92,3 +92,22 @@ def test_unreachable_data_falls_back_to_digits_and_a_bad_archive_stops(tmp_path,
     with pytest.raises(SystemExit, match=r"^demo: .* is not a zip archive .*check the archive "
                                          r"DOG_IMAGES_URL names$"):
         demo.choose_data()
+
+
+def test_a_demo_copy_that_would_hold_dogimages_stops_and_keeps_it(tmp_path, monkeypatch):
+    """DEMO_DATA_DIR inside DEMO_OUT_DIR/data/dogs: the per-breed copy would have replaced the
+    folder holding dogImages; the demo stops with one line and dogImages is intact."""
+    monkeypatch.setenv("DEMO_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("DEMO_DATA_DIR", str(tmp_path / "out" / "data" / "dogs"))
+    spec = importlib.util.spec_from_file_location("demo", DEMO)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    photo = demo.DATA / "dogImages" / "train" / "001.Affenpinscher" / "a.jpg"
+    photo.parent.mkdir(parents=True)
+    photo.write_bytes(DOG_PHOTOS[0].read_bytes())
+    monkeypatch.setattr(demo.dogimages, "ensure", lambda data: data / "dogImages")
+    monkeypatch.setattr(demo, "pretrained_weights", lambda: None)
+    with pytest.raises(SystemExit, match=r"^demo: .*/out/data/dogs holds the source "
+                                         r".*/dogImages: writing it would delete the source"):
+        demo.choose_data()
+    assert photo.read_bytes() == DOG_PHOTOS[0].read_bytes()
