@@ -1,9 +1,10 @@
 # One image for SageMaker training and hosting: `docker run IMAGE train` / `docker run IMAGE serve`.
 #
 # BASE_IMAGE: an NVIDIA CUDA + cuDNN runtime image. torch's wheels bring their own CUDA 13 user
-# libraries; the base adds the CUDA forward-compatibility libraries (/usr/local/cuda/compat) that
-# container/cuda_compat.py enables on hosts whose driver is older than 580. CI passes a local
-# Debian base (debootstrap), since no image can be pulled there.
+# libraries (CUDA 12 with TORCH_CUDA, below); the base adds the CUDA forward-compatibility
+# libraries (/usr/local/cuda/compat) that container/cuda_compat.py tries on hosts whose driver is
+# of an older branch than theirs. CI passes a local Debian base (debootstrap), since no image can
+# be pulled there.
 ARG BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 FROM ${BASE_IMAGE}
 
@@ -11,6 +12,13 @@ FROM ${BASE_IMAGE}
 # PIP_FIND_LINKS=/wheelhouse (and mount the wheelhouse there). Empty: install from the registry.
 ARG PIP_NO_INDEX=""
 ARG PIP_FIND_LINKS=""
+# TORCH_CUDA: empty installs torch's CUDA 13.2 wheels from the registry (host driver >= 580).
+# A PyTorch wheel index name (cu128) makes a CUDA 12 image for hosts on older drivers (SageMaker
+# training and batch transform, which have no 580 AMI; docs/platform.md): torch and torchvision,
+# at the versions container.txt pins, come from download.pytorch.org/whl/TORCH_CUDA first. Pass a
+# CUDA 12 BASE_IMAGE with it (nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04), for its compat
+# libraries.
+ARG TORCH_CUDA=""
 # ImageNet weights fetched into the image for network-isolated jobs ("" skips: CI has no route
 # to download.pytorch.org).
 ARG PRETRAINED_ARCH=resnet50
@@ -35,6 +43,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ \
         libc6-dev ca-certificates \
  && python3 -m venv /opt/venv \
+ && if [ -n "${TORCH_CUDA}" ]; then \
+      grep -E '^torch(vision)?==' /tmp/requirements/container.txt > /tmp/requirements/torch.txt \
+      && pip install --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" \
+             -r /tmp/requirements/torch.txt; \
+    fi \
  && PIP_NO_INDEX="${PIP_NO_INDEX}" PIP_FIND_LINKS="${PIP_FIND_LINKS}" \
     pip install -r /tmp/requirements/container.txt -c /tmp/requirements/constraints.txt \
  && rm -rf /var/lib/apt/lists/*
@@ -48,6 +61,7 @@ RUN pip install --no-deps /tmp/src \
       python -c "import sys, torchvision; torchvision.models.get_model_weights(sys.argv[1]).DEFAULT.get_state_dict(progress=False, check_hash=True)" "${PRETRAINED_ARCH}"; \
     fi
 
-COPY container/train container/serve container/gpu_check.py container/cuda_compat.py /opt/program/
+COPY container/train container/serve container/gpu_check.py container/cuda_compat.py \
+     container/gpu_hosts.py /opt/program/
 WORKDIR /opt/program
 EXPOSE 8080

@@ -1,13 +1,19 @@
-"""CUDA forward compatibility: use the image's compat driver libraries on older host drivers.
+"""CUDA forward compatibility: use the image's compat driver libraries on an older host driver.
 
 This image's torch is built for CUDA 13, which needs an NVIDIA driver >= 580; SageMaker's GPU
-hosts run older branches (AWS doc "Best practices to minimize interruptions during GPU driver
-upgrades" lists 470, 535 and 550). NVIDIA's CUDA images ship forward-compatibility libraries in
-/usr/local/cuda/compat, and AWS's advice for bring-your-own containers ("Updating the CUDA
-compatibility setup") is an entry step that puts them on LD_LIBRARY_PATH only when the host
-driver is older than theirs. The dynamic loader reads LD_LIBRARY_PATH once at start, so the
-entry program re-executes itself after setting it. Where forward compatibility does not cover
-the GPU or driver, torch still sees no GPU and gpu_check stops the container with the versions.
+hosts run older branches unless an endpoint names an AMI version (container/gpu_hosts.py).
+NVIDIA's CUDA images ship forward-compatibility libraries in /usr/local/cuda/compat, and AWS's
+advice for bring-your-own containers ("Updating the CUDA compatibility setup") is an entry step
+that puts them on LD_LIBRARY_PATH only when the host driver is older than theirs; NVIDIA
+Container Toolkit >= 1.17.4 no longer mounts them itself.
+
+Two rules of ours on top. Branches are compared, not full versions: any driver of the 580 branch
+runs CUDA 13 (minor version compatibility), and compat libraries from a later 580 patch on a
+580 host would only be a mismatch. And the choice is proven before the program commits to it:
+a child process loads the compat libcuda and calls cuInit, since forward compatibility covers
+only some driver branches and data-center GPUs. The dynamic loader reads LD_LIBRARY_PATH once at
+start, so on success the entry program re-executes itself; on failure it carries on with the
+host's driver, and gpu_check stops it with a message that names what was tried.
 """
 
 from __future__ import annotations
@@ -18,45 +24,67 @@ import re
 import subprocess
 import sys
 
+from gpu_check import COMPAT_RESULT, driver_branch, host_driver
+
 COMPAT_DIR = "/usr/local/cuda/compat"
 MARK = "CUDA_COMPAT_CHECKED"
+PROBE_TIMEOUT_S = 60
+# Loads whichever libcuda.so.1 the loader finds first and initialises CUDA (the driver API's
+# first call, the one that fails when a driver cannot serve this GPU or these libraries).
+PROBE = """
+import ctypes, sys
+cuda = ctypes.CDLL("libcuda.so.1")
+rc = cuda.cuInit(0)
+name = ctypes.c_char_p()
+cuda.cuGetErrorName(rc, ctypes.byref(name))
+print(f"cuInit returned {rc} ({(name.value or b'?').decode()})")
+sys.exit(0 if rc == 0 else 1)
+"""
 
 
-def _version(text: str) -> tuple[int, ...]:
-    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
-    return tuple(int(x) for x in match.groups() if x is not None) if match else ()
+def compat_driver_version(compat_dir: str | None = None) -> str:
+    """The driver version of the compat libcuda in ``compat_dir`` (default COMPAT_DIR):
+    libcuda.so.580.65.06 -> "580.65.06"; "" when there is none (a CPU base image)."""
+    versions = [os.path.basename(p)[len("libcuda.so."):]
+                for p in glob.glob(os.path.join(compat_dir or COMPAT_DIR, "libcuda.so.*.*"))]
+    versions = [v for v in versions if re.fullmatch(r"\d+(\.\d+)+", v)]
+    return max(versions, key=lambda v: tuple(int(x) for x in v.split(".")), default="")
 
 
-def host_driver_version() -> tuple[int, ...]:
-    """The host driver's version from nvidia-smi, or () when there is no GPU or tool."""
+def probe(library_path: str) -> tuple[bool, str]:
+    """Run PROBE in a child process with ``library_path`` as LD_LIBRARY_PATH; returns whether
+    cuInit succeeded and the child's last line (or why it did not run), within 60 s."""
+    env = dict(os.environ, LD_LIBRARY_PATH=library_path)
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return _version(out.splitlines()[0]) if out.strip() else ()
-
-
-def compat_driver_version(compat_dir: str = COMPAT_DIR) -> tuple[int, ...]:
-    """The driver version of the compat libcuda (libcuda.so.580.65.06 -> (580, 65, 6))."""
-    libs = glob.glob(os.path.join(compat_dir, "libcuda.so.*.*"))
-    return max((_version(os.path.basename(p)[len("libcuda.so."):]) for p in libs), default=())
+        done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                              text=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"the probe did not run: {exc}"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode == 0, lines[-1] if lines else f"exit status {done.returncode}"
 
 
 def enable_if_needed() -> None:
     """Re-exec this program with the compat libraries first on LD_LIBRARY_PATH when the host
-    driver is older than the compat driver; otherwise return at once (also on CPU hosts)."""
+    driver's branch is older than theirs and a child process could initialise CUDA with them;
+    otherwise return (at once on CPU hosts and on hosts of the same or a newer branch)."""
     if os.environ.get(MARK):
         return
     os.environ[MARK] = "1"
     compat = compat_driver_version()
-    if not compat:
+    host = host_driver()
+    if not compat or not host or driver_branch(host) >= driver_branch(compat):
         return
-    host = host_driver_version()
-    if host and host < compat:
-        paths = [COMPAT_DIR] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
-        os.environ["LD_LIBRARY_PATH"] = ":".join(paths)
-        print(f"host driver {'.'.join(map(str, host))} is older than the image's CUDA "
-              f"compat driver {'.'.join(map(str, compat))}: using {COMPAT_DIR}", file=sys.stderr,
-              flush=True)
-        os.execv(sys.executable, [sys.executable] + sys.argv)
+    paths = [COMPAT_DIR] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
+    ok, detail = probe(":".join(paths))
+    if not ok:
+        os.environ[COMPAT_RESULT] = (f"CUDA forward compatibility ({COMPAT_DIR}, driver "
+                                     f"{compat}) failed on host driver {host}: {detail}")
+        print(f"{os.environ[COMPAT_RESULT]}; not using it", file=sys.stderr, flush=True)
+        return
+    os.environ["LD_LIBRARY_PATH"] = ":".join(paths)
+    os.environ[COMPAT_RESULT] = (f"CUDA forward compatibility ({COMPAT_DIR}, driver {compat}) "
+                                 f"is on over host driver {host}")
+    print(f"host driver {host} is of an older branch than the image's CUDA compat driver "
+          f"{compat}, and {detail}: using {COMPAT_DIR}", file=sys.stderr, flush=True)
+    os.execv(sys.executable, [sys.executable] + sys.argv)

@@ -3,7 +3,7 @@ the predictor, autoscaling, and turning AWS errors into one line with the fix.""
 
 from __future__ import annotations
 
-
+from container import gpu_hosts
 from deployment.settings import SPLITS, Context, UserError
 from train.metrics import METRIC_DEFINITIONS
 
@@ -102,6 +102,21 @@ def debugger_settings(ctx: Context, job_prefix: str) -> dict:
                               system_monitor_interval_millis=500)
     return {"debugger_hook_config": hook, "rules": rules, "profiler_config": profiler,
             "disable_profiler": False}
+
+
+def training_instance_warning(instance_type: str) -> str | None:
+    """Before a training or tuning job, with no AWS call: refuse a GPU instance type the image
+    cannot run on; for the others, the warning that the training fleet's driver is unknown
+    (None on CPU instance types), for the caller to print once the job's inputs are checked.
+
+    Raises:
+        UserError: a GPU the image has no kernels for, or a GPU family container/gpu_hosts.py
+            does not know.
+    """
+    try:
+        return gpu_hosts.training_warning(instance_type)
+    except gpu_hosts.HostError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def make_estimator(ctx: Context, args, hyperparameters: dict, *, session=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from container import gpu_hosts
 from deployment.aws import configure_autoscaling, endpoint_status, make_predictor_cls
 from deployment.settings import Context, UserError, load_state, save_state, timestamp
 
@@ -30,6 +31,11 @@ def add_arguments(p) -> None:
     p.add_argument("--capture", type=int, metavar="PERCENT",
                    help="capture this share of requests to S3 (SageMaker data capture; off by "
                         "default)")
+    p.add_argument("--inference-ami-version", default="auto", metavar="AMI",
+                   help="the endpoint's InferenceAmiVersion (its NVIDIA driver); auto (default): "
+                        f"{gpu_hosts.choose_ami('ml.g5.xlarge')} on GPU instance types, none on "
+                        "CPU types and serverless; known: "
+                        f"{', '.join(gpu_hosts.INFERENCE_AMIS)}")
     p.add_argument("--no-wait", dest="wait", action="store_false")
 
 def model_data_uri(ctx: Context, args) -> str:
@@ -68,6 +74,45 @@ def data_capture(ctx: Context, endpoint: str, percent: int):
                              capture_options=["REQUEST"])
 
 
+def inference_ami(instance_type: str | None, requested: str) -> str | None:
+    """The InferenceAmiVersion for the endpoint's variant (None on CPU types and serverless),
+    decided from container/gpu_hosts.py's table alone: no AWS call, no credentials.
+
+    Raises:
+        UserError: an instance type or AMI the image cannot run on (one line with the fix).
+    """
+    try:
+        return gpu_hosts.choose_ami(instance_type, requested)
+    except gpu_hosts.HostError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def update_endpoint(ctx: Context, endpoint: str, model, kwargs: dict, ami: str | None,
+                    wait: bool) -> None:
+    """Put ``model`` behind ``endpoint`` through a new endpoint config that copies the current
+    one (async output, KMS key, and data capture unless --capture is given) with a new
+    production variant. The SDK's Predictor.update_endpoint builds that variant without
+    InferenceAmiVersion, which would put a GPU endpoint back on its default driver."""
+    from sagemaker import production_variant
+    from sagemaker.utils import name_from_base
+
+    serverless = kwargs.get("serverless_inference_config")
+    capture = kwargs.get("data_capture_config")
+    variant = production_variant(
+        model.name, kwargs.get("instance_type"), kwargs.get("initial_instance_count"),
+        serverless_inference_config=serverless._to_request_dict() if serverless else None,
+        container_startup_health_check_timeout=kwargs.get(
+            "container_startup_health_check_timeout"),
+        inference_ami_version=ami)
+    current = ctx.session.sagemaker_client.describe_endpoint(
+        EndpointName=endpoint)["EndpointConfigName"]
+    config = name_from_base(endpoint)
+    ctx.session.create_endpoint_config_from_existing(
+        current, config, new_production_variants=[variant],
+        new_data_capture_config_dict=capture._to_request_dict() if capture else None)
+    ctx.session.update_endpoint(endpoint, config, wait=wait)
+
+
 def run(ctx: Context, args) -> int:
     """Create (or with --update, replace the model of) a real-time, serverless or
     asynchronous endpoint; re-running on an existing endpoint changes nothing."""
@@ -75,6 +120,10 @@ def run(ctx: Context, args) -> int:
     from sagemaker.model import Model
     from sagemaker.serverless import ServerlessInferenceConfig
 
+    if args.serverless and args.asynchronous:
+        raise UserError("--serverless and --async exclude each other: pick one")
+    instance_type = None if args.serverless else ctx.get("endpoint_instance_type")
+    ami = inference_ami(instance_type, args.inference_ami_version)
     endpoint = ctx.get("endpoint")
     sm = ctx.session.sagemaker_client
     status = endpoint_status(sm, endpoint)
@@ -82,8 +131,6 @@ def run(ctx: Context, args) -> int:
         print(f"endpoint {endpoint} already exists ({status}); nothing done. Pass --update to "
               "put the new model behind it, or run python deploy.py delete first")
         return 0
-    if args.serverless and args.asynchronous:
-        raise UserError("--serverless and --async exclude each other: pick one")
     model_data = model_data_uri(ctx, args)
     # serve's metrics carry the endpoint's name: SageMaker does not tell a container its name.
     env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60", "SERVE_ENDPOINT_NAME": endpoint,
@@ -98,27 +145,25 @@ def run(ctx: Context, args) -> int:
         kwargs["serverless_inference_config"] = ServerlessInferenceConfig(
             memory_size_in_mb=args.memory_mb, max_concurrency=args.max_concurrency)
     else:
-        kwargs.update(initial_instance_count=args.instance_count,
-                      instance_type=ctx.get("endpoint_instance_type"),
+        kwargs.update(initial_instance_count=args.instance_count, instance_type=instance_type,
                       container_startup_health_check_timeout=args.startup_timeout)
         if args.asynchronous:
             kwargs["async_inference_config"] = AsyncInferenceConfig(
                 output_path=f"{ctx.s3_prefix()}/async-output/{endpoint}")
     if args.capture is not None:
         kwargs["data_capture_config"] = data_capture(ctx, endpoint, args.capture)
+    on_ami = f", InferenceAmiVersion {ami}" if ami else ""
     if status:
         model.create(instance_type=kwargs.get("instance_type"),
                      serverless_inference_config=kwargs.get("serverless_inference_config"))
-        predictor = make_predictor_cls()(endpoint, sagemaker_session=ctx.session)
-        predictor.update_endpoint(model_name=name, instance_type=kwargs.get("instance_type"),
-                                  initial_instance_count=kwargs.get("initial_instance_count"),
-                                  wait=args.wait)
-        print(f"updated endpoint {endpoint} to model {name} ({model_data})")
+        update_endpoint(ctx, endpoint, model, kwargs, ami, args.wait)
+        print(f"updated endpoint {endpoint} to model {name} ({model_data}{on_ami})")
     else:
-        predictor = model.deploy(endpoint_name=endpoint, wait=args.wait, **kwargs)
+        predictor = model.deploy(endpoint_name=endpoint, wait=args.wait,
+                                 inference_ami_version=ami, **kwargs)
         kind = ("serverless" if args.serverless else "asynchronous" if args.asynchronous
                 else f"{args.instance_count} x {kwargs['instance_type']}")
-        print(f"created model {name}, endpoint config and endpoint {endpoint} ({kind}) "
+        print(f"created model {name}, endpoint config and endpoint {endpoint} ({kind}{on_ami}) "
               f"from {model_data}")
         assert predictor is not None, "Model.deploy returns a Predictor with predictor_cls"
     save_state(endpoint=endpoint, model=name)

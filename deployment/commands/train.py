@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from deployment.aws import data_channels, make_estimator
+import sys
+
+from deployment.aws import data_channels, make_estimator, training_instance_warning
 from deployment.commands.tune import best_hyperparameters
 from deployment.hyperparameters import parse_hyperparameters
 from deployment.settings import Context, save_state, timestamp
@@ -21,6 +23,7 @@ def add_arguments(p) -> None:
 
 def run(ctx: Context, args) -> int:
     """Start one training job (managed spot with checkpoints unless --no-spot)."""
+    warning = training_instance_warning(ctx.get("instance_type"))
     hyperparameters = {}
     tuning_job = args.tuning_job
     if tuning_job:
@@ -31,6 +34,8 @@ def run(ctx: Context, args) -> int:
     name = args.job_name or f"dog-breeds-{timestamp()}"
     checkpoints = f"{ctx.s3_prefix()}/checkpoints/{name}" if args.spot else None
     estimator = make_estimator(ctx, args, hyperparameters, checkpoints=checkpoints)
+    if warning:
+        print(warning, file=sys.stderr)
     estimator.fit(data_channels(ctx, args.data, args.pretrained), job_name=name,
                   wait=args.wait, logs="All" if args.wait else "None")
     save_state(training_job=name)

@@ -3,7 +3,9 @@ and weight decay, with spot instances and early stopping, and its results table.
 
 from __future__ import annotations
 
-from deployment.aws import data_channels, make_estimator, print_table
+import sys
+
+from deployment.aws import data_channels, make_estimator, print_table, training_instance_warning
 from deployment.hyperparameters import parse_hyperparameters
 from deployment.settings import Context, UserError, save_state, timestamp
 from train.metrics import METRIC_DEFINITIONS, OBJECTIVES
@@ -76,12 +78,15 @@ def run(ctx: Context, args) -> int:
 
     if args.attach:
         return print_tuning_results(ctx.session.sagemaker_client, args.attach)
+    warning = training_instance_warning(ctx.get("instance_type"))
     ranges = hyperparameter_ranges(args)
     static = parse_hyperparameters(args.hp)
     clash = set(static) & set(ranges)
     if clash:
         raise UserError(f"--hp {', '.join(sorted(clash))}: tuned, so cannot be fixed as well")
     estimator = make_estimator(ctx, args, static)
+    if warning:
+        print(warning, file=sys.stderr)
     tuner = HyperparameterTuner(
         estimator,
         objective_metric_name=args.objective,

@@ -284,6 +284,7 @@ def test_deploy_real_time_with_autoscaling_then_delete_twice(aws, capsys):
     assert variant["InstanceType"] == "ml.m5.xlarge"
     assert variant["InitialInstanceCount"] == 1
     assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 900
+    assert "InferenceAmiVersion" not in variant  # a CPU instance type gets SageMaker's default
     endpoint = aws.one("CreateEndpoint")
     assert endpoint["EndpointName"] == "dogs-ep"
     assert endpoint["EndpointConfigName"] == config["EndpointConfigName"]
@@ -314,7 +315,7 @@ def test_deploy_serverless_and_async(aws, capsys):
     assert code == 0, err
     (variant,) = aws.one("CreateEndpointConfig")["ProductionVariants"]
     assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 5}
-    assert "InstanceType" not in variant
+    assert "InstanceType" not in variant and "InferenceAmiVersion" not in variant
     code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
                        "--endpoint", "dogs-async", "--async",
                        "--instance-type", "ml.g4dn.xlarge")  # moto's enum lacks ml.g5
@@ -697,3 +698,130 @@ def test_deploy_with_data_capture_names_the_endpoint_and_delete_removes_monitori
     code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
                          "--endpoint", "other", "--capture", "0")
     assert code == 1 and "--capture 0: a percentage of requests from 1 to 100" in err
+
+
+# ------------------------------------------------------------------------- GPU hosts and AMIs
+AMI_580 = "al2023-ami-sagemaker-inference-gpu-4-1"
+
+
+@pytest.fixture
+def gpu_enum(monkeypatch):
+    """moto 5.2.5 knows five endpoint instance types (no ml.g5): check against botocore's own
+    ProductionVariantInstanceType enum instead."""
+    from moto.sagemaker.models import FakeEndpointConfig
+
+    shape = boto3.client("sagemaker", region_name=REGION).meta.service_model.shape_for(
+        "ProductionVariantInstanceType")
+
+    def validate_instance_type(self, instance_type):
+        assert instance_type in shape.enum, instance_type
+
+    monkeypatch.setattr(FakeEndpointConfig, "validate_instance_type", validate_instance_type)
+
+
+def test_deploy_on_the_default_gpu_instance_type_picks_the_580_driver_ami(aws, gpu_enum, capsys):
+    """ml.g5 runs driver 470 unless the variant names an AMI; torch's CUDA 13 needs 580."""
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                         "--endpoint", "dogs-gpu")
+    assert code == 0, err
+    (variant,) = aws.one("CreateEndpointConfig")["ProductionVariants"]
+    assert variant["InstanceType"] == "ml.g5.xlarge"
+    assert variant["InferenceAmiVersion"] == AMI_580
+    assert f"(1 x ml.g5.xlarge, InferenceAmiVersion {AMI_580})" in out
+
+
+def test_deploy_update_keeps_the_ami_and_the_new_model(aws, gpu_enum, capsys):
+    """The SDK's Predictor.update_endpoint would build the new variant without the AMI."""
+    from botocore.awsrequest import AWSResponse as Response
+
+    def update_endpoint(**_):  # moto 5.2.5 has no UpdateEndpoint
+        return Response("https://sagemaker", 200, {}, None), {
+            "EndpointArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/dogs-gpu"}
+
+    aws.session.events.register("before-call.sagemaker.UpdateEndpoint", update_endpoint)
+    assert run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m1.tar.gz",
+               "--endpoint", "dogs-gpu", "--capture", "5")[0] == 0
+    code, out, err = run(capsys, "deploy", "--no-wait", "--update", "--model-data",
+                         "s3://b/m2.tar.gz", "--endpoint", "dogs-gpu")
+    assert code == 0, err
+    first, second = aws.calls[("sagemaker", "CreateEndpointConfig")]
+    (variant,) = second["ProductionVariants"]
+    new_model = aws.calls[("sagemaker", "CreateModel")][1]["ModelName"]
+    assert variant["ModelName"] == new_model and variant["InstanceType"] == "ml.g5.xlarge"
+    assert variant["InferenceAmiVersion"] == AMI_580
+    assert second["DataCaptureConfig"] == first["DataCaptureConfig"]  # copied from the old one
+    update = aws.one("UpdateEndpoint")
+    assert update == {"EndpointName": "dogs-gpu",
+                      "EndpointConfigName": second["EndpointConfigName"]}
+    assert f"updated endpoint dogs-gpu to model {new_model}" in out
+
+
+REFUSALS = [
+    (["--instance-type", "ml.p3.2xlarge"],
+     "ml.p3.2xlarge has NVIDIA V100 GPUs (compute capability 7.0), for which the image's CUDA 13 "
+     "build of torch has no kernels (sm_75 sm_80 sm_86 sm_90 sm_100 sm_120): pick ml.g4dn, "
+     "ml.g5, ml.p4d, ml.p4de, ml.g6, ml.g6e, ml.p5, ml.p5e, ml.p5en, ml.p6-b200, ml.p6-b300, "
+     "ml.g7e, or a CPU instance type"),
+    (["--instance-type", "ml.g7.2xlarge"],
+     "ml.g7.2xlarge: GPU family g7 is not in container/gpu_hosts.py, so its GPU and driver are "
+     "unknown here: pick ml.g4dn, ml.g5, ml.p4d, ml.p4de, ml.g6, ml.g6e, ml.p5, ml.p5e, ml.p5en, "
+     "ml.p6-b200, ml.p6-b300, ml.g7e, or add it there"),
+    (["--inference-ami-version", "al2-ami-sagemaker-inference-gpu-9"],
+     "--inference-ami-version al2-ami-sagemaker-inference-gpu-9 is not a known "
+     "InferenceAmiVersion (botocore 1.44.5): pass auto or one of "
+     "al2-ami-sagemaker-inference-gpu-2, al2-ami-sagemaker-inference-gpu-2-1, "
+     "al2-ami-sagemaker-inference-gpu-3-1, al2023-ami-sagemaker-inference-gpu-4-1, "
+     "al2-ami-sagemaker-inference-neuron-2"),
+    (["--inference-ami-version", "al2-ami-sagemaker-inference-gpu-3-1"],
+     "--inference-ami-version al2-ami-sagemaker-inference-gpu-3-1 runs NVIDIA driver 550 (CUDA "
+     f"12.4), older than the 580 the image's CUDA 13 needs: pass auto ({AMI_580})"),
+    (["--inference-ami-version", "al2-ami-sagemaker-inference-neuron-2"],
+     "--inference-ami-version al2-ami-sagemaker-inference-neuron-2 is for Inferentia and "
+     "Trainium (Neuron); this image runs on NVIDIA GPUs: pass auto"),
+    (["--instance-type", "ml.m5.xlarge", "--inference-ami-version", AMI_580],
+     f"--inference-ami-version {AMI_580} is for GPU instances and ml.m5.xlarge has no GPU: "
+     "leave the option out"),
+    (["--serverless", "--inference-ami-version", AMI_580],
+     f"--inference-ami-version {AMI_580} is for GPU instances and a serverless endpoint has no "
+     "GPU: leave the option out"),
+]
+
+
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    """No AWS credentials anywhere: any AWS call would end in 'no AWS credentials'."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+
+
+@pytest.mark.parametrize("options, line", REFUSALS)
+def test_an_instance_type_or_ami_the_image_cannot_run_on_is_refused_before_any_aws_call(
+        no_credentials, capsys, options, line):
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       *options)
+    assert (code, err) == (1, f"error: {line}\n")
+
+
+def test_deploy_refusal_reaches_no_aws_even_with_credentials(aws, capsys):
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--instance-type", "ml.p3.2xlarge")
+    assert code == 1 and "no kernels" in err and not aws.calls
+
+
+def test_train_on_a_gpu_warns_of_the_unknown_driver_and_refuses_a_v100(aws, capsys):
+    code, out, err = run(capsys, "train", "--no-wait", "--job-name", "dogs-gpu")
+    assert code == 0, err
+    assert aws.one("CreateTrainingJob")["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
+    (warning,) = err.splitlines()
+    assert warning.startswith("warning: ml.g5.xlarge: SageMaker does not say which NVIDIA "
+                              "driver its training instances run")
+    assert "build argument TORCH_CUDA, docs/platform.md" in warning
+    code, _, err = run(capsys, "train", "--no-wait", "--instance-type", "ml.m5.xlarge")
+    assert code == 0 and err == ""
+    for verb in ("train", "tune"):
+        code, _, err = run(capsys, verb, "--no-wait", "--instance-type", "ml.p3.8xlarge")
+        assert code == 1 and err.startswith("error: ml.p3.8xlarge has NVIDIA V100 GPUs")
+    assert len(aws.calls[("sagemaker", "CreateTrainingJob")]) == 2
+    assert not aws.calls[("sagemaker", "CreateHyperParameterTuningJob")]
