@@ -257,8 +257,8 @@ class Classifier:
         # oneDNN int8 kernels (without them the compiled program runs the reference
         # decomposition, slower than fp32).
         import_x86_quantizer()
-        sha = self.manifest["precisions"]["int8"].get("sha256")
-        return name, sha if isinstance(sha, str) else None, "precisions.int8.sha256"
+        sha = self.manifest["precisions"]["int8"].get("program_sha256")
+        return name, sha if isinstance(sha, str) else None, "precisions.int8.program_sha256"
 
     @torch.inference_mode()
     def forward(self, images: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from serve.model import AUTOCAST
+from train import artifact
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def evaluate(program_path: Path, batches, device: torch.device, split: str,
     Returns:
         ``{"evaluated_on": split, "images": N, "device": "cpu", "fp32": {"top1": 0.96,
         "top5": 1.0, "agreement_with_fp32": 1.0}, "bf16": {...}, "int8": {..., "program":
-        "model-int8.pt2"}}`` (accuracies 0-1).
+        "model-int8.pt2", "program_sha256": "..."}}`` (accuracies 0-1).
     """
     module = torch.export.load(str(program_path)).module().to(device)
     module = module.to(memory_format=torch.channels_last)
@@ -82,8 +83,9 @@ def evaluate(program_path: Path, batches, device: torch.device, split: str,
         agree = int((pred == reference).sum())
         out[precision] = {"top1": top1 / seen, "top5": top5 / seen,
                           "agreement_with_fp32": agree / seen}
-        if precision == "int8":
-            out[precision]["program"] = Path(int8_program).name
+        if precision == "int8":  # serve checks the file against it before loading it
+            out[precision].update(program=Path(int8_program).name,
+                                  program_sha256=artifact.file_sha256(Path(int8_program)))
         out["images"] = seen
     logger.info("serving precisions on %s (%d images): %s", split, out.get("images", 0),
                 ", ".join(f"{p} top-1 {v['top1']:.4f}" for p, v in out.items()
