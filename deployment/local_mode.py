@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 COMPOSE_WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
@@ -80,3 +81,19 @@ def remove_containers(container_root: Path, docker: str = "docker") -> list[str]
     if ids:
         subprocess.run([docker, "rm", "-f", *ids], capture_output=True, text=True)
     return ids
+
+
+def failure_reason(job_dir: Path) -> str | None:
+    """The FailureReason of the local training job whose output.tar.gz is in ``job_dir`` (its
+    ``failure`` file, first 1,024 characters), or None when it has none. The SDK's fit cannot
+    tell: it raises only when docker-compose passes a non-zero exit code on, which compose 1.29
+    does not always do for a container stopped from outside."""
+    archive = Path(job_dir) / "output.tar.gz"
+    if not archive.is_file():
+        return None
+    with tarfile.open(archive) as tar:
+        try:
+            member = tar.extractfile("failure")
+        except KeyError:
+            return None
+        return member.read(1024).decode("utf-8", "replace").strip() if member else None

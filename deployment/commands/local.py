@@ -78,7 +78,17 @@ def _train_deploy_classify(ctx: Context, args, inputs: dict, hyperparameters: di
     estimator.instance_type = args.mode
     # Only the command line's count: deploy.toml's is for SageMaker's instances.
     estimator.instance_count = args.instance_count or 1
-    estimator.fit(inputs, job_name=job_name)
+    failed = None
+    try:
+        estimator.fit(inputs, job_name=job_name)
+    except RuntimeError as exc:  # compose's exit code, when it passes it on
+        failed = exc
+    reason = local_mode.failure_reason(out)
+    if reason is not None:
+        raise UserError(f"the training job failed: {reason} (its model.tar.gz and "
+                        f"output.tar.gz are in {out})") from failed
+    if failed is not None:
+        raise failed
     print(f"trained locally: {estimator.model_data}")
     model = Model(image_uri=image, model_data=estimator.model_data, role=LOCAL_ROLE,
                   predictor_cls=make_predictor_cls(), sagemaker_session=session)

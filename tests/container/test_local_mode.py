@@ -11,6 +11,7 @@ sagemaker-local network and the service.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -273,20 +274,20 @@ def _wait_for_line(root: Path, pattern: str, timeout: float, running) -> str:
 
 def test_local_mode_stopped_job_keeps_checkpoint_and_model_and_a_second_fit_resumes(
         image, digits_dir, sdk_root, tmp_path, capfd):
-    """`podman stop` (SIGTERM, as StopTrainingJob) on the training container mid-job: the SDK's
-    fit fails, model.tar.gz holds the partial model, output.tar.gz the stop's checkpoint; a
-    second fit with that output.tar.gz as its `checkpoints` channel resumes and completes."""
+    """`podman stop` (SIGTERM, as StopTrainingJob) on the training container mid-job: the SDK
+    still packs model.tar.gz, with the partial model, and output.tar.gz, with the failure and
+    the stop's checkpoint; a second fit with that output.tar.gz as its `checkpoints` channel resumes and completes."""
     epochs = 3
     root = sdk_root
     first, second = tmp_path / "first", tmp_path / "second"
-    failed: list[BaseException] = []
 
     def fit():
-        try:
+        # The SDK raises when docker-compose passes the container's exit code (1) on, which
+        # compose 1.29 does only sometimes for a container stopped from outside (its podman
+        # "stop" event can end the wait first: exit 0); the job's output says what happened.
+        with contextlib.suppress(RuntimeError):
             _estimator(_session(root), image, first, epochs=epochs).fit(
                 _channels(digits_dir), job_name="local-mode-stop")
-        except BaseException as exc:  # noqa: BLE001 - the stop must fail the fit
-            failed.append(exc)
 
     thread = threading.Thread(target=fit)
     thread.start()
@@ -295,7 +296,7 @@ def test_local_mode_stopped_job_keeps_checkpoint_and_model_and_a_second_fit_resu
     thread.join(timeout=300)
     assert not thread.is_alive()
     first_log = _keep_log("stop", capfd.readouterr().out)
-    assert failed, "the stopped job's fit did not fail"
+    assert "success" not in _tar_names(first / "output.tar.gz")
     epoch1 = re.search(EPOCH_LINE.format(n=1) + r".*valid_loss=(\S+)", first_log, re.M)
     failure = _tar_text(first / "output.tar.gz", "failure")
     stop = re.match(r"stopped by SIGTERM at epoch (\d), step \d+ of \d+( \(in its validation "

@@ -88,3 +88,60 @@ def test_remove_containers_removes_only_those_under_the_root(tmp_path, monkeypat
 
 def test_remove_containers_without_docker_does_nothing(tmp_path):
     assert local_mode.remove_containers(tmp_path, docker="no-such-docker-command") == []
+
+
+def _output_tar(job_dir, failure: str | None):
+    import io
+    import tarfile
+
+    job_dir.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(job_dir / "output.tar.gz", "w:gz") as tar:
+        members = {"data/metrics.json": b"{}"}
+        if failure is not None:
+            members["failure"] = failure.encode()
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_failure_reason_reads_the_jobs_output(tmp_path):
+    assert local_mode.failure_reason(tmp_path / "none") is None
+    _output_tar(tmp_path / "ok", None)
+    assert local_mode.failure_reason(tmp_path / "ok") is None
+    _output_tar(tmp_path / "stopped", "stopped by SIGTERM at epoch 2, step 1 of 7\n")
+    assert local_mode.failure_reason(tmp_path / "stopped") == \
+        "stopped by SIGTERM at epoch 2, step 1 of 7"
+
+
+@pytest.mark.parametrize("fit_raises", [True, False])
+def test_deploy_py_local_stops_at_a_failed_job_whatever_the_sdks_fit_did(
+        tmp_path, monkeypatch, capsys, user_config, fit_raises):
+    """docker-compose 1.29 passes a stopped container's exit code on only sometimes, so the
+    SDK's fit may raise or return: either way deploy.py reads the job's failure and deploys
+    nothing."""
+    from sagemaker.estimator import Estimator
+    from sagemaker.model import Model
+
+    from deployment.cli import main
+    from tools.datasets import write_digits
+
+    data = write_digits(tmp_path / "digits", image_size=8, per_class=3)
+    reason = "stopped by SIGTERM at epoch 2, step 1 of 7; checkpoint checkpoints/x.pt"
+
+    def fit(self, inputs, job_name=None, **kw):
+        _output_tar(tmp_path / "out" / job_name, reason)
+        if fit_raises:
+            raise RuntimeError("Failed to run: docker-compose ... Process exited with code: 1")
+
+    def deploy(self, **kw):
+        raise AssertionError("a failed job's model was deployed")
+
+    monkeypatch.setattr(Estimator, "fit", fit)
+    monkeypatch.setattr(Model, "deploy", deploy)
+    code = main(["local", "--region", "eu-west-1", "--data-dir", str(data), "--output",
+                 str(tmp_path / "out"), "--job-name", "stopped-job"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"error: the training job failed: {reason}" in err
+    assert str(tmp_path / "out" / "stopped-job") in err
