@@ -8,8 +8,13 @@ IMAGE ?= sagemaker-dog-breeds
 TAG ?= latest
 # Debian packages the tests need: podman (with runc, as crun fails on cgroups on these
 # machines) and debootstrap for the container smoke test's local base image; chromium renders
-# the training report in a test.
-SYSTEM_PACKAGES := podman runc debootstrap uidmap slirp4netns fuse-overlayfs chromium
+# the training report in a test. The SDK's local mode runs docker-compose against podman's
+# service, and its containers find each other by name through CNI's dnsname plugin; it also
+# runs a Docker CLI itself: Debian's docker.io where no docker command is installed
+# (podman-docker's does not do: podman answers `docker context inspect` with [] and the SDK's
+# endpoints fail on it).
+SYSTEM_PACKAGES := podman runc debootstrap uidmap slirp4netns fuse-overlayfs chromium \
+	docker-compose golang-github-containernetworking-plugin-dnsname
 
 .PHONY: venv system-deps test test-fast demo lint image bench clean
 
@@ -24,6 +29,7 @@ $(STAMP): requirements/container.txt requirements/dev.txt requirements/constrain
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v docker >/dev/null || missing="$$missing docker.io"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "install as root: apt-get install$$missing" >&2; exit 1; fi; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \

@@ -13,6 +13,7 @@ whole epochs and SSSSSS training steps of the next one (a stop between two epoch
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -186,3 +187,117 @@ def set_rng_state(state: dict, cuda: bool) -> None:
     torch.set_rng_state(state["torch"])
     if cuda and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------- checkpoints outside checkpoint_s3_uri
+CHANNEL = "checkpoints"  # the input channel that seeds a resumed job's checkpoint folder
+OUTPUT_SUBDIR = "checkpoints"  # under /opt/ml/output/data: where a stop keeps its checkpoint
+
+
+def _copy(read: Callable[[], Any], path: Path) -> None:
+    """Write the stream ``read()`` opens to ``path`` atomically (atomic_write), in chunks."""
+    import shutil
+
+    def write(tmp: Path) -> None:
+        with read() as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    atomic_write(path, write, "checkpoint")
+
+
+def _channel_checkpoints(channel_dir: Path) -> dict[str, Callable[[], Any]]:
+    """Checkpoint name -> opener of its bytes, for every checkpoint in the channel: files with
+    a checkpoint name anywhere under it, and such members of any ``*.tar.gz`` in it (a job's
+    output.tar.gz holds them under ``data/checkpoints/``). Only a member's base name is used, so
+    an archive's paths never leave the checkpoint folder; links and other non-files are skipped.
+    The first one found of a name wins."""
+    import tarfile
+
+    found: dict[str, Callable[[], Any]] = {}
+    for path in sorted(Path(channel_dir).rglob("*")):
+        if not path.is_file():
+            continue
+        if PATTERN.match(path.name):
+            found.setdefault(path.name, lambda p=path: open(p, "rb"))
+        elif path.name.endswith(".tar.gz"):
+            try:
+                with tarfile.open(path, "r:gz") as tar:
+                    members = [m for m in tar.getmembers()
+                               if m.isfile() and PATTERN.match(Path(m.name).name)]
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                logger.warning("checkpoints channel: skipping %s, not a readable tar.gz: %s",
+                               path.name, exc)
+                continue
+            for m in members:
+                found.setdefault(Path(m.name).name,
+                                 lambda a=path, n=m.name: _tar_member(a, n))
+    return found
+
+
+@contextlib.contextmanager
+def _tar_member(archive: Path, member: str):
+    """The bytes of one regular-file ``member`` of the tar.gz ``archive``, as a stream."""
+    import tarfile
+
+    with tarfile.open(archive, "r:gz") as tar:
+        yield tar.extractfile(member)
+
+
+def seed_from_channel(channel_dir: Path, checkpoint_dir: Path) -> list[Path]:
+    """Copy the ``checkpoints`` channel's checkpoints that are newer than every one in
+    ``checkpoint_dir`` into it, so that the job resumes from them (``load_latest``), as a
+    managed spot restart resumes from a synced ``checkpoint_s3_uri``. The channel holds
+    checkpoint files (``epoch-NNNN[-step-SSSSSS].pt`` anywhere under it: a copy of another job's
+    checkpoint_s3_uri prefix) or a stopped job's ``output.tar.gz``, whose
+    ``data/checkpoints/`` holds the stop's checkpoint when its checkpoints were synced nowhere
+    (``keep_in_output``). Checkpoints already in the folder and newer win: a restarted job goes
+    on from its own. Returns the files written, newest first (loading them is ``load_latest``'s
+    job: one that does not load is set aside there).
+
+    Raises:
+        TrainingError: the channel holds no checkpoint, or one cannot be written (a full disk).
+    """
+    found = _channel_checkpoints(Path(channel_dir))
+    if not found:
+        raise TrainingError(
+            f"the {CHANNEL!r} channel holds no checkpoint: give it checkpoint files "
+            f"(epoch-NNNN.pt, epoch-NNNN-step-SSSSSS.pt) or a stopped job's output.tar.gz (its "
+            f"data/{OUTPUT_SUBDIR}/ holds the stop's checkpoint)")
+    present = list_checkpoints(Path(checkpoint_dir))
+    newest = position(present[0]) if present else (-1, -1)
+    written = []
+    for name in sorted(found, key=lambda n: position(Path(n)), reverse=True):
+        if position(Path(name)) <= newest:
+            continue
+        target = Path(checkpoint_dir) / name
+        _copy(found[name], target)
+        written.append(target)
+    if written:
+        logger.info("checkpoints channel: %s copied into %s", ", ".join(p.name for p in written),
+                    checkpoint_dir)
+    else:
+        logger.info("checkpoints channel: %s already holds %s, newer than the channel's %s",
+                    checkpoint_dir, present[0].name, ", ".join(sorted(found)))
+    return written
+
+
+def keep_in_output(checkpoint_dir: Path, output_data_dir: Path) -> Path | None:
+    """Copy the newest checkpoint of ``checkpoint_dir`` into ``output_data_dir/checkpoints/``,
+    which SageMaker packs into output.tar.gz even for a stopped job: for a job whose
+    checkpoint folder is synced nowhere (no ``checkpoint_s3_uri``, or the SDK's local mode,
+    which ignores it), the stop's checkpoint would otherwise be lost with the instance. A
+    following job resumes from it through its ``checkpoints`` channel (``seed_from_channel``).
+    Returns the copy, or None when there is no checkpoint.
+
+    Raises:
+        TrainingError: the copy cannot be written (a full disk); no partial file is left.
+    """
+    present = list_checkpoints(Path(checkpoint_dir))
+    if not present:
+        return None
+    target = Path(output_data_dir) / OUTPUT_SUBDIR / present[0].name
+    _copy(lambda: open(present[0], "rb"), target)
+    logger.info("checkpoints are synced nowhere: %s kept in the job's output (output.tar.gz: "
+                "data/%s/); give it to the next job as its %r channel to resume", present[0].name,
+                OUTPUT_SUBDIR, CHANNEL)
+    return target

@@ -24,12 +24,18 @@ from pathlib import Path
 
 from sagemaker_training import environment
 
-from train import hyperparameters, loop, stop
+from train import checkpoint, hyperparameters, loop, stop
 from train.errors import TrainingError, write_failure
 
 logger = logging.getLogger(__name__)
 
 MASTER_PORT = 29500
+
+
+def _checkpoints_synced(env: environment.Environment) -> bool:
+    """Whether SageMaker syncs the checkpoint folder with S3 (checkpointconfig.json, written
+    for a job with ``checkpoint_s3_uri``); the SDK's local mode never does."""
+    return (Path(env.input_config_dir) / "checkpointconfig.json").is_file()
 
 
 def _checkpoint_dir(env: environment.Environment) -> str:
@@ -112,8 +118,19 @@ def main() -> None:
     install_stop_handler()
     env = environment.Environment()
     job = job_from_environment(env)
+    if checkpoint.CHANNEL in job.channels:
+        checkpoint.seed_from_channel(job.channels[checkpoint.CHANNEL], job.checkpoint_dir)
     nproc = job.hyperparameters["processes-per-host"] or max(env.num_gpus, 1)
-    if nproc * len(env.hosts) > 1:
-        _torchrun(env, job, nproc)
-    else:
-        loop.run(job)
+    try:
+        if nproc * len(env.hosts) > 1:
+            _torchrun(env, job, nproc)
+        else:
+            loop.run(job)
+    except loop.JobStopped:
+        # Rank 0, which writes the checkpoints, runs on the first host (_torchrun's node_rank).
+        if not _checkpoints_synced(env) and env.current_host == sorted(env.hosts)[0]:
+            try:
+                checkpoint.keep_in_output(job.checkpoint_dir, job.output_data_dir)
+            except TrainingError as exc:  # the stop's own reason is the one to report
+                logger.warning("could not keep the checkpoint in the output: %s", exc)
+        raise

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
-from deployment import aws
+from deployment import aws, local_mode
 from deployment.aws import make_estimator, make_predictor_cls, print_table
 from deployment.commands.predict import predict_table
 from deployment.hyperparameters import parse_hyperparameters
@@ -21,51 +23,87 @@ def add_arguments(p) -> None:
     p.add_argument("--image-tag", default=f"{DEFAULT_REPOSITORY}:latest",
                    help="local image (default sagemaker-dog-breeds:latest)")
     p.add_argument("--data-dir", required=True, help="local ImageFolder tree")
-    p.add_argument("--output", default="out/local", help="where model.tar.gz goes")
+    p.add_argument("--output", default="out/local",
+                   help="where each job's model.tar.gz and output.tar.gz go (OUTPUT/JOB/)")
+    p.add_argument("--checkpoints", help="resume: a stopped job's output.tar.gz or a folder of "
+                                         "checkpoints (the job's checkpoints channel)")
+    p.add_argument("--port", type=int, default=8080, help="host port of the local endpoint")
     p.add_argument("--images", nargs="*", help="photos to classify (default tests/data/dogs)")
     p.add_argument("-k", "--top-k", type=int, default=3)
 
 LOCAL_ROLE = "arn:aws:iam::111111111111:role/local-mode"
 
 
-def make_local_session(region: str):
-    """The SDK's LocalSession (a Docker engine, or podman's service through DOCKER_HOST)."""
-    from sagemaker.local import LocalSession
-
-    session = LocalSession(boto_session=aws.make_boto_session(region))
-    session.config = {"local": {"local_code": True}}
-    return session
-
-
 def run(ctx: Context, args) -> int:
-    """Train on local folders, deploy the model on the local engine, classify, stop."""
-    from sagemaker.model import Model
-
-    region = ctx.get("region") or "us-east-1"
-    session = make_local_session(region)
+    """Train on local folders (``--instance-count`` containers), deploy the model on the local
+    engine, classify, stop; the containers the SDK made are removed at the end."""
     data = Path(args.data_dir).resolve()
     if not (data / "train").is_dir():
         raise UserError(f"--data-dir {data}: expected train/ valid/ [test/] in ImageFolder layout"
                         " (make one with: python -m tools.datasets digits out/digits)")
-    image = args.image_tag
-    out = Path(args.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = {s: f"file://{data / s}" for s in SPLITS if (data / s).is_dir()}
+    if args.checkpoints:
+        checkpoints = Path(args.checkpoints).resolve()
+        if not checkpoints.exists():
+            raise UserError(f"--checkpoints {checkpoints}: no such file or folder")
+        inputs["checkpoints"] = f"file://{checkpoints}"
     hyperparameters = parse_hyperparameters(args.hp)
+    job_name = args.job_name or f"dog-breeds-local-{timestamp()}"
+    out = Path(args.output).resolve() / job_name
+    out.mkdir(parents=True, exist_ok=True)
+    container_root = Path(tempfile.mkdtemp(prefix="sagemaker-local-"))
+    try:
+        return _train_deploy_classify(ctx, args, inputs, hyperparameters, job_name, out,
+                                      container_root)
+    except (FileNotFoundError, ImportError) as exc:
+        line = local_mode.engine_error(exc)
+        if line is None:
+            raise
+        raise UserError(line) from exc
+    finally:
+        local_mode.remove_containers(container_root)
+        shutil.rmtree(container_root, ignore_errors=True)
+
+
+def _train_deploy_classify(ctx: Context, args, inputs: dict, hyperparameters: dict,
+                           job_name: str, out: Path, container_root: Path) -> int:
+    """The SDK's part of ``run``: fit, deploy, classify, delete the endpoint."""
+    from sagemaker.model import Model
+
+    region = ctx.get("region") or "us-east-1"
+    session = local_mode.make_session(aws.make_boto_session(region), args.port, container_root)
+    image = args.image_tag
     estimator = make_estimator(ctx, args, hyperparameters, session=session, image=image,
                                role=LOCAL_ROLE, output_path=f"file://{out}", spot=False)
     estimator.instance_type = args.mode
-    estimator.instance_count = 1
-    inputs = {s: f"file://{data / s}" for s in SPLITS if (data / s).is_dir()}
-    estimator.fit(inputs, job_name=args.job_name or f"dog-breeds-local-{timestamp()}")
+    # Only the command line's count: deploy.toml's is for SageMaker's instances.
+    estimator.instance_count = args.instance_count or 1
+    failed = None
+    try:
+        estimator.fit(inputs, job_name=job_name)
+    except RuntimeError as exc:  # compose's exit code, when it passes it on
+        failed = exc
+    reason = local_mode.failure_reason(out)
+    if reason is not None:
+        raise UserError(f"the training job failed: {reason} (its model.tar.gz and "
+                        f"output.tar.gz are in {out})") from failed
+    if failed is not None:
+        raise failed
     print(f"trained locally: {estimator.model_data}")
     model = Model(image_uri=image, model_data=estimator.model_data, role=LOCAL_ROLE,
                   predictor_cls=make_predictor_cls(), sagemaker_session=session)
-    predictor = model.deploy(initial_instance_count=1, instance_type=args.mode)
+    predictor = None
     try:
+        predictor = model.deploy(initial_instance_count=1, instance_type=args.mode)
         photos = [str(p) for p in sorted((ROOT / "tests" / "data" / "dogs").glob("*.jpg"))]
         print_table(["image", "rank", "breed", "probability"],
                     predict_table(predictor, args.images or photos, args.top_k))
     finally:
-        predictor.delete_endpoint()
+        if predictor is not None:
+            predictor.delete_endpoint()
+        elif model.endpoint_name:
+            # A start that failed (the SDK gives up after 120 s without a healthy /ping): its
+            # docker-compose thread would otherwise keep this program from ever exiting.
+            session.sagemaker_client.delete_endpoint(model.endpoint_name)
     print("local endpoint stopped")
     return 0

@@ -1,9 +1,6 @@
-"""The real image, built from our Dockerfile with podman, runs `train` and `serve` as SageMaker
-runs them: `IMAGE train` with /opt/ml mounted, then `IMAGE serve` with the model it made.
-
-No image can be pulled here, so the base is Debian made with debootstrap and passed as
-BASE_IMAGE; the Python wheels come from a wheelhouse made on the host (pip download), mounted
-into the build. The Dockerfile is otherwise the one users build on the CUDA base.
+"""The real image, built from our Dockerfile with podman (tests/container/conftest.py), runs
+`train` and `serve` as SageMaker runs them: `IMAGE train` with /opt/ml mounted, then
+`IMAGE serve` with the model it made.
 """
 
 from __future__ import annotations
@@ -11,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -21,49 +16,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DOG_PHOTOS, ROOT, digit_channels, free_port, make_job
+from tests.container.conftest import sh
 
 pytestmark = pytest.mark.slow
 
-BASE = "localhost/debian-python:bookworm"
-IMAGE = "localhost/sagemaker-dog-breeds:test"
-WHEELHOUSE = ROOT / ".wheelhouse"
 ARTIFACTS = ROOT / "out" / "test-artifacts"
-
-
-def sh(*cmd: str, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, timeout=timeout, **kw)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n"
-                             f"{result.stdout[-4000:]}")
-    return result
 
 
 def test_hadolint_passes_on_the_dockerfile():
     hadolint = Path(sys.executable).parent / "hadolint"
     result = sh(str(hadolint), str(ROOT / "Dockerfile"), check=False)
     assert result.returncode == 0, result.stdout
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> str:
-    if sh("podman", "image", "exists", BASE, check=False).returncode != 0:
-        rootfs = tmp_path_factory.mktemp("rootfs")
-        sh("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-           "bookworm", str(rootfs), "http://deb.debian.org/debian", timeout=1200)
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        sh("podman", "import", "-", BASE, stdin=tar.stdout, timeout=600)
-        tar.wait()
-        shutil.rmtree(rootfs, ignore_errors=True)
-    sh(sys.executable, "-m", "pip", "download", "-q", "-r",
-       str(ROOT / "requirements" / "container.txt"), "-c",
-       str(ROOT / "requirements" / "constraints.txt"), "setuptools>=68", "-d", str(WHEELHOUSE),
-       timeout=1800)
-    sh("podman", "build", "-v", f"{WHEELHOUSE}:/wheelhouse:ro",
-       "--build-arg", f"BASE_IMAGE={BASE}", "--build-arg", "PIP_NO_INDEX=1",
-       "--build-arg", "PIP_FIND_LINKS=/wheelhouse", "--build-arg", "PRETRAINED_ARCH=",
-       "-t", IMAGE, str(ROOT), timeout=2400)
-    return IMAGE
 
 
 @contextlib.contextmanager
