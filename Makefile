@@ -43,7 +43,7 @@ demo: venv
 
 lint: venv
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/ruff check --select F,E9 train serve container tests tools deployment benchmarks deploy.py
+	$(VENV)/bin/ruff check --select F,E9 contract train serve container tests tools deployment benchmarks deploy.py
 
 image:
 	docker build -t $(IMAGE):$(TAG) .

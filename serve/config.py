@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from serve.precision import DEFAULT_TOLERANCE_POINTS, PRECISIONS
+from contract import precisions
+from serve.precision import DEFAULT_TOLERANCE_POINTS
 
 PORT = 8080
 MODEL_DIR = "/opt/ml/model"
@@ -103,7 +104,7 @@ class Settings:
     max_concurrent_transforms: int
     port: int
     gpus: int
-    precision: str = "auto"  # SERVE_PRECISION: auto or one of serve.precision.PRECISIONS
+    precision: str = "auto"  # SERVE_PRECISION: auto or one of contract.precisions.NAMES
     compile: str = "auto"  # SERVE_COMPILE: auto, on, off
     precision_tolerance_points: float = DEFAULT_TOLERANCE_POINTS  # SERVE_PRECISION_TOLERANCE
     metrics: bool = True  # SERVE_METRICS: on or off
@@ -182,7 +183,7 @@ class Settings:
             max_concurrent_transforms=positive("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
             port=positive("SAGEMAKER_BIND_TO_PORT", PORT),
             gpus=gpus,
-            precision=choice("SERVE_PRECISION", ("auto",) + PRECISIONS),
+            precision=choice("SERVE_PRECISION", ("auto",) + precisions.NAMES),
             compile=choice("SERVE_COMPILE", ("auto", "on", "off")),
             precision_tolerance_points=points("SERVE_PRECISION_TOLERANCE",
                                               DEFAULT_TOLERANCE_POINTS),

@@ -30,11 +30,12 @@ import numpy as np
 
 import torch
 
-from serve.config import Settings
 from serve import precision
+from serve.config import Settings
 from serve.drift import DriftWindow, load_baseline
 from serve.metrics import EndpointMetrics
-from serve.model import ArtifactError, ArtifactMissing, Classifier, read_manifest
+from contract.artifact import ArtifactError, ArtifactMissing, read_manifest
+from serve.model import Classifier
 from serve.scheduler import Scheduler
 
 logger = logging.getLogger("serve")

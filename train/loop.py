@@ -31,7 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from serve.decode import Geometry
+from contract.artifact import file_sha256
+from contract.preprocess import Geometry
 from train import artifact, baseline, checkpoint, data, metrics, model as model_lib, outputs
 from train import post_training, precision, quantize, stop
 from train.debugger import Debugger
@@ -636,12 +637,12 @@ class Trainer:
             path = quantize.write(program.parent, quantize.quantize(
                 plain, stop.checked(batches), self.pre.crop, artifact.MAX_BATCH))
             int8_program = path
-            return {}, {"program": path.name, "program_sha256": artifact.file_sha256(path)}
+            return {}, {"program": path.name, "program_sha256": file_sha256(path)}
 
         def precisions() -> tuple[dict, dict]:
             return {"precisions": precision.evaluate(
                 program, stop.checked(self._unsharded(split)), self.device, split,
-                int8_program)}, {}
+                {"int8": int8_program} if int8_program else None)}, {}
 
         def drift_baseline() -> tuple[dict, dict]:
             predictions, confidences = baseline.valid_outputs(

@@ -5,8 +5,9 @@ import io
 import pytest
 from PIL import Image
 
+from contract.preprocess import Geometry
 from serve import config
-from serve.decode import BadImage, Geometry, decode, inspect
+from serve.decode import BadImage, decode, inspect
 from tests.conftest import DOG_PHOTOS
 
 G = Geometry(resize=256, crop=224)
