@@ -31,7 +31,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from contract import preprocess
-from contract.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_rgb
+from contract.preprocess import IMAGENET_MEAN, IMAGENET_STD, Geometry, to_rgb
 from train import layout
 from train.errors import TrainingError
 
@@ -72,6 +72,11 @@ class Preprocess:
     resize: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def geometry(self) -> Geometry:
+        """The evaluation geometry (contract/preprocess.py) serve runs with these sizes."""
+        return Geometry(self.resize, self.crop)
 
     @classmethod
     def for_size(cls, image_size: int) -> "Preprocess":
