@@ -39,7 +39,7 @@ test-fast: venv
 	$(PY) -m pytest -m "not slow"
 
 demo: venv
-	$(PY) container/local_test/demo.py
+	$(PY) -m tools.demo
 
 lint: venv
 	$(VENV)/bin/hadolint Dockerfile

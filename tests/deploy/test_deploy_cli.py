@@ -398,7 +398,8 @@ def test_data_a_second_upload_leaves_exactly_the_second_set(aws, capsys, tmp_pat
     """Fewer photos per class, then another source: the data prefix holds exactly the set of
     the last run (the job trained on the union of both before); objects outside the data
     prefix are not touched."""
-    from tools.datasets import count_images, write_digits
+    from tools.datasets import write_digits
+    from tools.folders import count_images
 
     s3 = boto3.client("s3", region_name=REGION)
     for key in ("dog-breeds/output/job-1/model.tar.gz", "dog-breeds/data-old/x.jpg",
