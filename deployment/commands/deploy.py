@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from container import gpu_hosts
-from deployment.aws import configure_autoscaling, endpoint_status, make_predictor_cls
-from deployment.settings import Context, UserError, load_state, save_state, timestamp
+from deployment.autoscaling import configure_autoscaling
+from deployment.endpoints import endpoint_status, make_predictor_cls
+from deployment.errors import UserError
+from deployment.settings import Context, load_state, save_state, timestamp
 
 NAME = "deploy"
 HELP = "model, endpoint config and endpoint"
@@ -37,6 +39,7 @@ def add_arguments(p) -> None:
                         "CPU types and serverless; known: "
                         f"{', '.join(gpu_hosts.INFERENCE_AMIS)}")
     p.add_argument("--no-wait", dest="wait", action="store_false")
+
 
 def model_data_uri(ctx: Context, args) -> str:
     """The model.tar.gz to deploy: --model-data, else the training job's (the last one).

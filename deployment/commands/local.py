@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deployment import aws
-from deployment.aws import make_estimator, make_predictor_cls, print_table
-from deployment.commands.predict import predict_table
+from deployment import sessions
+from deployment.endpoints import make_predictor_cls, predict_table
+from deployment.errors import UserError
 from deployment.hyperparameters import parse_hyperparameters
-from deployment.settings import DEFAULT_REPOSITORY, ROOT, SPLITS, Context, UserError, timestamp
+from deployment.output import print_table
+from deployment.settings import DEFAULT_REPOSITORY, ROOT, SPLITS, Context, timestamp
+from deployment.training import make_estimator
 
 NAME = "local"
 HELP = "train and deploy on local Docker"
@@ -25,6 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--images", nargs="*", help="photos to classify (default tests/data/dogs)")
     p.add_argument("-k", "--top-k", type=int, default=3)
 
+
 LOCAL_ROLE = "arn:aws:iam::111111111111:role/local-mode"
 
 
@@ -32,7 +35,7 @@ def make_local_session(region: str):
     """The SDK's LocalSession (a Docker engine, or podman's service through DOCKER_HOST)."""
     from sagemaker.local import LocalSession
 
-    session = LocalSession(boto_session=aws.make_boto_session(region))
+    session = LocalSession(boto_session=sessions.make_boto_session(region))
     session.config = {"local": {"local_code": True}}
     return session
 
