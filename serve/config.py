@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from contract import precisions
+from contract.artifact import MAX_BATCH
 from serve.precision import DEFAULT_TOLERANCE_POINTS
 
 PORT = 8080
@@ -124,11 +125,13 @@ class Settings:
         """Read the settings (``gpus``: the GPU count to assume instead of asking NVML).
 
         Raises:
-            ValueError: a variable that is not a positive integer where one is needed.
+            ValueError: a variable that is not a positive integer where one is needed, or out
+                of its range (a max batch size over the programs' ``MAX_BATCH``).
         """
         env = os.environ if environ is None else environ
 
-        def positive(name: str, default: int, minimum: int = 1) -> int:
+        def positive(name: str, default: int, minimum: int = 1, maximum: int | None = None,
+                     why: str = "") -> int:
             raw = env.get(name)
             if raw in (None, ""):
                 return default
@@ -138,6 +141,9 @@ class Settings:
                 raise ValueError(f"{name}={raw!r} is not an integer") from None
             if value < minimum:
                 raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+            if maximum is not None and value > maximum:
+                raise ValueError(f"{name}={raw!r} must be at most {maximum}"
+                                 + (f" ({why})" if why else ""))
             return value
 
         def choice(name: str, allowed: tuple[str, ...]) -> str:
@@ -175,7 +181,9 @@ class Settings:
             max_images_per_request=positive("SERVE_MAX_IMAGES_PER_REQUEST",
                                             DEFAULT_MAX_IMAGES_PER_REQUEST),
             max_batch_size=positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE",
-                                    DEFAULT_MAX_BATCH[kind]),
+                                    DEFAULT_MAX_BATCH[kind], maximum=MAX_BATCH,
+                                    why="the largest batch a model program takes, "
+                                        "contract/artifact.py"),
             max_batch_delay_ms=positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS",
                                         DEFAULT_MAX_BATCH_DELAY_MS[kind], minimum=0),
             max_queue=positive("SAGEMAKER_MODEL_SERVER_MAX_QUEUE", DEFAULT_MAX_QUEUE),

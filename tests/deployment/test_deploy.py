@@ -190,3 +190,34 @@ def test_deploy_refusal_reaches_no_aws_even_with_credentials(aws, capsys):
     code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
                        "--instance-type", "ml.p3.2xlarge")
     assert code == 1 and "no kernels" in err and not aws.calls
+
+
+def test_deploy_passes_the_batching_options_in_the_model_environment(aws, capsys):
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                         "--endpoint", "dogs-ep", "--instance-type", "ml.m5.xlarge",
+                         "--workers", "2", "--max-batch-size", "16", "--max-batch-delay-ms", "3")
+    assert code == 0, err
+    env = aws.one("CreateModel")["PrimaryContainer"]["Environment"]
+    assert env == {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60", "SERVE_ENDPOINT_NAME": "dogs-ep",
+                   "SERVE_VARIANT_NAME": "AllTraffic", "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+                   "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": "16",
+                   "SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS": "3"}
+    assert len(env) <= 16  # an inference component's container takes 16; CreateModel 100
+
+
+@pytest.mark.parametrize("options, line", [
+    (["--max-batch-size", "2000"], "--max-batch-size 2000: SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE="
+     "'2000' must be at most 1024 (the largest batch a model program takes, "
+     "contract/artifact.py); the endpoint's container would refuse to start"),
+    (["--max-batch-size", "0"], "--max-batch-size 0: SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE='0' "
+     "must be at least 1; the endpoint's container would refuse to start"),
+    (["--max-batch-delay-ms", "-1"], "--max-batch-delay-ms -1: "
+     "SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS='-1' must be at least 0; the endpoint's "
+     "container would refuse to start"),
+])
+def test_a_batching_option_serve_would_refuse_is_one_line_before_any_aws_call(
+        aws, capsys, options, line):
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--instance-type", "ml.m5.xlarge", *options)
+    assert (code, err) == (1, f"error: {line}\n")
+    assert not aws.calls
