@@ -2,8 +2,9 @@
 torch.export program.
 
 serve reads the files, never train's code: the format, the manifest's checks and the precisions
-are the contract's (contract/artifact.py, contract/precisions.py; train/artifact.py writes them). Loading happens in each gunicorn worker after the fork, because CUDA does not survive a
-fork; each worker may be pinned to its own GPU. Only the scheduler's model thread calls
+are the contract's (contract/artifact.py, contract/precisions.py; train/artifact.py writes them).
+Loading happens in each gunicorn worker after the fork, because CUDA does not survive a fork;
+each worker may be pinned to its own GPU. Only the scheduler's model thread calls
 ``forward``: all torch work of a worker runs on that one thread.
 """
 
@@ -79,6 +80,14 @@ class Classifier:
         self.buckets: list[int] = []  # batch sizes compiled for; batches are padded up to one
         self._check_output(program_path)
         if choice.compile:
+            # Weights as constants: inductor folds them and prepacks them for oneDNN. Set in the
+            # process-wide config (torch has no public switch that works here): torch 2.15's
+            # dynamo reads it while it traces (torch._dynamo.utils.is_parameter_freezing), before
+            # torch.compile(options={"freezing": True}) reaches inductor, and with the options
+            # alone the int8 program fails to compile (onednn.qconv_prepack on fake tensors).
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
             # inductor's own int8 lowering warns about its own tensor copy on every conv, and
             # its C++ toolchain lookup logs "No CUDA runtime is found" on a CPU host: noise
             # that sends users hunting in a healthy worker's log.
@@ -86,8 +95,7 @@ class Classifier:
                                     category=UserWarning)
             if device.type == "cpu":
                 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            # freezing: the weights as constants, which inductor folds and prepacks for oneDNN.
-            self.module = torch.compile(self.eager, dynamic=False, options={"freezing": True})
+            self.module = torch.compile(self.eager, dynamic=False)
 
     def _check_output(self, program_path: Path) -> None:
         """One blank image through the eager program: it must give one logit per class (more

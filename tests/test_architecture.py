@@ -153,6 +153,11 @@ def test_no_class_over_300_lines():
 # last learning rate, the BatchNorm base class), which no import shows.
 PRIVATE_TORCH_ATTRIBUTES = {"_last_lr", "_step_count", "_BatchNorm", "_NormBase", "_inductor",
                             "_dynamo", "_C"}
+# The one reach torch leaves no public way around, with why: inductor's weight freezing, which
+# torch 2.15's dynamo reads from the process-wide config while it traces; torch.compile's
+# options={"freezing": True} reach inductor only, and the int8 program then fails to compile
+# (serve/model.py says so where it sets it).
+ALLOWED_PRIVATE = {"serve.model": ["torch._inductor.config"]}
 _PRIVATE = re.compile(r"(^|\.)_[A-Za-z]")
 
 
@@ -206,7 +211,8 @@ def test_the_private_torch_check_sees_each_kind_of_reach():
 
 
 def test_no_module_reaches_into_torch_private_attributes():
-    found = {name: uses for name, tree in TREES.items() if (uses := private_torch_uses(tree))}
+    found = {name: uses for name, tree in TREES.items()
+             if (uses := private_torch_uses(tree)) != ALLOWED_PRIVATE.get(name, [])}
     assert not found
 
 
