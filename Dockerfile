@@ -53,6 +53,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 COPY pyproject.toml /tmp/src/
+COPY contract /tmp/src/contract
 COPY train /tmp/src/train
 COPY serve /tmp/src/serve
 RUN pip install --no-deps /tmp/src \

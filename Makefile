@@ -45,11 +45,11 @@ test-fast: venv
 	$(PY) -m pytest -m "not slow"
 
 demo: venv
-	$(PY) container/local_test/demo.py
+	$(PY) -m tools.demo
 
 lint: venv
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/ruff check --select F,E9 train serve container tests tools deployment benchmarks deploy.py
+	$(VENV)/bin/ruff check --select F,E9 contract train serve container tests tools deployment benchmarks deploy.py
 
 image:
 	docker build -t $(IMAGE):$(TAG) .

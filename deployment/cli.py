@@ -10,13 +10,16 @@ import sys
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
-from deployment.aws import describe_error  # noqa: E402
 from deployment.commands import COMMANDS  # noqa: E402
+from deployment.errors import describe_error  # noqa: E402
 from deployment.settings import Context, load_settings  # noqa: E402
 from train.hyperparameters import names  # noqa: E402
 
-DESCRIPTION = ("The workstation side of the dog-breed classifier on Amazon SageMaker: data, "
-               "tune, train, deploy, predict, delete, report, local.")
+
+def description() -> str:
+    """The CLI's description, its verbs listed from the command table (``COMMANDS``)."""
+    return ("The workstation side of the dog-breed classifier on Amazon SageMaker: "
+            + ", ".join(command.NAME for command in COMMANDS) + ".")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--no-wait", dest="wait", action="store_false",
                    help="start the job and return")
 
-    p = argparse.ArgumentParser(prog="deploy.py", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="deploy.py", description=description())
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         parents = [common, job] if command.JOB_OPTIONS else [common]

@@ -4,7 +4,7 @@ job minutes later."""
 
 from __future__ import annotations
 
-from deployment.settings import UserError
+from deployment.errors import UserError
 from train import hyperparameters as schema
 
 

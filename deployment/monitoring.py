@@ -1,6 +1,6 @@
 """What the endpoint's monitoring shows and alarms on, in one place: ``deploy.py monitor`` puts it
-into CloudWatch (alarms and a dashboard) and ``container/local_test/metrics_page.py`` draws the
-same panels from a serve log.
+into CloudWatch (alarms and a dashboard, deployment/cloudwatch.py) and ``tools/metrics_page.py``
+draws the same panels from a serve log.
 
 The metrics are the ones serve writes in CloudWatch's Embedded Metric Format (serve/metrics.py),
 in the namespace ``NAMESPACE`` with the dimensions EndpointName, VariantName and ModelVersion.
@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serve.config import METRICS_NAMESPACE as NAMESPACE  # noqa: F401 - for the monitor verb
-from serve.drift import PSI_ALERT
+from serve.drift import METRIC_NAMES, PSI_ALERT
 
 PERIOD_S = 60
-DRIFT_STATISTICS = ("PredictedClass", "Confidence", "Brightness", "AspectRatio", "Megapixels")
+DRIFT_STATISTICS = tuple(METRIC_NAMES.values())  # serve's names: PredictedClass, AspectRatio...
 
 
 @dataclass(frozen=True)

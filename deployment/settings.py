@@ -17,15 +17,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployment import ecr, sessions
+from deployment.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = ROOT / "out" / "deploy_state.json"
 DEFAULT_REPOSITORY = "sagemaker-dog-breeds"
 SPLITS = ("train", "valid", "test")
-
-
-class UserError(Exception):
-    """A problem the user fixes: printed as one line, exit 1."""
-
 
 SETTING_DEFAULTS = {
     "region": None,
@@ -118,9 +116,7 @@ class Context:
         if self._sm is None:
             import sagemaker
 
-            from deployment import aws
-
-            boto = aws.make_boto_session(self.get("region"))
+            boto = sessions.make_boto_session(self.get("region"))
             if not boto.region_name:
                 raise UserError("no AWS region: pass --region, set region in deploy.toml, or "
                                 "set AWS_REGION")
@@ -174,7 +170,5 @@ class Context:
             image = (f"{self.account()}.dkr.ecr.{self.region}.amazonaws.com/"
                      f"{self.get('repository')}:{self.get('tag')}")
         if check:
-            from deployment.aws import check_ecr_image
-
-            check_ecr_image(self.boto, image)
+            ecr.check_ecr_image(self.boto, image)
         return image

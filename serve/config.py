@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from serve.precision import DEFAULT_TOLERANCE_POINTS, PRECISIONS
+from contract import precisions
+from contract.artifact import MAX_BATCH
+from serve.precision import DEFAULT_TOLERANCE_POINTS
 
 PORT = 8080
 MODEL_DIR = "/opt/ml/model"
@@ -103,7 +105,7 @@ class Settings:
     max_concurrent_transforms: int
     port: int
     gpus: int
-    precision: str = "auto"  # SERVE_PRECISION: auto or one of serve.precision.PRECISIONS
+    precision: str = "auto"  # SERVE_PRECISION: auto or one of contract.precisions.NAMES
     compile: str = "auto"  # SERVE_COMPILE: auto, on, off
     precision_tolerance_points: float = DEFAULT_TOLERANCE_POINTS  # SERVE_PRECISION_TOLERANCE
     metrics: bool = True  # SERVE_METRICS: on or off
@@ -123,11 +125,13 @@ class Settings:
         """Read the settings (``gpus``: the GPU count to assume instead of asking NVML).
 
         Raises:
-            ValueError: a variable that is not a positive integer where one is needed.
+            ValueError: a variable that is not a positive integer where one is needed, or out
+                of its range (a max batch size over the programs' ``MAX_BATCH``).
         """
         env = os.environ if environ is None else environ
 
-        def positive(name: str, default: int, minimum: int = 1) -> int:
+        def positive(name: str, default: int, minimum: int = 1, maximum: int | None = None,
+                     why: str = "") -> int:
             raw = env.get(name)
             if raw in (None, ""):
                 return default
@@ -137,6 +141,9 @@ class Settings:
                 raise ValueError(f"{name}={raw!r} is not an integer") from None
             if value < minimum:
                 raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+            if maximum is not None and value > maximum:
+                raise ValueError(f"{name}={raw!r} must be at most {maximum}"
+                                 + (f" ({why})" if why else ""))
             return value
 
         def choice(name: str, allowed: tuple[str, ...]) -> str:
@@ -174,7 +181,9 @@ class Settings:
             max_images_per_request=positive("SERVE_MAX_IMAGES_PER_REQUEST",
                                             DEFAULT_MAX_IMAGES_PER_REQUEST),
             max_batch_size=positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE",
-                                    DEFAULT_MAX_BATCH[kind]),
+                                    DEFAULT_MAX_BATCH[kind], maximum=MAX_BATCH,
+                                    why="the largest batch a model program takes, "
+                                        "contract/artifact.py"),
             max_batch_delay_ms=positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS",
                                         DEFAULT_MAX_BATCH_DELAY_MS[kind], minimum=0),
             max_queue=positive("SAGEMAKER_MODEL_SERVER_MAX_QUEUE", DEFAULT_MAX_QUEUE),
@@ -182,7 +191,7 @@ class Settings:
             max_concurrent_transforms=positive("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
             port=positive("SAGEMAKER_BIND_TO_PORT", PORT),
             gpus=gpus,
-            precision=choice("SERVE_PRECISION", ("auto",) + PRECISIONS),
+            precision=choice("SERVE_PRECISION", ("auto",) + precisions.NAMES),
             compile=choice("SERVE_COMPILE", ("auto", "on", "off")),
             precision_tolerance_points=points("SERVE_PRECISION_TOLERANCE",
                                               DEFAULT_TOLERANCE_POINTS),

@@ -23,6 +23,9 @@ import numpy as np
 PSI_ALERT = 0.25
 EPSILON = 1e-4  # floor for empty bins: PSI and JS are undefined on a zero share
 STATISTICS = ("predicted_class", "confidence", "brightness", "aspect_ratio", "megapixels")
+# Each statistic's name in the metrics' names (DriftPSIAspectRatio): what deploy.py's alarms and
+# dashboard read (deployment/monitoring.py).
+METRIC_NAMES = {name: "".join(part.title() for part in name.split("_")) for name in STATISTICS}
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -106,8 +109,8 @@ class DriftWindow:
             self._rows.append((predicted_class, confidence, brightness, aspect_ratio, megapixels))
 
     def scores(self) -> dict[str, float]:
-        """``{"DriftPSI_<statistic>": ..., "DriftJS_<statistic>": ...}`` once the window holds
-        ``min_images`` images, else {}."""
+        """``{"DriftPSI<Statistic>": ..., "DriftJS<Statistic>": ...}`` (``METRIC_NAMES``) once
+        the window holds ``min_images`` images, else {}."""
         with self._lock:
             rows = np.asarray(self._rows, float)
         if len(rows) < self.min_images:
@@ -116,7 +119,7 @@ class DriftWindow:
         for i, name in enumerate(STATISTICS):
             histogram = self.baseline[name]
             counts = histogram.counts_of(rows[:, i])
-            key = "".join(part.title() for part in name.split("_"))
+            key = METRIC_NAMES[name]
             out[f"DriftPSI{key}"] = psi(histogram.shares, counts)
             out[f"DriftJS{key}"] = js_distance(histogram.shares, counts)
         return out

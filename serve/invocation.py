@@ -32,9 +32,10 @@ import time
 
 import numpy as np
 
+from contract.preprocess import Geometry
 from serve.body import BodyReader
 from serve.config import DEFAULT_TOP_K, REQUEST_DEADLINE_SHARE, Settings
-from serve.decode import BadImage, Geometry, Inspected, inspect, to_model_input
+from serve.decode import BadImage, Inspected, inspect, to_model_input
 from serve.lifecycle import ModelHolder
 from serve.scheduler import MemoryBudget, ModelFailed, Overloaded
 

@@ -6,13 +6,14 @@ warmed up at batch 1 and at the max batch size. Invocations that arrive meanwhil
 was just restarted takes its share of connections) wait for it within their deadline instead of
 failing.
 
-The artifact is validated once, before anything of it runs (serve/model.py: every manifest
-field, the program's sha256, its output width). An artifact that is not there yet (no
-manifest.json) is looked for every ``RETRY_LOAD_S``; one that is there and wrong fails the load
-with one line naming the field, reported by /ping and the invocations, and is not loaded again
-until its files change. A program that fails to compile is served eagerly, with one warning.
-A model thread that dies, or a device that fails even blank images (serve/scheduler.py), ends
-the worker: /ping stops answering 200 and gunicorn starts a fresh worker.
+The artifact is validated once, before anything of it runs (contract/artifact.py: every
+manifest field and the program's sha256; serve/model.py: its output width). An artifact that
+is not there yet (no manifest.json) is looked for every ``RETRY_LOAD_S``; one that is there
+and wrong fails the load with one line naming the field, reported by /ping and the invocations,
+and is not loaded again until its files change. A program that fails to compile is served
+eagerly, with one warning. A model thread that dies, or a device that fails even blank images
+(serve/scheduler.py), ends the worker: /ping stops answering 200 and gunicorn starts a fresh
+worker.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ import numpy as np
 
 import torch
 
-from serve.config import Settings
 from serve import precision
+from serve.config import Settings
 from serve.drift import DriftWindow, load_baseline
 from serve.metrics import EndpointMetrics
-from serve.model import ArtifactError, ArtifactMissing, Classifier, read_manifest
+from contract.artifact import ArtifactError, ArtifactMissing, read_manifest
+from serve.model import Classifier
 from serve.scheduler import Scheduler
 
 logger = logging.getLogger("serve")

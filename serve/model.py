@@ -1,19 +1,16 @@
-"""The model artifact that `train` wrote: manifest.json plus a torch.export program.
+"""The model artifact that `train` wrote, loaded on one device: manifest.json plus a
+torch.export program.
 
-serve reads the files, never train's code (format_version 1; see train/artifact.py for the
-writer). Loading happens in each gunicorn worker after the fork, because CUDA does not survive a
-fork; each worker may be pinned to its own GPU. Only the scheduler's model thread calls
+serve reads the files, never train's code: the format, the manifest's checks and the precisions
+are the contract's (contract/artifact.py, contract/precisions.py; train/artifact.py writes them).
+Loading happens in each gunicorn worker after the fork, because CUDA does not survive a fork;
+each worker may be pinned to its own GPU. Only the scheduler's model thread calls
 ``forward``: all torch work of a worker runs on that one thread.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import logging
-import math
-import re
 import time
 import warnings
 from pathlib import Path
@@ -21,129 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serve.decode import Geometry
-from serve.precision import Choice, import_x86_quantizer, int8_program
+from contract import precisions
+from contract.artifact import ArtifactError, check_program, read_manifest
+from contract.preprocess import Geometry
+from serve.precision import Choice
 
 logger = logging.getLogger("serve")
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-SUPPORTED_FORMAT = "sagemaker-dog-breeds/model"
-SUPPORTED_VERSIONS = (1,)
-
-
-class ArtifactError(RuntimeError):
-    """The model dir does not hold an artifact this server can load; the message names the file
-    or the manifest field at fault."""
-
-
-class ArtifactMissing(ArtifactError):
-    """No complete artifact yet (no manifest.json): a training job or a copy may still be
-    writing it, so the loader keeps looking."""
-
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _field(manifest: dict, path: str, kind, check=None, rule: str = "") -> object:
-    """``manifest``'s field at dotted ``path``, checked to be a ``kind`` (bool is never an int
-    here) and to pass ``check``.
-
-    Raises:
-        ArtifactError: missing, of another type, or failing ``check`` (``rule`` says why).
-    """
-    value: object = manifest
-    for key in path.split("."):
-        value = value.get(key) if isinstance(value, dict) else None
-    if value is None or isinstance(value, bool) or not isinstance(value, kind) or (
-            check is not None and not check(value)):
-        expected = rule or (kind.__name__ if isinstance(kind, type) else
-                            " or ".join(k.__name__ for k in kind))
-        raise ArtifactError(f"manifest.json: field {path!r} is {value!r:.80}; expected {expected}")
-    return value
-
-
-def _plain_file_name(name: str) -> bool:
-    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
-
-
-def validate_manifest(manifest: object) -> dict:
-    """Check every manifest field serve reads, once, before anything loads: format and
-    format_version, the program's file name and sha256, the classes, the preprocessing, the
-    input's max batch, the model version, and ``training`` (an object when present). A
-    malformed ``precisions`` or ``baseline`` is not an error: as serve/precision.py and
-    serve/drift.py promise, the model is then served in fp32 and scores no drift (the loader
-    logs why). Returns ``manifest``.
-
-    Raises:
-        ArtifactError: the first field that is missing or wrong, named with what was expected.
-    """
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"manifest.json holds a {type(manifest).__name__}, not an object")
-    _field(manifest, "format", str, lambda v: v == SUPPORTED_FORMAT, repr(SUPPORTED_FORMAT))
-    _field(manifest, "format_version", int, lambda v: v in SUPPORTED_VERSIONS,
-           f"one of {SUPPORTED_VERSIONS} (use a server built for it)")
-    _field(manifest, "program", str, _plain_file_name, "a file name in the model dir")
-    _field(manifest, "program_sha256", str, _SHA256.fullmatch, "64 lowercase hex digits")
-    classes = _field(manifest, "classes", list,
-                     lambda v: len(v) >= 1 and all(isinstance(c, str) for c in v),
-                     "a list of class names")
-    _field(manifest, "num_classes", int, lambda v: v == len(classes),
-           f"the number of classes listed ({len(classes)})")
-    _field(manifest, "preprocess", dict)
-    for key in ("resize", "crop"):
-        _field(manifest, f"preprocess.{key}", int, lambda v: 1 <= v <= 4096,
-               "an integer from 1 to 4096 (pixels)")
-    for key, minimum in (("mean", -math.inf), ("std", 0.0)):
-        _field(manifest, f"preprocess.{key}", list, lambda v, m=minimum: len(v) == 3 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-            and x > m for x in v), f"3 finite numbers{' > 0' if minimum == 0 else ''}")
-    _field(manifest, "input.max_batch", int, lambda v: v >= 1, "an integer >= 1")
-    _field(manifest, "model_version", str, bool, "a non-empty string")
-    if manifest.get("training") is not None:
-        _field(manifest, "training", dict, rule="an object")
-    return manifest
-
-
-def read_manifest(model_dir: Path) -> dict:
-    """Read ``model_dir/manifest.json`` and check every field (``validate_manifest``).
-
-    Raises:
-        ArtifactMissing: there is no manifest.json (yet).
-        ArtifactError: not JSON, or a field that is missing or wrong (named).
-    """
-    path = Path(model_dir) / "manifest.json"
-    if not path.is_file():
-        raise ArtifactMissing(f"{path} is missing: the model dir holds no complete artifact "
-                              f"(train writes manifest.json last)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path} is not readable JSON: {exc}") from exc
-    return validate_manifest(manifest)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, hex (read 1 MB at a time)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_program(path: Path, expected_sha256: str | None, sha_field: str) -> None:
-    """Check the program file at ``path`` before it is loaded: it exists and, when
-    ``expected_sha256`` is given (manifest field ``sha_field``), has that sha256, so a program
-    that is not the one the manifest describes, or a partial copy, is never loaded.
-
-    Raises:
-        ArtifactError: the file is missing or its sha256 differs.
-    """
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing: the manifest names it")
-    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
-        raise ArtifactError(f"{path}: its sha256 is not the manifest's {sha_field} "
-                            f"({expected_sha256[:12]}...): another program or a partial copy")
 
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -180,8 +60,8 @@ class Classifier:
         self.version: str = self.manifest["model_version"]
         self.device = device
         self.choice = choice
-        if choice.precision == "int8":
-            name, sha, sha_field = self._int8_program(device)
+        if precisions.get(choice.precision).program is not None:
+            name, sha, sha_field = self._own_program(device)
         else:
             name, sha, sha_field = (self.manifest["program"], self.manifest["program_sha256"],
                                     "program_sha256")
@@ -191,7 +71,7 @@ class Classifier:
             program = torch.export.load(str(program_path))
         except Exception as exc:  # torch raises several types for a bad archive
             raise ArtifactError(f"cannot load {program_path}: {exc}") from exc
-        self._autocast = AUTOCAST.get(choice.precision)
+        self._autocast = precisions.autocast_dtype(choice.precision)
         self._mean = torch.tensor(pre["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
         # channels_last: faster convolutions on CUDA and with oneDNN on the CPU.
@@ -200,9 +80,13 @@ class Classifier:
         self.buckets: list[int] = []  # batch sizes compiled for; batches are padded up to one
         self._check_output(program_path)
         if choice.compile:
+            # Weights as constants: inductor folds them and prepacks them for oneDNN. Set in the
+            # process-wide config (torch has no public switch that works here): torch 2.15's
+            # dynamo reads it while it traces (torch._dynamo.utils.is_parameter_freezing), before
+            # torch.compile(options={"freezing": True}) reaches inductor, and with the options
+            # alone the int8 program fails to compile (onednn.qconv_prepack on fake tensors).
             import torch._inductor.config as inductor_config
 
-            # Weights as constants: inductor folds them and prepacks them for oneDNN.
             inductor_config.freezing = True
             # inductor's own int8 lowering warns about its own tensor copy on every conv, and
             # its C++ toolchain lookup logs "No CUDA runtime is found" on a CPU host: noise
@@ -237,28 +121,34 @@ class Classifier:
         self.choice = Choice(self.choice.precision, False,
                              f"{self.choice.precision}, eager: compiling failed ({reason})")
 
-    def _int8_program(self, device: torch.device) -> tuple[str, str | None, str]:
-        """The int8 program's file name, its sha256 (when the manifest records one) and that
-        field's name, with torchao's int8 lowering registered for it.
+    def _own_program(self, device: torch.device) -> tuple[str, str | None, str]:
+        """The file name of the chosen precision's own program (int8's), its sha256 (when the
+        manifest records one) and that field's name, with what the program needs to load and
+        run fast registered (for int8, torchao's int8 ops and inductor's oneDNN lowering:
+        without it the compiled program runs the reference decomposition, slower than fp32).
 
         Raises:
-            ArtifactError: not a CPU, or the artifact has no int8 program.
+            ArtifactError: a device the precision does not run on, or the artifact has no such
+                program.
         """
-        name = int8_program(self.manifest.get("precisions"))
-        if device.type != "cpu":
-            raise ArtifactError("int8 runs on CPU hosts only: set SERVE_PRECISION to auto, "
-                                "fp16, bf16 or fp32 on a GPU host")
+        precision = precisions.get(self.choice.precision)
+        name = precisions.program_of(self.manifest.get("precisions"), precision.name)
+        if device.type not in precision.devices:
+            others = ["auto"] + [p.name for p in precisions.PRECISIONS
+                                 if device.type in p.devices or p.program is None]
+            raise ArtifactError(f"{precision.name} runs on {' and '.join(precision.devices)} "
+                                f"hosts only: set SERVE_PRECISION to {', '.join(others[:-1])} or "
+                                f"{others[-1]} on a {device.type} host")
         if name is None:
-            raise ArtifactError("this artifact has no int8 program (train it with "
-                                "int8-calibration-images > 0), so SERVE_PRECISION=int8 cannot "
-                                "be served")
-        importlib.import_module("torch.ao.quantization.fx._decomposed")  # the int8 ops
-        # Registers inductor's passes that lower the program's quantize/dequantize pairs into
-        # oneDNN int8 kernels (without them the compiled program runs the reference
-        # decomposition, slower than fp32).
-        import_x86_quantizer()
-        sha = self.manifest["precisions"]["int8"].get("program_sha256")
-        return name, sha if isinstance(sha, str) else None, "precisions.int8.program_sha256"
+            raise ArtifactError(f"this artifact has no {precision.name} program (the manifest's "
+                                "post_training section says why: for int8, "
+                                "int8-calibration-images=0, a stop or a failure), so "
+                                f"SERVE_PRECISION={precision.name} cannot be served")
+        if precision.prepare is not None:
+            precision.prepare()
+        sha = self.manifest["precisions"][precision.name].get("program_sha256")
+        return (name, sha if isinstance(sha, str) else None,
+                f"precisions.{precision.name}.program_sha256")
 
     @torch.inference_mode()
     def forward(self, images: np.ndarray) -> np.ndarray:

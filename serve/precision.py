@@ -15,18 +15,20 @@ job recorded (manifest ``precisions``, train/precision.py) within ``tolerance`` 
 ``SERVE_COMPILE`` the mode (``auto``, ``on``, ``off``): ``auto`` compiles with torch.compile
 (inductor, weights frozen) where it can, which on a CPU needs a C++ compiler at compile time.
 A model whose reduced precision disagrees too much with fp32, or whose record is missing or
-corrupt, is served in fp32, and the choice is logged with its reason.
+corrupt, is served in fp32, and the choice is logged with its reason. The precisions, their
+autocast dtypes and programs are the contract's table (contract/precisions.py); which hardware
+runs each fast is this module's (``Host.fast_precisions``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+from contract import precisions
+
 DEFAULT_TOLERANCE_POINTS = 0.5
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPU_INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
@@ -93,42 +95,16 @@ def _accuracy(record: dict | None, precision: str) -> float | None:
     return float(value) if math.isfinite(value) and 0.0 <= value <= 1.0 else None
 
 
-def int8_program(record: dict | None) -> str | None:
-    """The int8 program's file name in the model dir (manifest ``precisions.int8.program``), or
-    None when the artifact has none or the name is not a plain file name."""
-    entry = (record or {}).get("int8")
-    name = entry.get("program") if isinstance(entry, dict) else None
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        return None
-    return name
-
-
-def import_x86_quantizer():
-    """torchao's X86InductorQuantizer module. Importing it registers inductor's int8 lowering
-    passes for x86 (a process-wide side effect, which an int8 worker and the training job's
-    quantization both need).
-
-    torchao registers an Enum with torch's pytree at import, and torch logs a deprecation
-    warning for it: a line users would chase in a healthy job's or worker's log.
-    """
-    pytree_logger = logging.getLogger("torch.utils._pytree")
-    level = pytree_logger.level
-    pytree_logger.setLevel(logging.ERROR)
-    try:
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
-    finally:
-        pytree_logger.setLevel(level)
-    return x86_inductor_quantizer
-
-
 def present(record: dict | None, model_dir) -> dict | None:
-    """``record`` without its int8 entry when the int8 program it names is not a file in
-    ``model_dir`` (an artifact copied without it): that model is then served in another
+    """``record`` without the entry of a precision whose own program (int8's) it names is not a
+    file in ``model_dir`` (an artifact copied without it): that model is then served in another
     precision instead of failing to load."""
-    name = int8_program(record)
-    if name is None or (Path(model_dir) / name).is_file():
+    missing = {p.name for p in precisions.with_programs()
+               if (name := precisions.program_of(record, p.name)) is not None
+               and not (Path(model_dir) / name).is_file()}
+    if not missing:
         return record
-    return {key: value for key, value in record.items() if key != "int8"}
+    return {key: value for key, value in record.items() if key not in missing}
 
 
 def choose(record: dict | None, host: Host, precision: str = "auto", compile_mode: str = "auto",
@@ -138,8 +114,9 @@ def choose(record: dict | None, host: Host, precision: str = "auto", compile_mod
     Raises:
         ValueError: an unknown ``precision`` or ``compile_mode``.
     """
-    if precision not in ("auto",) + PRECISIONS:
-        raise ValueError(f"SERVE_PRECISION={precision!r}: expected auto, {', '.join(PRECISIONS)}")
+    if precision not in ("auto",) + precisions.NAMES:
+        raise ValueError(f"SERVE_PRECISION={precision!r}: expected auto, "
+                         f"{', '.join(precisions.NAMES)}")
     if compile_mode not in ("auto", "on", "off"):
         raise ValueError(f"SERVE_COMPILE={compile_mode!r}: expected auto, on or off")
     compiled = compile_mode == "on" or (compile_mode == "auto" and
@@ -157,11 +134,12 @@ def choose(record: dict | None, host: Host, precision: str = "auto", compile_mod
                                         f"accuracy to check a reduced precision against")
     rejected = []
     for candidate in fast:
-        if candidate == "int8" and not compiled:
-            rejected.append("int8 runs fast only compiled (SERVE_COMPILE=off)")
+        table = precisions.get(candidate)
+        if table.compiled_only and not compiled:
+            rejected.append(f"{candidate} runs fast only compiled (SERVE_COMPILE=off)")
             continue
-        if candidate == "int8" and int8_program(record) is None:
-            rejected.append("int8 not recorded (the artifact has no int8 program)")
+        if table.program is not None and precisions.program_of(record, candidate) is None:
+            rejected.append(f"{candidate} not recorded (the artifact has no {candidate} program)")
             continue
         accuracy = _accuracy(record, candidate)
         if accuracy is None:

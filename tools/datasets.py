@@ -1,7 +1,7 @@
 """Data sets for local runs, tests and uploads, in torchvision's ImageFolder layout.
 
 - dogImages: tools/dogimages.py fetches and checks it; ``subset`` cuts it down to a few images
-  per class for quick runs.
+  per class for quick runs (reading and counting a tree: tools/folders.py).
 - The offline fallback: scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes,
   shipped inside the scikit-learn package) written as RGB JPEGs in the same layout, so that the
   training and serving code paths are exercised on real images with no network.
@@ -16,9 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from train import layout  # the training job's rule for class folders (standard library only)
-
-SPLITS = ("train", "valid", "test")
+from tools import dogimages
+from tools.folders import SPLITS, DatasetError, read_tree, warn
 
 # The one recipe for the digits set (write_digits, 32 px): the tests' trained model, the demo's
 # offline fallback and container/local_test/train_local.sh; resnet18 from scratch, at a learning
@@ -33,43 +32,6 @@ DIGITS_RECIPE = {
     "pretrained": False,
     "num-workers": 1,
 }
-
-
-class DatasetError(RuntimeError):
-    """A data set could not be fetched, or is not what it should be."""
-
-
-def warn(message: str) -> None:
-    """The tools' warnings: one line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def read_tree(root: Path, say=warn) -> dict[str, dict[str, list[Path]]]:
-    """The data set under ``root``: ``{split: {class folder name: [photo paths, sorted]}}`` for
-    each split folder present. Class folders and photos follow train/layout.py, the training
-    job's own rule: hidden folders, ``__MACOSX`` and folders without photos are skipped, and
-    each split's skipped folders are named in one ``say`` line (stderr by default).
-
-    Raises:
-        OSError: a folder cannot be listed.
-    """
-    tree = {}
-    for split in SPLITS:
-        split_dir = Path(root) / split
-        if not split_dir.is_dir():
-            continue
-        found = layout.class_folders(split_dir)
-        if found.skipped:
-            say(found.warning())
-        tree[split] = {c: layout.photos(split_dir / c) for c in found.classes}
-    return tree
-
-
-def count_images(root: Path, say=warn) -> dict[str, tuple[int, int]]:
-    """Return ``{split: (classes, images)}`` for each split folder present under ``root``, as
-    the training job counts them (``read_tree``)."""
-    return {split: (len(classes), sum(map(len, classes.values())))
-            for split, classes in read_tree(root, say).items()}
 
 
 def check_apart(src: Path, dest: Path) -> None:
@@ -205,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.which == "digits":
             print(write_digits(args.dest, per_class=args.per_class))
         else:
-            from tools import dogimages
-
             full = args.dest.parent / dogimages.FOLDER
             if args.per_class:
                 try:  # before a 1.1 GB download

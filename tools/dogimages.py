@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tools.datasets import DatasetError, count_images
+from tools.folders import DatasetError, count_images
 from tools.fetch import FetchError, Unreachable, fetch, is_local
 
 DEFAULT_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"

@@ -1,16 +1,10 @@
-"""The self-describing model artifact in /opt/ml/model (SageMaker tars it into model.tar.gz).
+"""Writing the self-describing model artifact in /opt/ml/model (SageMaker tars it into
+model.tar.gz); its format, file names and manifest checks are the contract's
+(contract/artifact.py), which serve reads with and never imports train/.
 
-Files (format_version 1; serve/ reads them and never imports train/):
-
-- ``model.pt2``: a ``torch.export`` program of the eval-mode network. Input float32 NCHW
-  [B, 3, crop, crop], already normalised; B dynamic (1 to 1024). Output float32 logits
-  [B, num_classes]. Loading it needs torch, not this code, but it is not inert data:
-  ``torch.export.load`` unpickles parts of the archive (``torch.load(weights_only=False)``,
-  ``pickle.loads``), so loading runs whatever code the archive carries. Load only artifacts
-  your own training job wrote (README, "Security").
-- ``model-int8.pt2`` (optional): the same network quantized to int8 for CPU serving
-  (train/quantize.py), named in ``precisions.int8.program``; it needs torchao's inductor passes
-  to run fast, and serve only runs it compiled. The same caution applies.
+- ``model.pt2``: a ``torch.export`` program of the eval-mode network, batch dynamic from 1 to
+  ``MAX_BATCH``; ``model-int8.pt2`` (optional): the same network quantized to int8 for CPU
+  serving (train/quantize.py), named in ``precisions.int8.program``.
 - ``manifest.json``: architecture, class names in index order, preprocessing (resize, crop, mean,
   std), versions, metrics, hyperparameters, ``program_sha256`` (of ``model.pt2``), and
   ``training``: whether training completed, or where a stop (SIGTERM: StopTrainingJob, a spot
@@ -49,27 +43,12 @@ import torch
 import torchvision
 from torch import nn
 
+from contract.artifact import FORMAT, FORMAT_VERSION, INT8_PROGRAM, MANIFEST, MAX_BATCH, PROGRAM
 from train.checkpoint import atomic_write, failure_cause
 from train.data import Preprocess, readable_label
 from train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "sagemaker-dog-breeds/model"
-FORMAT_VERSION = 1
-PROGRAM = "model.pt2"
-INT8_PROGRAM = "model-int8.pt2"  # written by train/quantize.py
-MANIFEST = "manifest.json"
-MAX_BATCH = 1024
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of the file at ``path``, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export(model: nn.Module, crop: int) -> torch.export.ExportedProgram:

@@ -10,16 +10,20 @@ Five distributions, each with its bins:
   centre crop;
 - ``aspect_ratio``: the original photo's width / height;
 - ``megapixels``: the original photo's size.
-The last three come from up to ``IMAGE_SAMPLE`` training photos, decoded as serve decodes.
+The last three come from up to ``IMAGE_SAMPLE`` training photos, decoded as serve decodes them
+(contract/preprocess.py).
 """
 
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
+from PIL import Image
 
-from serve.decode import BadImage, Geometry, decode
+from contract import preprocess
+from contract.preprocess import Geometry
 from train import stop
 
 MAX_CLASS_GROUPS = 10
@@ -56,12 +60,12 @@ def image_statistics(paths: list[str], geometry: Geometry, seed: int = 0) -> np.
         try:
             with open(path, "rb") as f:
                 body = f.read()
-            from PIL import Image
-
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(body)) as img:
                 width, height = img.size
-            pixels = decode(body, geometry, 10**9, 10**9)
-        except (OSError, BadImage):
+                turn = preprocess.orientation(img, body)
+                preprocess.draft(img, geometry.resize)
+                pixels = preprocess.model_input(img, geometry, turn)
+        except Exception:  # noqa: BLE001 - Pillow raises many types for a bad file: left out
             continue
         rows.append((float(pixels.mean()), width / height, width * height / 1e6))
     return np.asarray(rows, float).reshape(-1, 3)

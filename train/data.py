@@ -30,14 +30,13 @@ from torch.utils.data import default_collate
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from serve.decode import to_rgb
+from contract import preprocess
+from contract.preprocess import IMAGENET_MEAN, IMAGENET_STD, Geometry, to_rgb
 from train import layout
 from train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Truncated JPEGs must fail, not be padded with grey (Pillow's default is strict; keep it so).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -49,16 +48,17 @@ def readable_label(folder: str) -> str:
 
 def load_rgb(path: str, draft: int | None = None) -> Image.Image:
     """Decode ``path`` (its first frame) to an RGB PIL image: EXIF orientation applied, alpha
-    composited on white, 16-bit, 32-bit and float images scaled to 8 bits (serve's conversion,
-    so that the model trains on what it will be served). With ``draft``, a JPEG decodes at the
-    smallest 1/1 to 1/8 scale whose sides stay >= ``draft`` px, as serve decodes it.
+    composited on white, 16-bit, 32-bit and float images scaled to 8 bits (the contract's
+    conversion, serve's too, so that the model trains on what it will be served). With
+    ``draft``, a JPEG decodes at the smallest 1/1 to 1/8 scale whose sides stay >= ``draft``
+    px, as serve decodes it.
 
     Raises:
         Exception: anything Pillow raises on an unreadable or malformed file.
     """
     with Image.open(path) as img:
-        if draft and img.format in ("JPEG", "MPO"):
-            img.draft("RGB", (draft, draft))
+        if draft:
+            preprocess.draft(img, draft)
         return to_rgb(img)
 
 
@@ -72,6 +72,11 @@ class Preprocess:
     resize: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def geometry(self) -> Geometry:
+        """The evaluation geometry (contract/preprocess.py) serve runs with these sizes."""
+        return Geometry(self.resize, self.crop)
 
     @classmethod
     def for_size(cls, image_size: int) -> "Preprocess":

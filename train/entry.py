@@ -26,6 +26,8 @@ from sagemaker_training import environment
 
 from train import checkpoint, hyperparameters, loop, stop
 from train.errors import TrainingError, write_failure
+from train.job import Job
+from train.stopping import JobStopped
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +50,13 @@ def _checkpoint_dir(env: environment.Environment) -> str:
     return os.path.join(environment.base_dir, "checkpoints")
 
 
-def job_from_environment(env: environment.Environment) -> loop.Job:
+def job_from_environment(env: environment.Environment) -> Job:
     """The Job of this container: channels, typed hyperparameters and the /opt/ml folders.
 
     Raises:
         TrainingError: a bad or unknown hyperparameter.
     """
-    return loop.Job(
+    return Job(
         channels=dict(env.channel_input_dirs),
         hyperparameters=hyperparameters.parse(env.hyperparameters),
         model_dir=env.model_dir,
@@ -65,7 +67,7 @@ def job_from_environment(env: environment.Environment) -> loop.Job:
     )
 
 
-def _torchrun(env: environment.Environment, job: loop.Job, nproc: int) -> None:
+def _torchrun(env: environment.Environment, job: Job, nproc: int) -> None:
     hosts = sorted(env.hosts)
     master = hosts[0] if len(hosts) > 1 else "127.0.0.1"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -82,7 +84,7 @@ def _torchrun(env: environment.Environment, job: loop.Job, nproc: int) -> None:
     failure = Path(env.output_dir) / "failure"
     if stop.requested():
         os.unlink(f.name)
-        raise loop.JobStopped(f"stopped by {stop.signal_name()} before training started")
+        raise JobStopped(f"stopped by {stop.signal_name()} before training started")
     logger.info("starting DDP: %s", " ".join(cmd))
     # A session of its own: a terminal's Ctrl-C reaches torchrun through us alone, once.
     proc = subprocess.Popen(cmd, start_new_session=True)
@@ -93,7 +95,7 @@ def _torchrun(env: environment.Environment, job: loop.Job, nproc: int) -> None:
     os.unlink(f.name)
     reason = failure.read_text() if failure.exists() else ""
     if stop.requested():
-        raise loop.JobStopped(reason or f"stopped by {stop.signal_name()}")
+        raise JobStopped(reason or f"stopped by {stop.signal_name()}")
     if returncode != 0:
         raise TrainingError(reason or f"a DDP training process failed (torchrun exit code "
                                       f"{returncode}); see the log above")

@@ -12,6 +12,7 @@ a download by torchvision. With none of them the job fails unless ``pretrained=f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from pathlib import Path
@@ -29,6 +30,10 @@ DOWNLOAD_TIMEOUT_S = 60.0
 # A state_dict for the same architecture fills all but the head (resnet50: 318 of 320 tensors);
 # far fewer means a file made for another architecture.
 MIN_MATCHED_SHARE = 0.8
+# Every trainable BatchNorm layer torch.nn has, named publicly rather than through their private
+# base class (nn.modules.batchnorm._BatchNorm).
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+             nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
 
 
 def build(arch: str, num_classes: int) -> nn.Module:
@@ -117,7 +122,21 @@ def freeze_batchnorm_stats(model: nn.Module) -> None:
     """Put BatchNorm layers whose parameters are all frozen in eval mode, so a frozen backbone's
     running statistics stay the pretrained ones. Call after ``model.train()``."""
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, BATCHNORM):
             params = list(module.parameters(recurse=False))
             if params and not any(p.requires_grad for p in params):
                 module.eval()
+
+
+@contextlib.contextmanager
+def batchnorm_stats_kept(model: nn.Module):
+    """BatchNorm layers keep their running statistics inside the block (momentum 0)."""
+    layers = [m for m in model.modules() if isinstance(m, BATCHNORM)]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum

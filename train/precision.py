@@ -4,40 +4,37 @@ it exported.
 serve may run the model in a reduced precision where the host has the hardware for it (bf16 on
 CPUs with AVX512-BF16 or AMX, fp16 and bf16 on GPUs), but only where the accuracy recorded here
 is within a tolerance of fp32's (serve/precision.py). So after the export, the job loads the
-program as serve does and evaluates it on the test channel (else valid) in fp32 and in each
-reduced precision, under ``torch.autocast`` as serve runs it: top-1, top-5, and how often the
-top-1 class agrees with fp32's. fp16 is measured on a GPU only (a CPU has no fast fp16).
+program as serve does and evaluates it on the test channel (else valid) in each precision of
+the contract's table (contract/precisions.py) that it measures on its device, under
+``torch.autocast`` as serve runs it: top-1, top-5, and how often the top-1 class agrees with
+fp32's. fp16 is measured on a GPU only (a CPU has no fast fp16).
 
-int8 is measured where the job wrote an int8 program (train/quantize.py): on the CPU, as the
-reference decomposition of that program (serve runs it compiled into oneDNN int8 kernels, which
-round differently in the last bit; the tests hold the two to one photo of each other).
+A precision with a program of its own is measured where the job wrote that program: int8
+(train/quantize.py) on the CPU, as the reference decomposition of that program (serve runs it
+compiled into oneDNN int8 kernels, which round differently in the last bit; the tests hold the
+two to one photo of each other).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 
 import torch
 
-from serve.model import AUTOCAST
-from train import artifact
+from contract import precisions
+from contract.artifact import file_sha256
 
 logger = logging.getLogger(__name__)
 
 
-
-def precisions_for(device: torch.device) -> list[str]:
-    """The precisions measured on ``device``: fp32 first, then the reduced ones."""
-    return ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
-
-
 @torch.inference_mode()
 def evaluate(program_path: Path, batches, device: torch.device, split: str,
-             int8_program: Path | None = None) -> dict:
+             programs: dict[str, Path] | None = None) -> dict:
     """Top-1, top-5 and top-1 agreement with fp32 of the exported program at ``program_path``
-    in each precision of ``precisions_for(device)``, and of ``int8_program`` (on the CPU).
+    in each precision ``contract.precisions.measured_on(device.type)``, and of each precision's
+    own program in ``programs`` (precision name -> file, e.g. ``{"int8": .../model-int8.pt2}``)
+    on the first device type it runs on.
 
     Args:
         batches: an iterable (re-iterable) of ``(images float32 [N, 3, H, W], labels int64 [N],
@@ -53,12 +50,15 @@ def evaluate(program_path: Path, batches, device: torch.device, split: str,
     module = module.to(memory_format=torch.channels_last)
     out: dict = {"evaluated_on": split, "device": device.type}
     reference: list[torch.Tensor] = []
-    runs = [(p, module, device) for p in precisions_for(device)]
-    if int8_program is not None:
-        importlib.import_module("torch.ao.quantization.fx._decomposed")  # the int8 ops
-        runs.append(("int8", torch.export.load(str(int8_program)).module(), torch.device("cpu")))
+    runs = [(p, module, device) for p in precisions.measured_on(device.type)]
+    for name, path in (programs or {}).items():
+        precision = precisions.get(name)
+        if precision.prepare is not None:
+            precision.prepare()  # what loading and running the program needs (int8's ops)
+        runs.append((precision, torch.export.load(str(path)).module(),
+                     torch.device(precision.devices[0])))
     for precision, run_module, run_device in runs:
-        dtype = AUTOCAST.get(precision)
+        dtype = precision.autocast_dtype()
         top1 = top5 = seen = 0
         predictions = []
         for images, labels, _ in batches:
@@ -78,14 +78,14 @@ def evaluate(program_path: Path, batches, device: torch.device, split: str,
         if not seen:
             return {}
         pred = torch.cat(predictions)
-        if precision == "fp32":
+        if precision.name == "fp32":
             reference = pred
         agree = int((pred == reference).sum())
-        out[precision] = {"top1": top1 / seen, "top5": top5 / seen,
-                          "agreement_with_fp32": agree / seen}
-        if precision == "int8":  # serve checks the file against it before loading it
-            out[precision].update(program=Path(int8_program).name,
-                                  program_sha256=artifact.file_sha256(Path(int8_program)))
+        out[precision.name] = {"top1": top1 / seen, "top5": top5 / seen,
+                               "agreement_with_fp32": agree / seen}
+        if precision.program is not None:  # serve checks the file against it before loading it
+            path = Path(programs[precision.name])
+            out[precision.name].update(program=path.name, program_sha256=file_sha256(path))
         out["images"] = seen
     logger.info("serving precisions on %s (%d images): %s", split, out.get("images", 0),
                 ", ".join(f"{p} top-1 {v['top1']:.4f}" for p, v in out.items()

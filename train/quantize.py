@@ -18,12 +18,12 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from serve.precision import import_x86_quantizer
-from train.artifact import INT8_PROGRAM, save_program
+from contract.artifact import INT8_PROGRAM
+from contract.precisions import import_x86_quantizer
+from train.artifact import save_program
 from train.data import skip_collate
 
 logger = logging.getLogger(__name__)
-
 
 
 def calibration_batches(dataset, images: int, batch_size: int) -> Iterator[torch.Tensor]:

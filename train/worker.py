@@ -18,15 +18,17 @@ import torch
 import torch.distributed as dist
 
 from train import loop, stop
+from train.distributed import Dist
 from train.errors import TrainingError, write_failure
+from train.job import Job
 
 
 def main(job_file: str) -> int:
     with open(job_file) as f:
-        job = loop.Job(**json.load(f))
+        job = Job(**json.load(f))
     output_dir = os.path.dirname(job.output_data_dir.rstrip("/"))
     stop.install(on_deadline=lambda reason: write_failure(output_dir, reason))
-    d = loop.Dist(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+    d = Dist(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
                   local_rank=int(os.environ["LOCAL_RANK"]))
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s rank{d.rank} %(levelname)s %(name)s: %(message)s")

@@ -8,7 +8,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-from deployment.settings import Context, UserError, save_state
+from deployment.errors import UserError
+from deployment.settings import Context, save_state
 
 NAME = "data"
 HELP = "fetch dogImages and sync it to s3://BUCKET/PREFIX/data/"
@@ -31,7 +32,8 @@ def run(ctx: Context, args) -> int:
         UserError: --source lacks train/ or valid/, or one of them has no class folder.
     """
     from tools import dogimages
-    from tools.datasets import read_tree, subset
+    from tools.datasets import subset
+    from tools.folders import read_tree
 
     if args.source:
         root = Path(args.source)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from deployment.aws import deregister_autoscaling, is_not_found
-from deployment.commands import monitor
+from deployment import cloudwatch
+from deployment.autoscaling import deregister_autoscaling
+from deployment.errors import is_not_found
 from deployment.settings import Context
 
 NAME = "delete"
@@ -15,6 +16,7 @@ def add_arguments(p) -> None:
     """This verb's options."""
     p.add_argument("--keep-monitoring", action="store_true",
                    help="keep the endpoint's alarms and dashboard (deploy.py monitor)")
+
 
 def run(ctx: Context, args) -> int:
     """Endpoint, then its config, then its models: names are read first, so the order cannot
@@ -38,7 +40,7 @@ def run(ctx: Context, args) -> int:
             raise
     deregister_autoscaling(ctx.boto, endpoint)
     if not args.keep_monitoring:
-        monitor.delete(ctx.boto.client("cloudwatch"), endpoint)
+        cloudwatch.delete(ctx.boto.client("cloudwatch"), endpoint)
     steps = [("endpoint", endpoint, lambda: sm.delete_endpoint(EndpointName=endpoint)),
              ("endpoint config", config,
               lambda: sm.delete_endpoint_config(EndpointConfigName=config))]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from container import gpu_hosts
-from deployment.aws import configure_autoscaling, endpoint_status, make_predictor_cls
-from deployment.settings import Context, UserError, load_state, save_state, timestamp
+from contract.artifact import MAX_BATCH
+from deployment.autoscaling import configure_autoscaling
+from deployment.endpoints import endpoint_status, make_predictor_cls
+from deployment.errors import UserError
+from deployment.settings import Context, load_state, save_state, timestamp
+from serve.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, Settings
 
 NAME = "deploy"
 HELP = "model, endpoint config and endpoint"
@@ -20,6 +24,15 @@ def add_arguments(p) -> None:
     p.add_argument("--startup-timeout", type=int, default=600,
                    help="container startup health-check timeout, 60-3600 s (default 600)")
     p.add_argument("--workers", type=int, help="SAGEMAKER_MODEL_SERVER_WORKERS")
+    p.add_argument("--max-batch-size", type=int, metavar="N",
+                   help=f"SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE: images per forward pass, 1 to "
+                        f"{MAX_BATCH} (default: serve's, {DEFAULT_MAX_BATCH['cpu']} on CPU, "
+                        f"{DEFAULT_MAX_BATCH['gpu']} on GPU)")
+    p.add_argument("--max-batch-delay-ms", type=int, metavar="MS",
+                   help="SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS: how long a batch may wait for "
+                        f"requests still decoding (default: serve's, "
+                        f"{DEFAULT_MAX_BATCH_DELAY_MS['cpu']} on CPU, "
+                        f"{DEFAULT_MAX_BATCH_DELAY_MS['gpu']} on GPU)")
     p.add_argument("--autoscale-max", type=int, help="target-tracking autoscaling up to N")
     p.add_argument("--autoscale-target", type=float, default=100.0,
                    help="invocations per instance per minute (default 100)")
@@ -37,6 +50,7 @@ def add_arguments(p) -> None:
                         "CPU types and serverless; known: "
                         f"{', '.join(gpu_hosts.INFERENCE_AMIS)}")
     p.add_argument("--no-wait", dest="wait", action="store_false")
+
 
 def model_data_uri(ctx: Context, args) -> str:
     """The model.tar.gz to deploy: --model-data, else the training job's (the last one).
@@ -87,6 +101,35 @@ def inference_ami(instance_type: str | None, requested: str) -> str | None:
         raise UserError(str(exc)) from exc
 
 
+def serving_environment(args, endpoint: str) -> dict[str, str]:
+    """The model's environment: serve's settings that deploy.py sets (the invocation timeout,
+    the metrics' dimensions, and the workers and batching options given), checked with serve's
+    own reader (serve/config.py), so a value the container would refuse at start is one line
+    here, before any AWS call. At most 6 entries: CreateModel takes 100 (and an inference
+    component's container 16).
+
+    Raises:
+        UserError: a value serve would refuse.
+    """
+    # serve's metrics carry the endpoint's name: SageMaker does not tell a container its name.
+    env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60", "SERVE_ENDPOINT_NAME": endpoint,
+           "SERVE_VARIANT_NAME": "AllTraffic"}
+    options = {"SAGEMAKER_MODEL_SERVER_WORKERS": ("--workers", args.workers),
+               "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": ("--max-batch-size", args.max_batch_size),
+               "SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS": ("--max-batch-delay-ms",
+                                                             args.max_batch_delay_ms)}
+    for name, (option, value) in options.items():
+        if value is None:
+            continue
+        env[name] = str(value)
+        try:
+            Settings.from_env(env, gpus=0)
+        except ValueError as exc:
+            raise UserError(f"{option} {value}: {exc}; the endpoint's container would refuse "
+                            "to start") from None
+    return env
+
+
 def update_endpoint(ctx: Context, endpoint: str, model, kwargs: dict, ami: str | None,
                     wait: bool) -> None:
     """Put ``model`` behind ``endpoint`` through a new endpoint config that copies the current
@@ -125,6 +168,7 @@ def run(ctx: Context, args) -> int:
     instance_type = None if args.serverless else ctx.get("endpoint_instance_type")
     ami = inference_ami(instance_type, args.inference_ami_version)
     endpoint = ctx.get("endpoint")
+    env = serving_environment(args, endpoint)
     sm = ctx.session.sagemaker_client
     status = endpoint_status(sm, endpoint)
     if status and not args.update:
@@ -132,11 +176,6 @@ def run(ctx: Context, args) -> int:
               "put the new model behind it, or run python deploy.py delete first")
         return 0
     model_data = model_data_uri(ctx, args)
-    # serve's metrics carry the endpoint's name: SageMaker does not tell a container its name.
-    env = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60", "SERVE_ENDPOINT_NAME": endpoint,
-           "SERVE_VARIANT_NAME": "AllTraffic"}
-    if args.workers:
-        env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(args.workers)
     name = f"{endpoint}-{timestamp()}"
     model = Model(image_uri=ctx.image(), model_data=model_data, role=ctx.role(), env=env,
                   name=name, predictor_cls=make_predictor_cls(), sagemaker_session=ctx.session)

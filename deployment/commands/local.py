@@ -6,11 +6,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from deployment import aws, local_mode
-from deployment.aws import make_estimator, make_predictor_cls, print_table
-from deployment.commands.predict import predict_table
+from deployment import local_mode, sessions
+from deployment.endpoints import make_predictor_cls, predict_table
+from deployment.errors import UserError
 from deployment.hyperparameters import parse_hyperparameters
-from deployment.settings import DEFAULT_REPOSITORY, ROOT, SPLITS, Context, UserError, timestamp
+from deployment.output import print_table
+from deployment.settings import DEFAULT_REPOSITORY, ROOT, SPLITS, Context, timestamp
+from deployment.training import make_estimator
 
 NAME = "local"
 HELP = "train and deploy on local Docker"
@@ -30,6 +32,7 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=8080, help="host port of the local endpoint")
     p.add_argument("--images", nargs="*", help="photos to classify (default tests/data/dogs)")
     p.add_argument("-k", "--top-k", type=int, default=3)
+
 
 LOCAL_ROLE = "arn:aws:iam::111111111111:role/local-mode"
 
@@ -71,7 +74,7 @@ def _train_deploy_classify(ctx: Context, args, inputs: dict, hyperparameters: di
     from sagemaker.model import Model
 
     region = ctx.get("region") or "us-east-1"
-    session = local_mode.make_session(aws.make_boto_session(region), args.port, container_root)
+    session = local_mode.make_session(sessions.make_boto_session(region), args.port, container_root)
     image = args.image_tag
     estimator = make_estimator(ctx, args, hyperparameters, session=session, image=image,
                                role=LOCAL_ROLE, output_path=f"file://{out}", spot=False)

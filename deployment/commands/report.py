@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deployment.aws import print_table
-from deployment.settings import Context, UserError
+from deployment.errors import UserError
+from deployment.output import print_table
+from deployment.settings import Context
 
 NAME = "report"
 HELP = "download a training job's debugger report and print its rules"
@@ -18,6 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("training_job", help="training job name")
     p.add_argument("--output", default="out/reports", help="where the report is unpacked")
     p.add_argument("--open", action="store_true", help="open report.html in a browser")
+
 
 def run(ctx: Context, args) -> int:
     """Download a training job's output.tar.gz, print the rule table of the debugger report the

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from deployment.aws import data_channels, make_estimator, training_instance_warning
-from deployment.commands.tune import best_hyperparameters
+from deployment import training
 from deployment.hyperparameters import parse_hyperparameters
 from deployment.settings import Context, save_state, timestamp
+from deployment.training import data_channels, make_estimator, training_instance_warning
 
 NAME = "train"
 HELP = "one training job"
@@ -21,13 +21,15 @@ def add_arguments(p) -> None:
                    help="SageMaker Debugger hook, built-in rules and profiler (accounts that "
                         "still have the service)")
 
+
 def run(ctx: Context, args) -> int:
     """Start one training job (managed spot with checkpoints unless --no-spot)."""
     warning = training_instance_warning(ctx.get("instance_type"))
     hyperparameters = {}
     tuning_job = args.tuning_job
     if tuning_job:
-        best, hyperparameters = best_hyperparameters(ctx.session.sagemaker_client, tuning_job)
+        best, hyperparameters = training.best_hyperparameters(ctx.session.sagemaker_client,
+                                                              tuning_job)
         print(f"hyperparameters of {best}, the best job of {tuning_job}: "
               + " ".join(f"{k}={v}" for k, v in sorted(hyperparameters.items())))
     hyperparameters.update(parse_hyperparameters(args.hp))

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import sys
 
-from deployment.aws import data_channels, make_estimator, print_table, training_instance_warning
+from deployment.errors import UserError
 from deployment.hyperparameters import parse_hyperparameters
-from deployment.settings import Context, UserError, save_state, timestamp
+from deployment.output import print_table
+from deployment.settings import Context, save_state, timestamp
+from deployment.training import data_channels, make_estimator, training_instance_warning
 from train.metrics import METRIC_DEFINITIONS, OBJECTIVES
 
 NAME = "tune"
@@ -26,6 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--momentum-range", default="0.8,0.99", help="empty: not tuned")
     p.add_argument("--weight-decay-range", default="1e-6,1e-2", help="empty: not tuned")
     p.add_argument("--attach", metavar="TUNING_JOB", help="only print the jobs table of one")
+
 
 def hyperparameter_ranges(args) -> dict:
     """The tuned ranges from the --*-range options (lr and weight decay on a log scale).
@@ -152,18 +155,3 @@ def print_tuning_results(sm, name: str) -> int:
     else:
         print("best: none yet")
     return 0
-
-
-def best_hyperparameters(sm, tuning_job: str) -> tuple[str, dict[str, str]]:
-    """The best training job of ``tuning_job`` and its hyperparameters, without the keys the
-    platform adds."""
-    desc = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
-    best = desc.get("BestTrainingJob")
-    if not best:
-        raise UserError(f"tuning job {tuning_job} has no best training job yet "
-                        f"({desc['HyperParameterTuningJobStatus']}); wait for it with "
-                        f"python deploy.py tune --attach {tuning_job}")
-    job = sm.describe_training_job(TrainingJobName=best["TrainingJobName"])
-    hps = {k: v.strip('"') for k, v in job["HyperParameters"].items()
-           if not k.startswith(("sagemaker_", "_tuning_objective_metric"))}
-    return best["TrainingJobName"], hps

@@ -127,10 +127,13 @@ def test_a_precisions_record_that_is_not_an_object_is_served_in_fp32(model_dir, 
 
 
 def test_a_max_batch_size_over_the_artifacts_is_refused_at_load(model_dir, monkeypatch):
-    app = _app(model_dir, monkeypatch, SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE="2000")
+    """Settings stop a max batch size over any program's at start (tests/serve/
+    test_decode_and_config.py); an artifact may still record a smaller one."""
+    _edit(model_dir, _set("input.max_batch", 4))
+    app = _app(model_dir, monkeypatch, SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE="8")
     _wait(app, lambda holder: holder.failed)
     assert app.extensions["model"].error == (
-        "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE=2000 is over this artifact's max batch (1024, "
+        "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE=8 is over this artifact's max batch (4, "
         "manifest.json field 'input.max_batch')")
 
 

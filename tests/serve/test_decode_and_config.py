@@ -5,8 +5,9 @@ import io
 import pytest
 from PIL import Image
 
+from contract.preprocess import Geometry
 from serve import config
-from serve.decode import BadImage, Geometry, decode, inspect
+from serve.decode import BadImage, decode, inspect
 from tests.conftest import DOG_PHOTOS
 
 G = Geometry(resize=256, crop=224)
@@ -152,6 +153,26 @@ def test_settings_defaults_and_overrides():
         config.Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, gpus=0)
     with pytest.raises(ValueError, match="SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE.*at least 1"):
         config.Settings.from_env({"SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": "0"}, gpus=0)
+
+
+def test_a_max_batch_size_over_the_programs_is_refused_at_start(monkeypatch, capsys):
+    """The exported programs take batches up to contract.artifact.MAX_BATCH: a larger setting
+    stops `serve` with one line and exit 2, before gunicorn starts a worker that could never
+    load the model."""
+    from contract.artifact import MAX_BATCH
+    from serve import cli
+
+    top = {"SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": str(MAX_BATCH)}
+    assert config.Settings.from_env(top, gpus=0).max_batch_size == MAX_BATCH
+    with pytest.raises(ValueError, match=f"='2000' must be at most {MAX_BATCH} "):
+        config.Settings.from_env({"SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": "2000"}, gpus=0)
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE", "2000")
+    monkeypatch.setattr(cli.os, "execv", lambda *args: pytest.fail("gunicorn started"))
+    assert cli.main() == 2
+    err = capsys.readouterr().err
+    assert err == (f"serve: SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE='2000' must be at most "
+                   f"{MAX_BATCH} (the largest batch a model program takes, "
+                   f"contract/artifact.py)\n")
 
 
 def test_default_workers():

@@ -16,13 +16,14 @@ from tests.serve.worst_images import NAMES, worst_cases
 CHILD = r"""
 import ctypes, io, json, sys
 from PIL import Image
+from contract.preprocess import Geometry
 from serve import decode as d
 
 def status(field):
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field))
 
-g = d.Geometry(256, 224)
+g = Geometry(256, 224)
 small = io.BytesIO(); Image.new("RGB", (64, 64)).save(small, "PNG")
 d.decode(small.getvalue(), g, 50_000_000, 2_000_000)  # plugins and imports in place
 body = sys.stdin.buffer.read()
@@ -73,7 +74,8 @@ def test_a_grey_image_resized_as_grey_equals_its_rgb_copy_resized():
     import numpy as np
     from PIL import Image
 
-    from serve.decode import Geometry, decode, eval_geometry, to_rgb
+    from contract.preprocess import Geometry, eval_geometry, to_rgb
+    from serve.decode import decode
 
     rng = np.random.default_rng(0)
     grey = Image.fromarray(rng.integers(0, 256, (731, 1093), dtype=np.uint8), "L")

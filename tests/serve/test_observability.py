@@ -119,7 +119,7 @@ def test_metrics_and_drift_from_a_real_server(trained_model_dir, digits_dir, tmp
 
     page = tmp_path / "metrics.html"
     run = __import__("subprocess").run(
-        [__import__("sys").executable, str(ROOT / "container" / "local_test" / "metrics_page.py"),
+        [__import__("sys").executable, str(ROOT / "tools" / "metrics_page.py"),
          str(tmp_path / "serve.log"), str(page)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     text = page.read_text()

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import DOG_PHOTOS
 from tools import datasets
-from tools.datasets import DatasetError
+from tools.folders import DatasetError, count_images
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -42,7 +42,7 @@ def messy(tmp_path) -> Path:
 
 
 def test_only_class_folders_with_photos_count_and_each_split_warns_once(messy, capsys):
-    assert datasets.count_images(messy) == {"train": (2, 6), "valid": (2, 2)}
+    assert count_images(messy) == {"train": (2, 6), "valid": (2, 2)}
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2, lines
     for split, line in zip(("train", "valid"), lines):
@@ -53,7 +53,7 @@ def test_only_class_folders_with_photos_count_and_each_split_warns_once(messy, c
 
 def test_subset_copies_class_folders_only_and_warns(messy, tmp_path, capsys):
     out = datasets.subset(messy, tmp_path / "small", per_class=2)
-    assert datasets.count_images(out) == {"train": (2, 4), "valid": (2, 2)}
+    assert count_images(out) == {"train": (2, 4), "valid": (2, 2)}
     for split in ("train", "valid"):
         assert sorted(p.name for p in (out / split).iterdir()) == ["001.Affenpinscher",
                                                                    "002.Afghan_hound"]
@@ -84,7 +84,7 @@ def test_a_destination_that_is_not_a_data_set_is_never_replaced(messy, tmp_path)
     # A data set there is replaced, as before.
     again = datasets.subset(messy, tmp_path / "small", per_class=1)
     assert datasets.subset(messy, again, per_class=2) == again
-    assert datasets.count_images(again)["train"] == (2, 4)
+    assert count_images(again)["train"] == (2, 4)
 
 
 def test_cli_subset_onto_the_downloaded_set_is_refused_before_any_download(messy, tmp_path,
@@ -109,7 +109,7 @@ def test_cli_subset_onto_the_downloaded_set_is_refused_before_any_download(messy
 def test_digits_have_no_empty_class_folders(tmp_path):
     few = datasets.write_digits(tmp_path / "few", image_size=8, per_class=3)
     assert not (few / "test").exists()  # 3 per class: 2 train, 1 valid, none left for test
-    assert datasets.count_images(few) == {"train": (10, 20), "valid": (10, 10)}
+    assert count_images(few) == {"train": (10, 20), "valid": (10, 10)}
     enough = datasets.write_digits(tmp_path / "enough", image_size=8, per_class=6)
-    assert datasets.count_images(enough) == {"train": (10, 40), "valid": (10, 10),
+    assert count_images(enough) == {"train": (10, 40), "valid": (10, 10),
                                              "test": (10, 10)}

@@ -16,7 +16,7 @@ import torch
 from tests.conftest import DOG_PHOTOS, ROOT
 from tests.tools.archive import ArchiveServer, make_archive
 
-DEMO = ROOT / "container" / "local_test" / "demo.py"
+DEMO = ROOT / "tools" / "demo.py"
 
 
 def plant_resnet50_weights(torch_home) -> None:

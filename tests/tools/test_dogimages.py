@@ -12,7 +12,7 @@ import pytest
 
 from tests.tools.archive import ArchiveServer, make_archive
 from tools import dogimages, fetch
-from tools.datasets import DatasetError
+from tools.folders import DatasetError
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,12 @@ def main(root: str, out: str, hp_json: str, point: str) -> int:
     def forward_then_maybe_stop(self, images, labels):
         result = forward(self, images, labels)
         if self.model.training:
-            if kind == "train" and [self.epoch + 1, self.step] == where:
+            if kind == "train" and [self.state.epoch + 1, self.state.step] == where:
                 os.kill(os.getpid(), signal.SIGTERM)
         else:
-            index = eval_batches.get(self.epoch, 0)
-            eval_batches[self.epoch] = index + 1
-            if kind == "valid" and [self.epoch + 1, index] == where:
+            index = eval_batches.get(self.state.epoch, 0)
+            eval_batches[self.state.epoch] = index + 1
+            if kind == "valid" and [self.state.epoch + 1, index] == where:
                 os.kill(os.getpid(), signal.SIGTERM)
         return result
 

@@ -54,7 +54,7 @@ def test_empty_hidden_and_macos_folders_are_skipped_with_one_warning_each(tmp_pa
 
 def test_the_datasets_read_the_photos_the_tools_count(tmp_path):
     """A hidden ``._`` file beside the photos is no photo for the job, as for the tools."""
-    from tools.datasets import count_images
+    from tools.folders import count_images
 
     train = channel(tmp_path / "train", {"001.Affenpinscher": 3, "002.Afghan_hound": 2})
     channel(tmp_path / "valid", {"001.Affenpinscher": 1, "002.Afghan_hound": 1})

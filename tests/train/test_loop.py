@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import digit_channels
@@ -29,12 +30,13 @@ def test_workers_start_before_the_hook_and_the_first_step(tmp_path, digits_dir, 
     monkeypatch.setattr(loop.Trainer, "start_workers",
                         lambda self: calls.append("start_workers") or start_workers(self))
     monkeypatch.setattr(debugger, "create_hook", lambda *args: calls.append("create_hook"))
+    before = {p.pid for p in psutil.Process().children()}
     trainer = make_trainer(tmp_path, digits_dir)
     assert calls == ["start_workers", "create_hook"]
-    # A persistent-worker DataLoader keeps its iterator (and so its workers) in _iterator.
-    assert {s: dl._iterator is not None for s, dl in trainer.loaders.items()} == {
-        "train": True, "valid": True, "test": True}
-    assert set(trainer._first_pass) == {"train", "valid", "test"}
+    # One worker process per split (num-workers=1), forked and kept (persistent workers).
+    workers = [p for p in psutil.Process().children() if p.pid not in before]
+    assert len(workers) == 3 and all(p.is_running() for p in workers)
+    assert set(trainer.feed.first_pass) == {"train", "valid", "test"}
 
 
 def test_each_split_s_first_pass_reads_the_whole_split(tmp_path, digits_dir, monkeypatch):
@@ -43,13 +45,13 @@ def test_each_split_s_first_pass_reads_the_whole_split(tmp_path, digits_dir, mon
     forward = loop.Trainer._forward
     monkeypatch.setattr(loop.Trainer, "_forward",
                         lambda self, x, y: images.append(len(y)) or forward(self, x, y))
-    n_train = len(trainer.datasets["train"])
+    n_train = len(trainer.feed.datasets["train"])
     trainer.train_epoch(0)  # from the iterator started in the constructor
-    assert "train" not in trainer._first_pass and sum(images) == n_train
+    assert "train" not in trainer.feed.first_pass and sum(images) == n_train
     trainer.train_epoch(1)  # a fresh pass over the same workers
     assert sum(images) == 2 * n_train
     first, _ = trainer.evaluate("valid")  # from the iterator started in the constructor
-    assert "valid" not in trainer._first_pass
+    assert "valid" not in trainer.feed.first_pass
     again, _ = trainer.evaluate("valid")
     assert first == pytest.approx(again)
 
@@ -60,9 +62,9 @@ def test_a_resumed_job_spreads_the_hook_saves_over_the_epochs_left(tmp_path, dig
     planned = []
     monkeypatch.setattr(debugger, "create_hook", lambda *args: planned.append(args[-1]))
     trainer = make_trainer(tmp_path, digits_dir, epochs=3, **{"debugger-rules": True})
-    assert trainer.epoch == 1  # the epoch it resumes in
+    assert trainer.state.epoch == 1  # the epoch it resumes in
     # smdebug counts steps from 0 in every process: 2 epochs of steps are left, not 3.
-    assert planned == [len(trainer.loaders["train"]) * 2] == [trainer.planned_steps()]
+    assert planned == [len(trainer.feed.loaders["train"]) * 2] == [trainer.planned_steps()]
 
 
 def test_a_checkpoint_for_another_arch_fails_clearly_and_is_kept(tmp_path, digits_dir):

@@ -8,7 +8,7 @@ import tarfile
 import boto3
 import pytest
 
-from tests.deploy.test_deploy_cli import BUCKET, REGION, ROLE, aws, aws_env, run  # noqa: F401
+from tests.deployment.conftest import BUCKET, REGION, ROLE, run
 
 
 def _job(name: str) -> None:

@@ -30,10 +30,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools import datasets, dogimages  # noqa: E402
+from tools import datasets, dogimages, folders  # noqa: E402
 from tools.fetch import FetchError, Unreachable, fetch  # noqa: E402
 from tools.opt_ml import write_job  # noqa: E402
 
@@ -127,7 +127,7 @@ def choose_data() -> tuple[Path, dict, str, Path | None]:
         subset = datasets.subset(root, OUT / "data" / "dogs", per_class=PER_CLASS)
     except (dogimages.DogImagesUnavailable, Unreachable) as exc:
         return fallback(str(exc))
-    except (datasets.DatasetError, FetchError) as exc:
+    except (folders.DatasetError, FetchError) as exc:
         raise SystemExit(f"demo: {exc}") from None
     return subset, DOGS, f"dogImages, {PER_CLASS} per breed and split", weights
 
@@ -171,7 +171,7 @@ def main() -> int:
     stages.begin("data", "data")
     data, hyperparameters, what, weights = choose_data()
     print(f"using {what}: {data}")
-    counts = datasets.count_images(data)
+    counts = folders.count_images(data)
     print("  " + ", ".join(f"{split}: {n} images in {c} classes"
                            for split, (c, n) in counts.items()))
 

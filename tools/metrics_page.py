@@ -2,7 +2,7 @@
 """A serve log as a local HTML page of the endpoint's metrics: what `deploy.py monitor`'s
 CloudWatch dashboard will show, on a laptop, before any AWS.
 
-    python container/local_test/metrics_page.py out/demo/serve.log [out/metrics.html]
+    python -m tools.metrics_page out/demo/serve.log [out/metrics.html]
 
 It reads the Embedded Metric Format lines serve writes (serve/metrics.py), draws the dashboard's
 panels (deployment/monitoring.py) over time, and lists each alarm with its threshold, the worst
@@ -21,7 +21,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deployment import monitoring  # noqa: E402

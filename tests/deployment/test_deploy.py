@@ -1,0 +1,223 @@
+"""deploy.py deploy (and delete): model, endpoint config and endpoint, real-time, serverless or
+asynchronous, with autoscaling, data capture, the GPU driver's AMI and the serving options."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from tests.deployment.conftest import ACCOUNT, BUCKET, IMAGE, REGION, ROLE, run
+
+
+def test_deploy_real_time_with_autoscaling_then_delete_twice(aws, capsys):
+    model_data = f"s3://{BUCKET}/dog-breeds/output/dogs-1/output/model.tar.gz"
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
+                         "--endpoint", "dogs-ep", "--instance-type", "ml.m5.xlarge",
+                         "--startup-timeout", "900", "--autoscale-max", "4")
+    assert code == 0, err
+    model = aws.one("CreateModel")
+    assert model["PrimaryContainer"]["Image"] == IMAGE
+    assert model["PrimaryContainer"]["ModelDataUrl"] == model_data
+    assert model["ExecutionRoleArn"] == ROLE
+    config = aws.one("CreateEndpointConfig")
+    (variant,) = config["ProductionVariants"]
+    assert variant["ModelName"] == model["ModelName"]
+    assert variant["InstanceType"] == "ml.m5.xlarge"
+    assert variant["InitialInstanceCount"] == 1
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 900
+    assert "InferenceAmiVersion" not in variant  # a CPU instance type gets SageMaker's default
+    endpoint = aws.one("CreateEndpoint")
+    assert endpoint["EndpointName"] == "dogs-ep"
+    assert endpoint["EndpointConfigName"] == config["EndpointConfigName"]
+    target = aws.one("RegisterScalableTarget", "application-auto-scaling")
+    assert target["ResourceId"] == "endpoint/dogs-ep/variant/AllTraffic"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
+    policy = aws.one("PutScalingPolicy", "application-auto-scaling")
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert "created model" in out and "autoscaling" in out
+
+    code, out, _ = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
+                       "--endpoint", "dogs-ep")
+    assert code == 0 and "already exists" in out
+    assert len(aws.calls[("sagemaker", "CreateModel")]) == 1
+
+    code, out, err = run(capsys, "delete", "--endpoint", "dogs-ep")
+    assert code == 0, err
+    assert "deleted endpoint dogs-ep" in out and "deleted endpoint config" in out
+    assert f"deleted model {model['ModelName']}" in out
+    code, out, err = run(capsys, "delete", "--endpoint", "dogs-ep")
+    assert code == 0, err
+    assert "endpoint dogs-ep: already gone" in out
+
+
+def test_deploy_serverless_and_async(aws, capsys):
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--endpoint", "dogs-sl", "--serverless", "--memory-mb", "4096")
+    assert code == 0, err
+    (variant,) = aws.one("CreateEndpointConfig")["ProductionVariants"]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 5}
+    assert "InstanceType" not in variant and "InferenceAmiVersion" not in variant
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--endpoint", "dogs-async", "--async",
+                       "--instance-type", "ml.g4dn.xlarge")  # moto's enum lacks ml.g5
+    assert code == 0, err
+    config = aws.calls[("sagemaker", "CreateEndpointConfig")][1]
+    assert config["AsyncInferenceConfig"]["OutputConfig"]["S3OutputPath"] == \
+        f"s3://{BUCKET}/dog-breeds/async-output/dogs-async"
+
+
+def test_deploy_without_a_model_is_one_line(aws, capsys):
+    code, _, err = run(capsys, "deploy", "--endpoint", "x", "--no-wait")
+    assert code == 1 and "no model" in err
+
+
+def test_deploy_with_data_capture_names_the_endpoint_and_delete_removes_monitoring(aws, capsys):
+    model_data = f"s3://{BUCKET}/dog-breeds/output/dogs-1/output/model.tar.gz"
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
+                         "--endpoint", "dogs-ep", "--instance-type", "ml.m5.xlarge",
+                         "--capture", "10")
+    assert code == 0, err
+    env = aws.one("CreateModel")["PrimaryContainer"]["Environment"]
+    assert env["SERVE_ENDPOINT_NAME"] == "dogs-ep" and env["SERVE_VARIANT_NAME"] == "AllTraffic"
+    capture = aws.one("CreateEndpointConfig")["DataCaptureConfig"]
+    assert capture["EnableCapture"] is True and capture["InitialSamplingPercentage"] == 10
+    assert capture["DestinationS3Uri"] == f"s3://{BUCKET}/dog-breeds/capture/dogs-ep"
+    assert capture["CaptureOptions"] == [{"CaptureMode": "Input"}]
+    assert run(capsys, "monitor", "--endpoint", "dogs-ep")[0] == 0
+    code, out, err = run(capsys, "delete", "--endpoint", "dogs-ep")
+    assert code == 0, err
+    assert "deleted 7 alarms of dogs-ep" in out
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
+                         "--endpoint", "other", "--capture", "0")
+    assert code == 1 and "--capture 0: a percentage of requests from 1 to 100" in err
+
+
+AMI_580 = "al2023-ami-sagemaker-inference-gpu-4-1"
+
+
+@pytest.fixture
+def gpu_enum(monkeypatch):
+    """moto 5.2.5 knows five endpoint instance types (no ml.g5): check against botocore's own
+    ProductionVariantInstanceType enum instead."""
+    from moto.sagemaker.models import FakeEndpointConfig
+
+    shape = boto3.client("sagemaker", region_name=REGION).meta.service_model.shape_for(
+        "ProductionVariantInstanceType")
+
+    def validate_instance_type(self, instance_type):
+        assert instance_type in shape.enum, instance_type
+
+    monkeypatch.setattr(FakeEndpointConfig, "validate_instance_type", validate_instance_type)
+
+
+def test_deploy_on_the_default_gpu_instance_type_picks_the_580_driver_ami(aws, gpu_enum, capsys):
+    """ml.g5 runs driver 470 unless the variant names an AMI; torch's CUDA 13 needs 580."""
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                         "--endpoint", "dogs-gpu")
+    assert code == 0, err
+    (variant,) = aws.one("CreateEndpointConfig")["ProductionVariants"]
+    assert variant["InstanceType"] == "ml.g5.xlarge"
+    assert variant["InferenceAmiVersion"] == AMI_580
+    assert f"(1 x ml.g5.xlarge, InferenceAmiVersion {AMI_580})" in out
+
+
+def test_deploy_update_keeps_the_ami_and_the_new_model(aws, gpu_enum, capsys):
+    """The SDK's Predictor.update_endpoint would build the new variant without the AMI."""
+    from botocore.awsrequest import AWSResponse as Response
+
+    def update_endpoint(**_):  # moto 5.2.5 has no UpdateEndpoint
+        return Response("https://sagemaker", 200, {}, None), {
+            "EndpointArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/dogs-gpu"}
+
+    aws.session.events.register("before-call.sagemaker.UpdateEndpoint", update_endpoint)
+    assert run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m1.tar.gz",
+               "--endpoint", "dogs-gpu", "--capture", "5")[0] == 0
+    code, out, err = run(capsys, "deploy", "--no-wait", "--update", "--model-data",
+                         "s3://b/m2.tar.gz", "--endpoint", "dogs-gpu")
+    assert code == 0, err
+    first, second = aws.calls[("sagemaker", "CreateEndpointConfig")]
+    (variant,) = second["ProductionVariants"]
+    new_model = aws.calls[("sagemaker", "CreateModel")][1]["ModelName"]
+    assert variant["ModelName"] == new_model and variant["InstanceType"] == "ml.g5.xlarge"
+    assert variant["InferenceAmiVersion"] == AMI_580
+    assert second["DataCaptureConfig"] == first["DataCaptureConfig"]  # copied from the old one
+    update = aws.one("UpdateEndpoint")
+    assert update == {"EndpointName": "dogs-gpu",
+                      "EndpointConfigName": second["EndpointConfigName"]}
+    assert f"updated endpoint dogs-gpu to model {new_model}" in out
+
+
+REFUSALS = [
+    (["--instance-type", "ml.p3.2xlarge"],
+     "ml.p3.2xlarge has NVIDIA V100 GPUs (compute capability 7.0), for which the image's CUDA 13 "
+     "build of torch has no kernels (sm_75 sm_80 sm_86 sm_90 sm_100 sm_120): pick ml.g4dn, "
+     "ml.g5, ml.p4d, ml.p4de, ml.g6, ml.g6e, ml.p5, ml.p5e, ml.p5en, ml.p6-b200, ml.p6-b300, "
+     "ml.g7e, or a CPU instance type"),
+    (["--instance-type", "ml.g7.2xlarge"],
+     "ml.g7.2xlarge: GPU family g7 is not in container/gpu_hosts.py, so its GPU and driver are "
+     "unknown here: pick ml.g4dn, ml.g5, ml.p4d, ml.p4de, ml.g6, ml.g6e, ml.p5, ml.p5e, ml.p5en, "
+     "ml.p6-b200, ml.p6-b300, ml.g7e, or add it there"),
+    (["--inference-ami-version", "al2-ami-sagemaker-inference-gpu-9"],
+     "--inference-ami-version al2-ami-sagemaker-inference-gpu-9 is not a known "
+     "InferenceAmiVersion (botocore 1.44.5): pass auto or one of "
+     "al2-ami-sagemaker-inference-gpu-2, al2-ami-sagemaker-inference-gpu-2-1, "
+     "al2-ami-sagemaker-inference-gpu-3-1, al2023-ami-sagemaker-inference-gpu-4-1, "
+     "al2-ami-sagemaker-inference-neuron-2"),
+    (["--inference-ami-version", "al2-ami-sagemaker-inference-gpu-3-1"],
+     "--inference-ami-version al2-ami-sagemaker-inference-gpu-3-1 runs NVIDIA driver 550 (CUDA "
+     f"12.4), older than the 580 the image's CUDA 13 needs: pass auto ({AMI_580})"),
+    (["--inference-ami-version", "al2-ami-sagemaker-inference-neuron-2"],
+     "--inference-ami-version al2-ami-sagemaker-inference-neuron-2 is for Inferentia and "
+     "Trainium (Neuron); this image runs on NVIDIA GPUs: pass auto"),
+    (["--instance-type", "ml.m5.xlarge", "--inference-ami-version", AMI_580],
+     f"--inference-ami-version {AMI_580} is for GPU instances and ml.m5.xlarge has no GPU: "
+     "leave the option out"),
+    (["--serverless", "--inference-ami-version", AMI_580],
+     f"--inference-ami-version {AMI_580} is for GPU instances and a serverless endpoint has no "
+     "GPU: leave the option out"),
+]
+
+
+@pytest.mark.parametrize("options, line", REFUSALS)
+def test_an_instance_type_or_ami_the_image_cannot_run_on_is_refused_before_any_aws_call(
+        no_credentials, capsys, options, line):
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       *options)
+    assert (code, err) == (1, f"error: {line}\n")
+
+
+def test_deploy_refusal_reaches_no_aws_even_with_credentials(aws, capsys):
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--instance-type", "ml.p3.2xlarge")
+    assert code == 1 and "no kernels" in err and not aws.calls
+
+
+def test_deploy_passes_the_batching_options_in_the_model_environment(aws, capsys):
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                         "--endpoint", "dogs-ep", "--instance-type", "ml.m5.xlarge",
+                         "--workers", "2", "--max-batch-size", "16", "--max-batch-delay-ms", "3")
+    assert code == 0, err
+    env = aws.one("CreateModel")["PrimaryContainer"]["Environment"]
+    assert env == {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60", "SERVE_ENDPOINT_NAME": "dogs-ep",
+                   "SERVE_VARIANT_NAME": "AllTraffic", "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+                   "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": "16",
+                   "SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS": "3"}
+    assert len(env) <= 16  # an inference component's container takes 16; CreateModel 100
+
+
+@pytest.mark.parametrize("options, line", [
+    (["--max-batch-size", "2000"], "--max-batch-size 2000: SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE="
+     "'2000' must be at most 1024 (the largest batch a model program takes, "
+     "contract/artifact.py); the endpoint's container would refuse to start"),
+    (["--max-batch-size", "0"], "--max-batch-size 0: SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE='0' "
+     "must be at least 1; the endpoint's container would refuse to start"),
+    (["--max-batch-delay-ms", "-1"], "--max-batch-delay-ms -1: "
+     "SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS='-1' must be at least 0; the endpoint's "
+     "container would refuse to start"),
+])
+def test_a_batching_option_serve_would_refuse_is_one_line_before_any_aws_call(
+        aws, capsys, options, line):
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--instance-type", "ml.m5.xlarge", *options)
+    assert (code, err) == (1, f"error: {line}\n")
+    assert not aws.calls
