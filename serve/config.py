@@ -44,7 +44,17 @@ REFUSAL_DRAIN_S = 1.0
 # client sending a byte a second holds a place and a thread no longer than that.
 DEFAULT_BODY_TIMEOUT_S = 20
 METRICS_NAMESPACE = "SageMakerDogBreeds"  # CloudWatch namespace of serve's EMF metrics
+# Shared by a container's workers and kept across a worker's death; /opt/ml/model may be
+# read-only on SageMaker, /tmp is writable.
+COMPILE_CACHE_DIR = "/tmp/serve-compiled"
 CPU_THREADS_PER_WORKER = 4  # ResNet50 on CPU scales poorly past ~4 intra-op threads
+
+
+def compile_cache_dir(environ: dict | None = None) -> str:
+    """SERVE_COMPILE_CACHE_DIR: where a host's workers keep the compiled programs
+    (serve/compiled.py); COMPILE_CACHE_DIR by default."""
+    env = os.environ if environ is None else environ
+    return env.get("SERVE_COMPILE_CACHE_DIR") or COMPILE_CACHE_DIR
 
 
 def _cpu_count() -> int:
@@ -114,6 +124,7 @@ class Settings:
     endpoint_name: str = "local"  # SERVE_ENDPOINT_NAME (deploy.py sets it)
     variant_name: str = "AllTraffic"  # SERVE_VARIANT_NAME
     drift_window: int = 1000  # SERVE_DRIFT_WINDOW: images the drift scores look back on
+    compile_cache_dir: str = COMPILE_CACHE_DIR  # SERVE_COMPILE_CACHE_DIR (compile_cache_dir)
 
     @property
     def threads(self) -> int:
@@ -201,4 +212,5 @@ class Settings:
             endpoint_name=env.get("SERVE_ENDPOINT_NAME") or "local",
             variant_name=env.get("SERVE_VARIANT_NAME") or "AllTraffic",
             drift_window=positive("SERVE_DRIFT_WINDOW", 1000, minimum=10),
+            compile_cache_dir=compile_cache_dir(env),
         )

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from contract import precisions
-from contract.artifact import ArtifactError, check_program, read_manifest
+from contract.artifact import ArtifactError, check_program, file_sha256, read_manifest
 from contract.preprocess import Geometry
-from serve.precision import Choice
+from serve import buckets, compiled
+from serve.config import compile_cache_dir
+from serve.precision import Choice, Host
 
 logger = logging.getLogger("serve")
 
@@ -67,59 +68,57 @@ class Classifier:
                                     "program_sha256")
         program_path = Path(model_dir) / name
         check_program(program_path, sha, sha_field)
-        try:
-            program = torch.export.load(str(program_path))
-        except Exception as exc:  # torch raises several types for a bad archive
-            raise ArtifactError(f"cannot load {program_path}: {exc}") from exc
+        self.program_path = program_path
+        self.program_sha256 = sha or file_sha256(program_path)  # the compiled programs' key
         self._autocast = precisions.autocast_dtype(choice.precision)
         self._mean = torch.tensor(pre["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        # channels_last: faster convolutions on CUDA and with oneDNN on the CPU.
-        self.eager = program.module().to(device).to(memory_format=torch.channels_last)
-        self.module = self.eager
-        self.buckets: list[int] = []  # batch sizes compiled for; batches are padded up to one
-        self._check_output(program_path)
-        if choice.compile:
-            # Weights as constants: inductor folds them and prepacks them for oneDNN. Set in the
-            # process-wide config (torch has no public switch that works here): torch 2.15's
-            # dynamo reads it while it traces (torch._dynamo.utils.is_parameter_freezing), before
-            # torch.compile(options={"freezing": True}) reaches inductor, and with the options
-            # alone the int8 program fails to compile (onednn.qconv_prepack on fake tensors).
-            import torch._inductor.config as inductor_config
+        self._eager: torch.nn.Module | None = None
+        self.compiled: dict[int, object] = {}  # batch size -> its compiled program
+        self.plan: buckets.Plan | None = None  # set by warm_up
 
-            inductor_config.freezing = True
-            # inductor's own int8 lowering warns about its own tensor copy on every conv, and
-            # its C++ toolchain lookup logs "No CUDA runtime is found" on a CPU host: noise
-            # that sends users hunting in a healthy worker's log.
-            warnings.filterwarnings("ignore", message="To copy construct from a tensor",
-                                    category=UserWarning)
-            if device.type == "cpu":
-                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            self.module = torch.compile(self.eager, dynamic=False)
+    @property
+    def eager(self) -> torch.nn.Module:
+        """The program uncompiled, loaded on first use: a worker that loads compiled programs
+        never needs it, and loading it is seconds of a respawn.
 
-    def _check_output(self, program_path: Path) -> None:
-        """One blank image through the eager program: it must give one logit per class (more
-        would answer indexes past the class list, fewer would shift every label).
+        Raises:
+            ArtifactError: torch cannot load the program.
+        """
+        if self._eager is None:
+            try:
+                program = torch.export.load(str(self.program_path))
+            except Exception as exc:  # torch raises several types for a bad archive
+                raise ArtifactError(f"cannot load {self.program_path}: {exc}") from exc
+            # channels_last: faster convolutions on CUDA and with oneDNN on the CPU.
+            self._eager = program.module().to(self.device).to(memory_format=torch.channels_last)
+        return self._eager
+
+    def _check_output(self) -> None:
+        """One blank image through the program as it will be served: it must give one logit
+        per class (more would answer indexes past the class list, fewer would shift every label).
 
         Raises:
             ArtifactError: another output shape, or the program fails on a valid input.
         """
         try:
-            probabilities = self.forward(np.zeros((1, self.geometry.crop, self.geometry.crop, 3),
-                                                  np.uint8))
+            probabilities = self._run(np.zeros((1, self.geometry.crop, self.geometry.crop, 3),
+                                               np.uint8), 1)
+        except ArtifactError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure here is the artifact's
-            raise ArtifactError(f"{program_path} fails on a blank {self.geometry.crop}x"
+            raise ArtifactError(f"{self.program_path} fails on a blank {self.geometry.crop}x"
                                 f"{self.geometry.crop} image: {type(exc).__name__}: {exc}"
                                 ) from exc
         if probabilities.shape != (1, len(self.classes)):
-            raise ArtifactError(f"{program_path} outputs {probabilities.shape[1:]} logits per "
-                                f"image; manifest.json lists {len(self.classes)} classes")
+            raise ArtifactError(f"{self.program_path} outputs {probabilities.shape[1:]} logits "
+                                f"per image; manifest.json lists {len(self.classes)} classes")
 
     def use_eager(self, reason: str) -> None:
-        """Serve the program uncompiled from now on (compiling it failed: ``reason``)."""
-        self.module, self.buckets = self.eager, []
+        """Serve the program uncompiled from now on (no compiled program: ``reason``)."""
+        self.compiled, self.plan = {}, None
         self.choice = Choice(self.choice.precision, False,
-                             f"{self.choice.precision}, eager: compiling failed ({reason})")
+                             f"{self.choice.precision}, eager: no compiled program ({reason})")
 
     def _own_program(self, device: torch.device) -> tuple[str, str | None, str]:
         """The file name of the chosen precision's own program (int8's), its sha256 (when the
@@ -157,32 +156,72 @@ class Classifier:
         manifest's mean and std as the training job's evaluation transform does, in the chosen
         precision (autocast, as the training job measured it)."""
         n = len(images)
-        bucket = next((b for b in self.buckets if b >= n), None)
-        if bucket is not None and bucket > n:  # a compiled size: pad rather than recompile
-            images = np.concatenate([images, np.zeros((bucket - n,) + images.shape[1:],
+        chunks = self.plan.chunks(n) if self.compiled else [(0, n, n)]
+        out = [self._run(images[start:stop], size) for start, stop, size in chunks]
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    @torch.inference_mode()
+    def _run(self, images: np.ndarray, size: int) -> np.ndarray:
+        """Probabilities for ``images`` run at batch ``size`` (padded with blank images up to
+        it; compiled programs run one size each), float32 [len(images), num_classes]."""
+        n = len(images)
+        if size > n:
+            images = np.concatenate([images, np.zeros((size - n,) + images.shape[1:],
                                                       images.dtype)])
         x = normalise(torch.from_numpy(images).to(self.device, non_blocking=True), self._mean,
                       self._std)
-        with torch.autocast(self.device.type, dtype=self._autocast or torch.float32,
-                            enabled=self._autocast is not None):
-            logits = self.module(x)
+        program = self.compiled.get(size)
+        if program is not None:  # autocast, if any, is compiled into it
+            logits = program(x)
+        else:
+            with torch.autocast(self.device.type, dtype=self._autocast or torch.float32,
+                                enabled=self._autocast is not None):
+                logits = self.eager(x)
         return torch.softmax(logits.float(), dim=1)[:n].cpu().numpy()
 
-    def warm_up(self, batch_size: int) -> float:
-        """Runs blank images at batch 1 and at ``batch_size`` (compiled: at every bucket size,
-        powers of two up to ``batch_size``, which compiles them); returns the ms per image at
-        ``batch_size`` (the scheduler's first estimate of the cost of an image)."""
-        crop = self.geometry.crop
-        sizes = [1, batch_size]
+    def warm_up(self, batch_size: int, store: Path | None = None) -> float:
+        """Make the model ready for batches of up to ``batch_size`` and time it. Compiled: the
+        programs of the sizes serve.buckets.sizes_to_compile picks, loaded from ``store``
+        (default: SERVE_COMPILE_CACHE_DIR) or compiled into it for this host
+        (serve/compiled.py); eager: sizes 1 and ``batch_size``. Each size is timed on blank
+        images, and ``plan`` then says how each batch runs and the largest batch worth forming
+        (serve/buckets.py). Returns the planned ms per image at that batch (the scheduler's
+        first estimate of the cost of an image).
+
+        Raises:
+            ArtifactError: the program cannot be loaded or does not give one logit per class.
+            compiled.CompileUnavailable: a compiled program cannot be produced or loaded here.
+        """
         if self.choice.compile:
-            sizes = sorted({min(2 ** i, batch_size) for i in range(batch_size.bit_length() + 1)})
-        start = time.perf_counter()
-        for size in sizes:
-            self.forward(np.zeros((size, crop, crop, 3), np.uint8))
-        if self.choice.compile:
-            self.buckets = sizes
-            logger.info("compiled for batch sizes %s in %.1f s", sizes,
+            sizes = buckets.sizes_to_compile(batch_size)
+            start = time.perf_counter()
+            host = compiled.host_id(self.device, Host.detect(self.device.type).cpu_flags)
+            entry = compiled.key(self.program_sha256, self.choice.precision, host)
+            self.compiled = compiled.obtain(
+                store or Path(compile_cache_dir()), entry, sizes, lambda size: compiled.export(
+                    self.eager, size, self.geometry.crop, self.device, self._autocast),
+                self.device)
+            logger.info("compiled programs for batch sizes %s ready in %.1f s", sizes,
                         time.perf_counter() - start)
-        start = time.perf_counter()
-        self.forward(np.zeros((batch_size, crop, crop, 3), np.uint8))
-        return (time.perf_counter() - start) * 1000.0 / batch_size
+        else:
+            sizes = sorted({1, batch_size})
+        self._check_output()
+        self.plan = buckets.plan(self._times(sizes), batch_size)
+        logger.info("%s", self.plan.describe())
+        return self.plan.ms(self.plan.max_batch) / self.plan.max_batch
+
+    def _times(self, sizes: list[int], rounds: int = 3) -> dict[int, float]:
+        """The fastest of ``rounds`` forwards (ms) of blank images at each of ``sizes``, after one
+        untimed run each (a program's first call allocates); the sizes alternate, so that a slow
+        spell of a shared CPU does not fall on one size alone."""
+        crop = self.geometry.crop
+        blanks = {size: np.zeros((size, crop, crop, 3), np.uint8) for size in sizes}
+        times: dict[int, float] = {}
+        for round_ in range(rounds + 1):
+            for size in sizes:
+                start = time.perf_counter()
+                self._run(blanks[size], size)
+                if round_:
+                    times[size] = min(times.get(size, float("inf")),
+                                      (time.perf_counter() - start) * 1000.0)
+        return times
