@@ -77,6 +77,17 @@ class Host:
         return fast
 
 
+def prepare_cpu_precisions() -> None:
+    """Run, in gunicorn's master before it forks, what the reduced precisions this CPU host
+    could choose need before their programs load (int8: torchao's import, seconds): every
+    worker, a respawned one too, then starts without it. Touches no GPU (forking after CUDA
+    initialised breaks the workers' CUDA)."""
+    for name in Host.detect("cpu").fast_precisions():
+        prepare = precisions.get(name).prepare
+        if prepare is not None:
+            prepare()
+
+
 @dataclass(frozen=True)
 class Choice:
     """The precision and mode a worker runs, and why (a sentence for the log)."""
