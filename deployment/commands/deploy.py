@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from container import gpu_hosts
 from contract.artifact import MAX_BATCH
+from deployment import ecr
 from deployment.autoscaling import configure_autoscaling
 from deployment.endpoints import endpoint_status, make_predictor_cls
 from deployment.errors import UserError
@@ -176,8 +179,11 @@ def run(ctx: Context, args) -> int:
               "put the new model behind it, or run python deploy.py delete first")
         return 0
     model_data = model_data_uri(ctx, args)
+    image = ctx.image()
+    if args.serverless and (warning := ecr.serverless_size_warning(ctx.boto, image)):
+        print(warning, file=sys.stderr)
     name = f"{endpoint}-{timestamp()}"
-    model = Model(image_uri=ctx.image(), model_data=model_data, role=ctx.role(), env=env,
+    model = Model(image_uri=image, model_data=model_data, role=ctx.role(), env=env,
                   name=name, predictor_cls=make_predictor_cls(), sagemaker_session=ctx.session)
     kwargs = {}
     if args.serverless:
