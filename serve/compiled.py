@@ -7,9 +7,10 @@ is keyed by the program's sha256, the precision, the versions of torch and torch
 device: the CPU's flags (``/proc/cpuinfo``) or the GPU's name and compute capability, so a
 program compiled for another CPU is never loaded. The first worker to take a size's lock
 (``fcntl.flock``, which the kernel releases if that worker dies) compiles it; the others compile
-the sizes nobody holds, then wait for the rest and load them. A compile that fails leaves a
-``failed`` note with its reason, and every worker of that key then serves eagerly at once,
-saying why.
+the sizes nobody holds, then wait for the rest and load them. The first to time the programs
+keeps the times there too, so a respawned worker is ready as soon as it has loaded them. A
+compile that fails leaves a ``failed`` note with its reason, and every worker of that key then
+serves eagerly at once, saying why.
 
 Why AOTInductor and not torch.compile's own caches: the weights must be frozen (inductor folds
 and prepacks them for oneDNN; the int8 program's lowering to oneDNN's int8 kernels needs it),
@@ -220,6 +221,25 @@ def obtain(store: Path, entry_key: str, sizes: list[int],
                                      f"does not load: {_one_line(exc)}") from exc
     (entry / USED).touch()
     return programs
+
+
+def saved_costs(store: Path, entry_key: str, threads: int) -> dict[int, float] | None:
+    """The forward times (ms per batch size) that a worker with ``threads`` intra-op threads
+    measured for this entry's programs, or None when none did (or the file is unreadable)."""
+    try:
+        saved = json.loads((store / entry_key / f"costs-{threads}-threads.json").read_text())
+        return {int(size): float(ms) for size, ms in saved.items()}
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def save_costs(store: Path, entry_key: str, threads: int, costs: dict[int, float]) -> None:
+    """Keep the measured forward times for the workers after this one (a respawn then starts
+    without timing every size again); written atomically, the last writer winning."""
+    path = store / entry_key / f"costs-{threads}-threads.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({str(size): ms for size, ms in costs.items()}))
+    os.replace(tmp, path)
 
 
 def _produce_or_note(make, size: int, entry: Path) -> None:

@@ -184,29 +184,37 @@ class Classifier:
         programs of the sizes serve.buckets.sizes_to_compile picks, loaded from ``store``
         (default: SERVE_COMPILE_CACHE_DIR) or compiled into it for this host
         (serve/compiled.py); eager: sizes 1 and ``batch_size``. Each size is timed on blank
-        images, and ``plan`` then says how each batch runs and the largest batch worth forming
-        (serve/buckets.py). Returns the planned ms per image at that batch (the scheduler's
-        first estimate of the cost of an image).
+        images (compiled: once per host, the times kept with the programs), and ``plan`` then
+        says how each batch runs and the largest batch worth forming (serve/buckets.py).
+        Returns the planned ms per image at that batch (the scheduler's first estimate of the
+        cost of an image).
 
         Raises:
             ArtifactError: the program cannot be loaded or does not give one logit per class.
             compiled.CompileUnavailable: a compiled program cannot be produced or loaded here.
         """
+        costs = None
         if self.choice.compile:
             sizes = buckets.sizes_to_compile(batch_size)
             start = time.perf_counter()
+            store = store or Path(compile_cache_dir())
             host = compiled.host_id(self.device, Host.detect(self.device.type).cpu_flags)
             entry = compiled.key(self.program_sha256, self.choice.precision, host)
             self.compiled = compiled.obtain(
-                store or Path(compile_cache_dir()), entry, sizes, lambda size: compiled.export(
+                store, entry, sizes, lambda size: compiled.export(
                     self.eager, size, self.geometry.crop, self.device, self._autocast),
                 self.device)
             logger.info("compiled programs for batch sizes %s ready in %.1f s", sizes,
                         time.perf_counter() - start)
+            costs = compiled.saved_costs(store, entry, torch.get_num_threads())
         else:
             sizes = sorted({1, batch_size})
         self._check_output()
-        self.plan = buckets.plan(self._times(sizes), batch_size)
+        if costs is None or set(costs) != set(sizes):
+            costs = self._times(sizes)
+            if self.choice.compile:
+                compiled.save_costs(store, entry, torch.get_num_threads(), costs)
+        self.plan = buckets.plan(costs, batch_size)
         logger.info("%s", self.plan.describe())
         return self.plan.ms(self.plan.max_batch) / self.plan.max_batch
 

@@ -100,6 +100,16 @@ def test_the_first_worker_compiles_and_the_next_ones_load(tmp_path, monkeypatch)
     assert (tmp_path / "key" / compiled.USED).exists()
 
 
+def test_the_first_workers_timings_are_kept_per_thread_count(tmp_path):
+    (tmp_path / "key").mkdir()
+    assert compiled.saved_costs(tmp_path, "key", 2) is None
+    compiled.save_costs(tmp_path, "key", 2, {1: 5.5, 8: 20.25})
+    assert compiled.saved_costs(tmp_path, "key", 2) == {1: 5.5, 8: 20.25}
+    assert compiled.saved_costs(tmp_path, "key", 1) is None  # another worker count
+    (tmp_path / "key" / "costs-2-threads.json").write_text("[1, 2")
+    assert compiled.saved_costs(tmp_path, "key", 2) is None
+
+
 def test_a_failed_compile_is_noted_and_later_workers_serve_eagerly_at_once(tmp_path,
                                                                           monkeypatch):
     StandIn(monkeypatch, fail_on=2)
