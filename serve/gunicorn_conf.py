@@ -55,8 +55,12 @@ def when_ready(server):
 
 
 def post_fork(server, worker):
-    """In the worker, before it touches CUDA: make its GPU the only one it sees (so no worker
-    creates a context on another GPU by accident)."""
+    """In the worker, before it loads the app: logging (the model's loader thread logs its
+    precision choice as the app is built), and, before it touches CUDA, its GPU as the only one
+    it sees (so no worker creates a context on another GPU by accident)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
+                                                   "%(message)s")
+    logging.getLogger("serve").setLevel(logging.INFO)
     if _settings.gpus:
         visible = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), _settings.gpus)
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[worker.gpu_index]
@@ -77,8 +81,3 @@ def worker_exit(server, worker):
 
     close_all()
 
-
-def post_worker_init(worker):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
-                                                   "%(message)s")
-    logging.getLogger("serve").setLevel(logging.INFO)

@@ -14,11 +14,12 @@ import logging
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from contract import precisions
+from contract import precisions, tensors
 from contract.artifact import ArtifactError, check_program, read_manifest
 from contract.preprocess import Geometry
 from serve.precision import Choice
@@ -28,11 +29,43 @@ logger = logging.getLogger("serve")
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 [N, H, W, 3] to the model's input float32 [N, 3, H, W] (channels_last memory):
-    scaled to 0-1 and normalised, with the same arithmetic as the training job's evaluation
-    transform (torchvision's ToDtype(scale=True) then Normalize). ``mean``, ``std``: [1, 3, 1, 1].
-    """
+    scaled to 0-1 and normalised as the training job does (contract/tensors.py). ``mean``,
+    ``std``: [1, 3, 1, 1]."""
     # NHWC uint8 viewed as NCHW is channels_last already: no copy for the layout.
-    return images.permute(0, 3, 1, 2).to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
+    return tensors.normalise(images.permute(0, 3, 1, 2), mean, std)
+
+
+# torch.compile with dynamic=False compiles once per batch size, and past dynamo's recompile
+# limit (8 by default: torch.compiler's troubleshooting docs) it silently runs the program
+# uncompiled for any further size.
+MAX_COMPILED_SIZES = 8
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """The batch sizes compiled for a max batch size: powers of two up to it, and it; the
+    largest ``MAX_COMPILED_SIZES`` of them (smaller batches are padded up to the smallest)."""
+    sizes = sorted({min(2 ** i, max_batch) for i in range(max_batch.bit_length() + 1)})
+    return sizes[-MAX_COMPILED_SIZES:]
+
+
+class _HostBatches:
+    """Two host buffers of decoded images that batches are assembled in, used in turn (at most
+    two batches are in flight: serve/scheduler.py): pinned memory on a GPU host, so that the
+    host-to-device copy is an asynchronous DMA instead of a staged, blocking copy."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, pinned: bool):
+        self.shape, self.dtype, self.pinned = shape, dtype, pinned
+        self._slots: list[torch.Tensor] = [torch.empty(0), torch.empty(0)]
+        self._turn = 0
+
+    def take(self, n: int) -> torch.Tensor:
+        """The next buffer, [>= n, *shape]: the one whose batch is two launches old."""
+        self._turn ^= 1
+        slot = self._slots[self._turn]
+        if len(slot) < n:
+            slot = torch.empty((n,) + self.shape, dtype=self.dtype, pin_memory=self.pinned)
+            self._slots[self._turn] = slot
+        return slot
 
 
 class Classifier:
@@ -72,8 +105,14 @@ class Classifier:
         except Exception as exc:  # torch raises several types for a bad archive
             raise ArtifactError(f"cannot load {program_path}: {exc}") from exc
         self._autocast = precisions.autocast_dtype(choice.precision)
-        self._mean = torch.tensor(pre["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(pre["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._mean, self._std = tensors.mean_std(pre["mean"], pre["std"], device)
+        self.cuda = device.type == "cuda"
+        crop = self.geometry.crop
+        self._host = _HostBatches((crop, crop, 3), torch.uint8, pinned=self.cuda)
+        self._outputs = _HostBatches((len(self.classes),), torch.float32, pinned=self.cuda)
+        # The next batch's pixels are copied on a stream of their own while the model runs the
+        # previous one.
+        self._copies = torch.cuda.Stream(device) if self.cuda else None
         # channels_last: faster convolutions on CUDA and with oneDNN on the CPU.
         self.eager = program.module().to(device).to(memory_format=torch.channels_last)
         self.module = self.eager
@@ -150,32 +189,63 @@ class Classifier:
         return (name, sha if isinstance(sha, str) else None,
                 f"precisions.{precision.name}.program_sha256")
 
-    @torch.inference_mode()
     def forward(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities float32 [N, num_classes] for decoded images uint8
         [N, crop, crop, 3] (serve.decode.to_model_input), scaled to 0-1 and normalised with the
         manifest's mean and std as the training job's evaluation transform does, in the chosen
         precision (autocast, as the training job measured it)."""
-        n = len(images)
-        bucket = next((b for b in self.buckets if b >= n), None)
-        if bucket is not None and bucket > n:  # a compiled size: pad rather than recompile
-            images = np.concatenate([images, np.zeros((bucket - n,) + images.shape[1:],
-                                                      images.dtype)])
-        x = normalise(torch.from_numpy(images).to(self.device, non_blocking=True), self._mean,
-                      self._std)
+        return self.launch([images])()
+
+    @torch.inference_mode()
+    def launch(self, parts: list[np.ndarray]) -> Callable[[], np.ndarray]:
+        """Start the forward of a batch made of ``parts`` (uint8 [n_i, crop, crop, 3] each) and
+        return a function that waits for it and returns the class probabilities, float32
+        [sum n_i, num_classes].
+
+        On a GPU this returns as soon as the work is queued: the pixels are gathered into a
+        pinned buffer, copied to the device on a stream of their own, and the probabilities
+        copied back into pinned memory, so the caller can assemble and launch the next batch
+        while this one runs (at most two in flight: the host buffers are used in turn). On the
+        CPU the forward runs here, before this returns.
+        """
+        n = sum(len(part) for part in parts)
+        bucket = next((b for b in self.buckets if b >= n), n)  # compiled sizes: pad, not recompile
+        host = self._host.take(bucket)[:bucket]
+        pixels = host.numpy()
+        np.concatenate(parts, out=pixels[:n])
+        pixels[n:] = 0
+        if self.cuda:
+            with torch.cuda.stream(self._copies):
+                x = host.to(self.device, non_blocking=True)
+            torch.cuda.current_stream(self.device).wait_stream(self._copies)
+            x.record_stream(torch.cuda.current_stream(self.device))  # freed after its use here
+        else:
+            x = host
+        x = normalise(x, self._mean, self._std)
         with torch.autocast(self.device.type, dtype=self._autocast or torch.float32,
                             enabled=self._autocast is not None):
             logits = self.module(x)
-        return torch.softmax(logits.float(), dim=1)[:n].cpu().numpy()
+        probabilities = torch.softmax(logits.float(), dim=1)[:n]
+        if not self.cuda:
+            result = probabilities.numpy()
+            return lambda: result
+        out = self._outputs.take(n)[:n]
+        out.copy_(probabilities, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+
+        def collect() -> np.ndarray:
+            done.synchronize()
+            return out.numpy().copy()  # the buffer is reused two batches later
+
+        return collect
 
     def warm_up(self, batch_size: int) -> float:
         """Runs blank images at batch 1 and at ``batch_size`` (compiled: at every bucket size,
         powers of two up to ``batch_size``, which compiles them); returns the ms per image at
         ``batch_size`` (the scheduler's first estimate of the cost of an image)."""
         crop = self.geometry.crop
-        sizes = [1, batch_size]
-        if self.choice.compile:
-            sizes = sorted({min(2 ** i, batch_size) for i in range(batch_size.bit_length() + 1)})
+        sizes = bucket_sizes(batch_size) if self.choice.compile else [1, batch_size]
         start = time.perf_counter()
         for size in sizes:
             self.forward(np.zeros((size, crop, crop, 3), np.uint8))

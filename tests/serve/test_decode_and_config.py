@@ -137,7 +137,10 @@ def test_settings_defaults_and_overrides():
     assert s.max_payload_bytes == 6 * 1024 * 1024 and s.batch_strategy == "SINGLE_RECORD"
     assert s.max_batch_size == config.DEFAULT_MAX_BATCH["cpu"]
     assert s.threads == s.max_queue + config.SPARE_THREADS
-    assert config.Settings.from_env({}, gpus=2).max_batch_size == config.DEFAULT_MAX_BATCH["gpu"]
+    gpu = config.Settings.from_env({}, gpus=2)
+    assert gpu.max_batch_size == config.DEFAULT_MAX_BATCH["gpu"]
+    # SageMaker's usual 64 concurrent invocations fit one GPU worker's queue, with room.
+    assert s.max_queue == 32 and gpu.max_queue == 128 >= 2 * 64
     s = config.Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "3",
                                   "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20", "SM_MODEL_DIR": "/m",
                                   "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": "4",
@@ -203,3 +206,13 @@ def test_a_respawned_worker_takes_the_gpu_of_the_worker_it_replaces(monkeypatch)
     # With two workers per GPU, the least used GPU is taken.
     assert gunicorn_conf.assign_gpu([0, 0, 1, 1, 2], 3) == 2
     assert gunicorn_conf.assign_gpu([0, 1, 2, 0, 1, 2, 1], 3) == 0
+
+
+def test_compiled_batch_sizes_stay_within_dynamo_s_recompile_limit():
+    from serve.model import MAX_COMPILED_SIZES, bucket_sizes
+
+    assert bucket_sizes(8) == [1, 2, 4, 8]
+    assert bucket_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert bucket_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert bucket_sizes(1024) == [8, 16, 32, 64, 128, 256, 512, 1024]
+    assert all(len(bucket_sizes(n)) <= MAX_COMPILED_SIZES for n in range(1, 1025))
