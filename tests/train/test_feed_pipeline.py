@@ -102,6 +102,8 @@ def test_default_workers_share_the_host_s_cores_among_gpu_processes(monkeypatch)
     assert data.default_num_workers(cuda=True, processes_per_host=8) == 1
     assert data.default_num_workers(cuda=True, processes_per_host=4) == 3
     assert data.default_num_workers(cuda=False) == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert data.default_num_workers(cuda=True) == data.MAX_GPU_WORKERS == 32  # ml.g6.16xlarge
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert data.default_num_workers(cuda=True) == 1
     assert data.default_num_workers(cuda=False) == 2
