@@ -134,7 +134,7 @@ SPECS: dict[str, Spec] = {
                            "smallest area share of RandomResizedCrop"),
     "num-workers": Spec(_int(-1, 64), -1,
                         "an integer from -1 to 64 (-1: on GPUs, the vCPUs per training process "
-                        "less one; on CPUs, one per vCPU, at most 8)",
+                        "less one, at most 32; on CPUs, one per vCPU, at most 8)",
                         "DataLoader worker processes per training process"),
     "seed": Spec(_int(0, 2**31 - 1), 42, "an integer from 0 to 2147483647", "random seed"),
     "amp": Spec(_bool, True, "true or false",
