@@ -5,15 +5,16 @@ from __future__ import annotations
 from deployment.errors import UserError
 
 
-def check_ecr_image(boto, image: str) -> None:
-    """Fail early, with the fix, when an ECR image URI names a missing repository or tag.
+def check_ecr_image(boto, image: str) -> str | None:
+    """Fail early, with the fix, when an ECR image URI names a missing repository or tag;
+    returns the image's digest (``sha256:...``; None for an image outside ECR).
 
     Raises:
         UserError: the repository or the tag is not in ECR.
     """
     host, _, rest = image.partition("/")
     if ".dkr.ecr." not in host or not rest:
-        return  # not ECR: nothing to check
+        return None  # not ECR: nothing to check
     account = host.split(".")[0]
     region = host.split(".dkr.ecr.")[1].split(".")[0]
     repo, _, tag = rest.partition(":")
@@ -26,7 +27,7 @@ def check_ecr_image(boto, image: str) -> None:
 
     ecr = boto.client("ecr", region_name=region)
     try:
-        ecr.describe_images(registryId=account, repositoryName=repo, imageIds=ids)
+        found = ecr.describe_images(registryId=account, repositoryName=repo, imageIds=ids)
     except ClientError as exc:
         code = exc.response["Error"]["Code"]
         if code in ("RepositoryNotFoundException", "ImageNotFoundException"):
@@ -34,3 +35,5 @@ def check_ecr_image(boto, image: str) -> None:
                             f"container/build_and_push.sh {repo} {tag or 'latest'}, or pass "
                             "--image") from exc
         raise
+    details = found.get("imageDetails") or [{}]
+    return details[0].get("imageDigest")

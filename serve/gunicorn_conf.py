@@ -5,9 +5,9 @@ model thread) and spares, so /ping (within SageMaker's 2 s) and fast rejections 
 a thread. The master imports the app's modules once its port is open (``when_ready``), so a
 worker forked later, a replacement included, answers at once instead of importing torch for
 seconds; each worker still builds the app and loads the model after the fork, because CUDA does
-not survive a fork, and sees only its own GPU. SIGTERM: gunicorn stops accepting, finishes
-requests in flight for up to ``graceful_timeout`` s, then exits; SageMaker sends SIGKILL 30 s
-after SIGTERM, so 25 s.
+not survive a fork, and sees only its own GPU. SIGTERM: each worker (serve/worker.py) answers
+the connections waiting to be accepted, closes its listener, finishes requests in flight for up
+to ``graceful_timeout`` s, then exits; SageMaker sends SIGKILL 30 s after SIGTERM, so 25 s.
 """
 
 import gc
@@ -21,7 +21,7 @@ _settings = Settings.from_env()
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.workers
-worker_class = "gthread"
+worker_class = "serve.worker.DrainingThreadWorker"  # gthread that drains its accept queue on stop
 threads = _settings.threads
 timeout = _settings.timeout_s + 10  # worker heartbeat; invocations end at their own deadline
 graceful_timeout = GRACEFUL_TIMEOUT_S
