@@ -10,7 +10,10 @@ Both import this package, which imports neither (tests/test_architecture.py chec
   model is served the pixels it was evaluated on.
 - ``contract.precisions``: the precisions a model may be served in: names, autocast dtypes, and
   which need a program of their own in the artifact.
+- ``contract.tensors``: the preprocessing's last step on tensors (uint8 pixels scaled and
+  normalised on the model's device), the same arithmetic on both sides.
 
 Standard library, numpy and Pillow at import; torch only inside the functions that need it (the
-gunicorn master reads the precision names before any worker imports torch).
+gunicorn master reads the precision names before any worker imports torch), except in
+``contract.tensors``, which only the modules that run a model import.
 """

@@ -13,6 +13,22 @@ def alarm_names(endpoint: str) -> list[str]:
     return [f"{endpoint}-{a.suffix}" for a in monitoring.alarms(1.0, 0.01)]
 
 
+def rollback_alarm_names(endpoint: str) -> list[str]:
+    """The alarms of ``monitor`` that an update rolls back on: the server error rate and the p99
+    latency (the drift alarms watch the inputs, not the new model)."""
+    return [f"{endpoint}-{suffix}" for suffix in monitoring.ROLLBACK_ALARMS]
+
+
+def existing_alarms(cw, names: list[str]) -> dict[str, str]:
+    """Those of ``names`` that exist (metric or composite alarms), with their state."""
+    if not names:
+        return {}
+    found = cw.describe_alarms(AlarmNames=sorted(set(names)),
+                               AlarmTypes=["MetricAlarm", "CompositeAlarm"])
+    return {a["AlarmName"]: a["StateValue"] for a in
+            found.get("MetricAlarms", []) + found.get("CompositeAlarms", [])}
+
+
 def dashboard_name(endpoint: str) -> str:
     """The name ``monitor`` gives the endpoint's dashboard."""
     return f"{endpoint}-monitoring"

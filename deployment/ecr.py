@@ -32,12 +32,13 @@ def _describe(boto, image: str) -> dict | None:
         return None
     account, region, repo, image_ids, _ = ids
     ecr = boto.client("ecr", region_name=region)
-    return ecr.describe_images(registryId=account, repositoryName=repo,
-                               imageIds=image_ids)["imageDetails"][0]
+    found = ecr.describe_images(registryId=account, repositoryName=repo, imageIds=image_ids)
+    return (found.get("imageDetails") or [{}])[0]
 
 
-def check_ecr_image(boto, image: str) -> None:
-    """Fail early, with the fix, when an ECR image URI names a missing repository or tag.
+def check_ecr_image(boto, image: str) -> str | None:
+    """Fail early, with the fix, when an ECR image URI names a missing repository or tag;
+    returns the image's digest (``sha256:...``; None for an image outside ECR).
 
     Raises:
         UserError: the repository or the tag is not in ECR.
@@ -45,7 +46,7 @@ def check_ecr_image(boto, image: str) -> None:
     from botocore.exceptions import ClientError
 
     try:
-        _describe(boto, image)
+        details = _describe(boto, image)
     except ClientError as exc:
         code = exc.response["Error"]["Code"]
         if code in ("RepositoryNotFoundException", "ImageNotFoundException"):
@@ -54,6 +55,7 @@ def check_ecr_image(boto, image: str) -> None:
                             f"container/build_and_push.sh {repo} {tag or 'latest'}, or pass "
                             "--image") from exc
         raise
+    return (details or {}).get("imageDigest")
 
 
 def image_size_bytes(boto, image: str) -> int | None:

@@ -31,6 +31,10 @@ class Alarm:
     expression: str | None = None  # metric math over Invocations and Invocation5XXErrors
 
 
+# The alarms an endpoint update rolls back on (deploy.py update): a new model's own failures.
+ROLLBACK_ALARMS = ("error-rate", "latency-p99")
+
+
 def alarms(latency_p99_ms: float, error_rate: float) -> list[Alarm]:
     """The endpoint's alarms: p99 latency, server error rate, and each drift score."""
     out = [

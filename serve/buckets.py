@@ -19,11 +19,16 @@ from dataclasses import dataclass
 GAIN_MARGIN = 0.03
 
 
+# Each compiled size is a compile (tens of seconds on a small CPU) on a host's first start.
+MAX_SIZES = 8
+
+
 def sizes_to_compile(max_batch: int) -> list[int]:
     """The batch sizes compiled for a max batch of ``max_batch``: the powers of two below it and
-    ``max_batch`` itself (1, 2, 4, 8 for 8; 1, 2, 4, 8, 16, 32 for 32), so that any batch pads by
-    less than half at worst; ascending."""
-    return sorted({min(2 ** i, max_batch) for i in range(max_batch.bit_length() + 1)})
+    ``max_batch`` itself (1, 2, 4, 8 for 8; 1, 2, 4, 8, 16, 32 for 32), so that a batch pads by
+    less than half at worst; at most MAX_SIZES of them (1 and the largest others); ascending."""
+    sizes = sorted({min(2 ** i, max_batch) for i in range(max_batch.bit_length() + 1)})
+    return sizes if len(sizes) <= MAX_SIZES else [1] + sizes[1 - MAX_SIZES:]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,11 @@ DEFAULT_DECODE_MEMORY_MB = 512  # decoded frames held at once by one worker's re
 DEFAULT_MAX_IMAGES_PER_REQUEST = 64
 # One request may take at most this share of the deadline at the worker's measured cost per image.
 REQUEST_DEADLINE_SHARE = 0.5
-DEFAULT_MAX_QUEUE = 32  # requests one worker holds at once: decoding, queued or running
+# Requests one worker holds at once (decoding, queued or running). A GPU worker must hold a whole
+# instance's worth of SageMaker's usual 64 concurrent invocations (gunicorn does not spread
+# connections evenly over workers) while its device has room; a CPU worker's queue beyond 32
+# would only wait past its deadline.
+DEFAULT_MAX_QUEUE = {"cpu": 32, "gpu": 128}
 # Batching defaults per host kind (benchmarks/README.md, "Serving"): on the CPU a batch larger
 # than 8 gained little per image and made each request wait longer; a GPU wants larger batches
 # (not yet measured on one: 32 is TorchServe's and Triton's usual starting point for ResNet50).
@@ -100,7 +104,7 @@ class Settings:
 
     model_dir: str
     workers: int
-    threads_per_worker: int  # torch intra-op threads in each worker (CPU)
+    threads_per_worker: int  # torch intra-op threads in each worker (CPU); its decodes at once
     timeout_s: int
     max_payload_bytes: int
     body_timeout_s: int
@@ -197,7 +201,7 @@ class Settings:
                                         "contract/artifact.py"),
             max_batch_delay_ms=positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS",
                                         DEFAULT_MAX_BATCH_DELAY_MS[kind], minimum=0),
-            max_queue=positive("SAGEMAKER_MODEL_SERVER_MAX_QUEUE", DEFAULT_MAX_QUEUE),
+            max_queue=positive("SAGEMAKER_MODEL_SERVER_MAX_QUEUE", DEFAULT_MAX_QUEUE[kind]),
             batch_strategy=env.get("SAGEMAKER_BATCH_STRATEGY") or "SINGLE_RECORD",
             max_concurrent_transforms=positive("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
             port=positive("SAGEMAKER_BIND_TO_PORT", PORT),

@@ -5,9 +5,9 @@ model thread) and spares, so /ping (within SageMaker's 2 s) and fast rejections 
 a thread. The master imports the app's modules once its port is open (``when_ready``), so a
 worker forked later, a replacement included, answers at once instead of importing torch for
 seconds; each worker still builds the app and loads the model after the fork, because CUDA does
-not survive a fork, and sees only its own GPU. SIGTERM: gunicorn stops accepting, finishes
-requests in flight for up to ``graceful_timeout`` s, then exits; SageMaker sends SIGKILL 30 s
-after SIGTERM, so 25 s.
+not survive a fork, and sees only its own GPU. SIGTERM: each worker (serve/worker.py) answers
+the connections waiting to be accepted, closes its listener, finishes requests in flight for up
+to ``graceful_timeout`` s, then exits; SageMaker sends SIGKILL 30 s after SIGTERM, so 25 s.
 """
 
 import gc
@@ -21,7 +21,7 @@ _settings = Settings.from_env()
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.workers
-worker_class = "gthread"
+worker_class = "serve.worker.DrainingThreadWorker"  # gthread that drains its accept queue on stop
 threads = _settings.threads
 timeout = _settings.timeout_s + 10  # worker heartbeat; invocations end at their own deadline
 graceful_timeout = GRACEFUL_TIMEOUT_S
@@ -60,8 +60,12 @@ def when_ready(server):
 
 
 def post_fork(server, worker):
-    """In the worker, before it touches CUDA: make its GPU the only one it sees (so no worker
-    creates a context on another GPU by accident)."""
+    """In the worker, before it loads the app: logging (the model's loader thread logs its
+    precision choice as the app is built), and, before it touches CUDA, its GPU as the only one
+    it sees (so no worker creates a context on another GPU by accident)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
+                                                   "%(message)s")
+    logging.getLogger("serve").setLevel(logging.INFO)
     if _settings.gpus:
         visible = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), _settings.gpus)
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[worker.gpu_index]
@@ -82,8 +86,3 @@ def worker_exit(server, worker):
 
     close_all()
 
-
-def post_worker_init(worker):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
-                                                   "%(message)s")
-    logging.getLogger("serve").setLevel(logging.INFO)

@@ -183,6 +183,10 @@ class InvocationHandler:
         self.budget = MemoryBudget(settings.decode_memory_bytes)
         self.bodies = BodyReader()
         self._places = threading.BoundedSemaphore(settings.max_queue)
+        # Decodes at once: one per core the worker has (at least 2, so one slow image never
+        # holds the rest). More would only share the cores and finish together, later, so
+        # batches would form from images that all waited.
+        self._decoders = threading.BoundedSemaphore(max(2, settings.threads_per_worker))
         self._lock = threading.Lock()
         self.decode_ms_per_megapixel = DECODE_MS_PER_MEGAPIXEL
         self._freed = 0  # bytes freed since the heap was last trimmed
@@ -328,7 +332,14 @@ class InvocationHandler:
                                  f"{len(inspected)} images were decoded "
                                  f"(SAGEMAKER_MODEL_SERVER_TIMEOUT); send fewer or smaller "
                                  f"images", 1)
-            budget.acquire(image.decode_bytes, deadline)
+            if not self._decoders.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                raise Overloaded("the worker's decoders stayed busy until this invocation's "
+                                 "deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT); retry", 1)
+            try:
+                budget.acquire(image.decode_bytes, deadline)
+            except BaseException:
+                self._decoders.release()
+                raise
             start = time.monotonic()
             try:
                 arrays.append(to_model_input(image, geometry))
@@ -338,6 +349,7 @@ class InvocationHandler:
                 raise ClientError(400, f"image {i}: {exc}" if len(inspected) > 1 else str(exc))
             finally:
                 budget.release(image.decode_bytes)
+                self._decoders.release()
                 inspected[i] = None  # the lazy image holds its frame until it is dropped
                 self._measured(image.megapixels, (time.monotonic() - start) * 1000)
                 self._freed_bytes(image.decode_bytes)

@@ -181,7 +181,8 @@ class ModelHolder:
         scheduler = Scheduler(classifier.forward, classifier.plan.max_batch,
                               s.max_batch_delay_ms / 1000.0, s.max_queue, ms_per_image,
                               probe=np.zeros((1, crop, crop, 3), np.uint8),
-                              on_fatal=self._on_fatal)
+                              on_fatal=self._on_fatal,
+                              launch=classifier.launch if classifier.cuda else None)
         # The loaded program is hundreds of thousands of long-lived Python objects (the
         # exported graph). Left to the cyclic GC, each full collection walks them all,
         # inside some request's latency. gc.freeze() moves everything alive now out of

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from contract import precisions
+from contract import precisions, tensors
 from contract.artifact import ArtifactError, check_program, file_sha256, read_manifest
 from contract.preprocess import Geometry
 from serve import buckets, compiled
@@ -29,11 +30,30 @@ logger = logging.getLogger("serve")
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 [N, H, W, 3] to the model's input float32 [N, 3, H, W] (channels_last memory):
-    scaled to 0-1 and normalised, with the same arithmetic as the training job's evaluation
-    transform (torchvision's ToDtype(scale=True) then Normalize). ``mean``, ``std``: [1, 3, 1, 1].
-    """
+    scaled to 0-1 and normalised as the training job does (contract/tensors.py). ``mean``,
+    ``std``: [1, 3, 1, 1]."""
     # NHWC uint8 viewed as NCHW is channels_last already: no copy for the layout.
-    return images.permute(0, 3, 1, 2).to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
+    return tensors.normalise(images.permute(0, 3, 1, 2), mean, std)
+
+
+class _HostBatches:
+    """Two host buffers of decoded images that batches are assembled in, used in turn (at most
+    two batches are in flight: serve/scheduler.py): pinned memory on a GPU host, so that the
+    host-to-device copy is an asynchronous DMA instead of a staged, blocking copy."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, pinned: bool):
+        self.shape, self.dtype, self.pinned = shape, dtype, pinned
+        self._slots: list[torch.Tensor] = [torch.empty(0), torch.empty(0)]
+        self._turn = 0
+
+    def take(self, n: int) -> torch.Tensor:
+        """The next buffer, [>= n, *shape]: the one whose batch is two launches old."""
+        self._turn ^= 1
+        slot = self._slots[self._turn]
+        if len(slot) < n:
+            slot = torch.empty((n,) + self.shape, dtype=self.dtype, pin_memory=self.pinned)
+            self._slots[self._turn] = slot
+        return slot
 
 
 class Classifier:
@@ -71,10 +91,16 @@ class Classifier:
         self.program_path = program_path
         self.program_sha256 = sha or file_sha256(program_path)  # the compiled programs' key
         self._autocast = precisions.autocast_dtype(choice.precision)
-        self._mean = torch.tensor(pre["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(pre["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._mean, self._std = tensors.mean_std(pre["mean"], pre["std"], device)
+        self.cuda = device.type == "cuda"
+        crop = self.geometry.crop
+        self._host = _HostBatches((crop, crop, 3), torch.uint8, pinned=self.cuda)
+        self._outputs = _HostBatches((len(self.classes),), torch.float32, pinned=self.cuda)
+        # The next batch's pixels are copied on a stream of their own while the model runs the
+        # previous one.
+        self._copies = torch.cuda.Stream(device) if self.cuda else None
         self._eager: torch.nn.Module | None = None
-        self.compiled: dict[int, object] = {}  # batch size -> its compiled program
+        self.compiled: dict[int, Callable] = {}  # batch size -> its compiled program
         self.plan: buckets.Plan | None = None  # set by warm_up
 
     @property
@@ -102,8 +128,8 @@ class Classifier:
             ArtifactError: another output shape, or the program fails on a valid input.
         """
         try:
-            probabilities = self._run(np.zeros((1, self.geometry.crop, self.geometry.crop, 3),
-                                               np.uint8), 1)
+            probabilities = self.forward(np.zeros((1, self.geometry.crop, self.geometry.crop, 3),
+                                                  np.uint8))
         except ArtifactError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure here is the artifact's
@@ -149,35 +175,67 @@ class Classifier:
         return (name, sha if isinstance(sha, str) else None,
                 f"precisions.{precision.name}.program_sha256")
 
-    @torch.inference_mode()
     def forward(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities float32 [N, num_classes] for decoded images uint8
         [N, crop, crop, 3] (serve.decode.to_model_input), scaled to 0-1 and normalised with the
         manifest's mean and std as the training job's evaluation transform does, in the chosen
         precision (autocast, as the training job measured it)."""
-        n = len(images)
-        chunks = self.plan.chunks(n) if self.compiled else [(0, n, n)]
-        out = [self._run(images[start:stop], size) for start, stop, size in chunks]
-        return np.concatenate(out) if len(out) > 1 else out[0]
+        return self.launch([images])()
 
     @torch.inference_mode()
-    def _run(self, images: np.ndarray, size: int) -> np.ndarray:
-        """Probabilities for ``images`` run at batch ``size`` (padded with blank images up to
-        it; compiled programs run one size each), float32 [len(images), num_classes]."""
-        n = len(images)
-        if size > n:
-            images = np.concatenate([images, np.zeros((size - n,) + images.shape[1:],
-                                                      images.dtype)])
-        x = normalise(torch.from_numpy(images).to(self.device, non_blocking=True), self._mean,
-                      self._std)
-        program = self.compiled.get(size)
-        if program is not None:  # autocast, if any, is compiled into it
-            logits = program(x)
+    def launch(self, parts: list[np.ndarray]) -> Callable[[], np.ndarray]:
+        """Start the forward of a batch made of ``parts`` (uint8 [n_i, crop, crop, 3] each) and
+        return a function that waits for it and returns the class probabilities, float32
+        [sum n_i, num_classes].
+
+        On a GPU this returns as soon as the work is queued: the pixels are gathered into a
+        pinned buffer, copied to the device on a stream of their own, and the probabilities
+        copied back into pinned memory, so the caller can assemble and launch the next batch
+        while this one runs (at most two in flight: the host buffers are used in turn). On the
+        CPU the forward runs here, before this returns.
+        """
+        n = sum(len(part) for part in parts)
+        # Compiled programs run one batch size each: the plan's sizes, the last one padded.
+        chunks = self.plan.chunks(n) if self.compiled and self.plan else [(0, n, n)]
+        padded = chunks[-1][0] + chunks[-1][2]
+        host = self._host.take(padded)[:padded]
+        pixels = host.numpy()
+        np.concatenate(parts, out=pixels[:n])
+        pixels[n:] = 0
+        if self.cuda:
+            with torch.cuda.stream(self._copies):
+                x = host.to(self.device, non_blocking=True)
+            torch.cuda.current_stream(self.device).wait_stream(self._copies)
+            x.record_stream(torch.cuda.current_stream(self.device))  # freed after its use here
         else:
-            with torch.autocast(self.device.type, dtype=self._autocast or torch.float32,
-                                enabled=self._autocast is not None):
-                logits = self.eager(x)
-        return torch.softmax(logits.float(), dim=1)[:n].cpu().numpy()
+            x = host
+        x = normalise(x, self._mean, self._std)
+        logits = torch.cat([self._logits(x[start:start + size], size)
+                            for start, _, size in chunks])
+        probabilities = torch.softmax(logits.float(), dim=1)[:n]
+        if not self.cuda:
+            result = probabilities.numpy()
+            return lambda: result
+        out = self._outputs.take(n)[:n]
+        out.copy_(probabilities, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+
+        def collect() -> np.ndarray:
+            done.synchronize()
+            return out.numpy().copy()  # the buffer is reused two batches later
+
+        return collect
+
+    def _logits(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """The logits of ``x`` (float32 [size, 3, crop, crop]): its compiled program when there
+        is one (the precision compiled into it), else the eager program under autocast."""
+        program = self.compiled.get(size)
+        if program is not None:
+            return program(x)
+        with torch.autocast(self.device.type, dtype=self._autocast or torch.float32,
+                            enabled=self._autocast is not None):
+            return self.eager(x)
 
     def warm_up(self, batch_size: int, store: Path | None = None) -> float:
         """Make the model ready for batches of up to ``batch_size`` and time it. Compiled: the
@@ -218,17 +276,20 @@ class Classifier:
         logger.info("%s", self.plan.describe())
         return self.plan.ms(self.plan.max_batch) / self.plan.max_batch
 
+    @torch.inference_mode()
     def _times(self, sizes: list[int], rounds: int = 3) -> dict[int, float]:
         """The fastest of ``rounds`` forwards (ms) of blank images at each of ``sizes``, after one
         untimed run each (a program's first call allocates); the sizes alternate, so that a slow
         spell of a shared CPU does not fall on one size alone."""
         crop = self.geometry.crop
-        blanks = {size: np.zeros((size, crop, crop, 3), np.uint8) for size in sizes}
+        blanks = {size: normalise(torch.zeros((size, crop, crop, 3), dtype=torch.uint8,
+                                              device=self.device), self._mean, self._std)
+                  for size in sizes}
         times: dict[int, float] = {}
         for round_ in range(rounds + 1):
             for size in sizes:
                 start = time.perf_counter()
-                self._run(blanks[size], size)
+                self._logits(blanks[size], size).float().cpu()  # waits for the device too
                 if round_:
                     times[size] = min(times.get(size, float("inf")),
                                       (time.perf_counter() - start) * 1000.0)

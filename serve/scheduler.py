@@ -7,6 +7,11 @@ difference: the model thread waits for more requests only while some are known t
 way (admitted and still decoding), never on a hunch, so a lone request runs at once and pays
 nothing for batching. Under load, the requests that arrive while a batch runs form the next one.
 
+On a GPU the model thread keeps two batches in flight (``launch``): while the device runs one, it
+gathers, copies and queues the next, and only then waits for the first, so the device never
+idles while the host assembles a batch. On a CPU the forward runs on the thread itself and a
+batch is answered before the next is formed.
+
 The model thread is the worker's only torch caller, so its health is the worker's: when it dies,
 or when a batch fails and a blank image fails after it (the device or the program is broken,
 not the batch), the scheduler is ``failed``; every request it holds fails at once, /ping stops
@@ -53,7 +58,7 @@ class Overloaded(Exception):
         self.retry_after_s = max(1, math.ceil(retry_after_s))
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compared by identity, never by its arrays
 class Job:
     """One request's images (uint8 [n, crop, crop, 3]) on their way through the model. After it
     ran: ``result`` float32 [n, classes], the size of the batch(es) it ran in, and its queue wait
@@ -85,14 +90,18 @@ class Scheduler:
             fails; None skips the check.
         on_fatal: called once, with the reason, when the model thread dies or the probe fails.
         clock: seconds, monotonic (tests inject one).
+        launch: an asynchronous model (a GPU's): ``launch(parts)`` starts the batch made of the
+            arrays ``parts`` and returns a function that waits for its probabilities. With it
+            the model thread keeps two batches in flight; without it, it runs ``forward``.
     """
 
     def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch_size: int,
                  max_batch_delay_s: float, max_queue: int, ms_per_image: float,
                  probe: np.ndarray | None = None,
                  on_fatal: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.forward, self.clock = forward, clock
+                 clock: Callable[[], float] = time.monotonic,
+                 launch: Callable[[list[np.ndarray]], Callable[[], np.ndarray]] | None = None):
+        self.forward, self.clock, self.launch = forward, clock, launch
         self.probe, self.on_fatal = probe, on_fatal
         self.failure: str | None = None  # why the model thread stopped for good
         self.max_batch_size, self.max_batch_delay_s = max_batch_size, max_batch_delay_s
@@ -103,7 +112,8 @@ class Scheduler:
         self._admitted = 0  # requests admitted and not yet finished
         self._decoding = 0  # admitted requests that have not submitted yet
         self._running_images = 0
-        self._running: list[Job] = []  # the batch the model thread has taken
+        self._running: list[Job] = []  # the jobs of the batches the model thread has taken
+        self._last_done = 0.0  # when the model thread last finished a batch (clock)
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
@@ -199,18 +209,20 @@ class Scheduler:
             self._closed = True
             self._cond.notify_all()
 
-    def _take_batch(self) -> list[Job]:
+    def _take_batch(self, wait: bool = True) -> list[Job]:
         """Wait for work, then for more while requests are still decoding (up to the delay
         since the first job queued) and the batch is not full; take up to max_batch_size images
-        of whole jobs (a larger job alone). Expired and abandoned jobs are failed, not run."""
+        of whole jobs (a larger job alone). Expired and abandoned jobs are failed, not run.
+        With ``wait`` False (a batch is in flight), take only what is queued now, at once
+        (nothing: [])."""
         with self._cond:
             while True:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._closed and wait:
                     self._cond.wait()
-                if self._closed:
+                if self._closed or not self._queue:
                     return []
                 until = self._queue[0].enqueued + self.max_batch_delay_s
-                while (self._queued_images < self.max_batch_size and self._decoding > 0
+                while (wait and self._queued_images < self.max_batch_size and self._decoding > 0
                        and self.clock() < until and not self._closed):
                     self._cond.wait(timeout=until - self.clock())
                 batch, images, now = [], 0, self.clock()
@@ -231,16 +243,29 @@ class Scheduler:
                     batch.append(job)
                     images += n
                 if batch:
-                    self._running_images, self._running = images, batch
+                    self._running_images += images
+                    self._running = self._running + batch
                     return batch
+                if not wait:
+                    return []
 
     def _run(self) -> None:
         try:
+            if self.launch is None:
+                while True:
+                    batch = self._take_batch()
+                    if not batch:
+                        return
+                    self._finish(self._start(batch))
+            in_flight = None
             while True:
-                batch = self._take_batch()
-                if not batch:
-                    return
-                self._run_batch(batch)
+                batch = self._take_batch(wait=in_flight is None)
+                started = self._start(batch) if batch else None
+                if in_flight is not None:
+                    self._finish(in_flight)
+                elif started is None:
+                    return  # closed
+                in_flight = started
         except BaseException as exc:  # noqa: BLE001 - anything here is the thread's end
             self._fail(f"the model thread stopped: {type(exc).__name__}: {exc}")
             if not isinstance(exc, Exception):
@@ -249,22 +274,46 @@ class Scheduler:
             if self.failure is None and not self._closed:
                 self._fail("the model thread stopped")
 
-    def _run_batch(self, batch: list[Job]) -> None:
-        n_images = sum(len(job.images) for job in batch)
-        start = self.clock()
+    def _start(self, batch: list[Job]) -> "_Started":
+        """Start ``batch``: launched on an asynchronous model, run on a synchronous one (in
+        chunks of max_batch_size images: a request larger than that alone is run so on either)."""
+        started = _Started(batch, sum(len(job.images) for job in batch), self.clock())
         try:
-            images = np.concatenate([job.images for job in batch])
-            chunks = [self.forward(images[i:i + self.max_batch_size])
-                      for i in range(0, n_images, self.max_batch_size)]
-            result, error = np.concatenate(chunks), None
+            if self.launch is not None and started.images <= self.max_batch_size:
+                started.collect = self.launch([job.images for job in batch])
+            else:
+                images = np.concatenate([job.images for job in batch])
+                chunks = [self.forward(images[i:i + self.max_batch_size])
+                          for i in range(0, started.images, self.max_batch_size)]
+                started.result = np.concatenate(chunks)
         except Exception as exc:  # noqa: BLE001 - the requests answer it; the thread lives
-            logger.exception("the model failed on a batch of %d images", n_images)
-            result, error = None, exc
-        compute_ms = (self.clock() - start) * 1000.0
+            started.error = exc
+        return started
+
+    def _finish(self, started: "_Started") -> None:
+        """Wait for a started batch, answer its jobs and refine the cost per image; after a
+        failed batch, probe the model with blank images."""
+        batch, n_images = started.batch, started.images
+        if started.error is None and started.collect is not None:
+            try:
+                started.result = started.collect()
+            except Exception as exc:  # noqa: BLE001 - as in _start
+                started.error = exc
+        result, error = started.result, started.error
+        if error is not None:
+            logger.error("the model failed on a batch of %d images", n_images,
+                         exc_info=(type(error), error, error.__traceback__))
+        now = self.clock()
+        compute_ms = (now - started.at) * 1000.0
+        # With two batches in flight the device works on this one only once the previous one
+        # is done: its cost is the time since then.
+        busy_ms = (now - max(started.at, self._last_done)) * 1000.0
+        self._last_done = now
         with self._cond:
-            self._running_images, self._running = 0, []
+            self._running_images -= n_images
+            self._running = [job for job in self._running if job not in batch]
             if error is None and n_images >= min(self.max_batch_size, 2):
-                cost = compute_ms / n_images
+                cost = busy_ms / n_images
                 self.ms_per_image += COST_SMOOTHING * (cost - self.ms_per_image)
         offset = 0
         for job in batch:
@@ -306,6 +355,19 @@ class Scheduler:
 
 class _Stopped(Exception):
     """Ends the model thread after ``_fail`` (already reported)."""
+
+
+@dataclass
+class _Started:
+    """A batch the model thread has started: its jobs, their image count, when it started
+    (clock), and its result, its error, or the function that waits for its result."""
+
+    batch: list[Job]
+    images: int
+    at: float
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+    collect: Callable[[], np.ndarray] | None = None
 
 
 class MemoryBudget:

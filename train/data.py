@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 import random
 import re
@@ -84,13 +85,23 @@ class Preprocess:
         return cls(crop=image_size, resize=round(image_size * 256 / 224))
 
     def train_transform(self, min_crop_scale: float) -> v2.Compose:
+        """The training augmentation on the PIL image: uint8 [3, crop, crop]. Scaling and
+        normalisation (torchvision's ToDtype(scale=True), Normalize) are left to the training
+        process, which runs them on its device (contract/tensors.py): DataLoader workers send
+        a quarter of float32's bytes, and the GPU does the arithmetic."""
         return v2.Compose([
             v2.PILToTensor(),
             v2.RandomResizedCrop(self.crop, scale=(min_crop_scale, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(self.mean, self.std),
         ])
+
+    def train_draft(self, min_crop_scale: float) -> int:
+        """The shorter side (px) a training JPEG may be decoded down to (libjpeg's 1/2, 1/4 or
+        1/8 scale: ``contract.preprocess.draft``) with no loss to the augmentation: the
+        smallest crop RandomResizedCrop can draw (``min_crop_scale`` of the area, at aspect
+        ratio 3/4) still has ``crop`` pixels or more on its shorter side, so it is still
+        downscaled, never upscaled, to ``crop``."""
+        return math.ceil(self.crop / math.sqrt(min_crop_scale * 3 / 4))
 
     def eval_transform(self) -> v2.Compose:
         """Resize and centre crop on the PIL image (Pillow's antialiased bilinear resize, which
@@ -108,7 +119,8 @@ class Preprocess:
 class ChannelDataset(datasets.DatasetFolder):
     """An ImageFolder over one channel with a fixed class-to-index map and skip-on-error loading.
 
-    ``__getitem__`` returns ``(image float32 [3, crop, crop], label int)`` or ``None`` for an
+    ``__getitem__`` returns ``(image, label int)``, the image as its transform makes it (train:
+    uint8 [3, crop, crop]; evaluation: float32 [3, crop, crop], normalised), or ``None`` for an
     unreadable photo (``skip_collate`` drops it and counts it).
     """
 
@@ -161,7 +173,8 @@ def skip_collate(batch):
     """Collate ``(image, label)`` pairs, dropping ``None`` (unreadable photos).
 
     Returns:
-        ``(images float32 [N, 3, H, W], labels int64 [N], skipped int)``; N may be 0.
+        ``(images [N, 3, H, W] (uint8 for train, float32 for evaluation), labels int64 [N],
+        skipped int)``; N may be 0.
     """
     good = [b for b in batch if b is not None]
     skipped = len(batch) - len(good)
@@ -241,11 +254,13 @@ def build_datasets(channels: dict[str, str], classes: list[str], pre: Preprocess
     for name in ("train", "valid", "test"):
         if name not in channels:
             continue
-        transform = pre.train_transform(min_crop_scale) if name == "train" else pre.eval_transform()
+        train = name == "train"
+        transform = pre.train_transform(min_crop_scale) if train else pre.eval_transform()
         # Evaluation decodes JPEGs as serve does (reduced scale when that covers the resize),
-        # so the valid and test accuracies are the served model's.
+        # so the valid and test accuracies are the served model's; training at the scale its
+        # smallest crop still covers.
         ds = ChannelDataset(channels[name], class_to_idx, transform, max_per_class, seed,
-                            draft=None if name == "train" else pre.resize)
+                            draft=pre.train_draft(min_crop_scale) if train else pre.resize)
         if len(ds) == 0:
             raise TrainingError(
                 f"channel {name!r} has no image files ({', '.join(layout.IMAGE_EXTENSIONS)})"
@@ -304,9 +319,22 @@ class EpochSampler(Sampler):
             yield index, (sample_seed(self.seed, self.epoch, index) if self.augment else None)
 
 
-def default_num_workers() -> int:
-    """One DataLoader worker per vCPU, at most 8: decoding is the per-photo work of a step."""
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+# 32 workers decode about 12,000 photos/s, more than one GPU trains ResNet50 on; beyond that a
+# worker (a process with its prefetched batches) costs memory and buys nothing.
+MAX_GPU_WORKERS = 32
+
+
+def default_num_workers(cuda: bool, processes_per_host: int = 1) -> int:
+    """DataLoader workers per training process when ``num-workers`` is -1. Decoding and
+    augmenting is the per-photo work of a step (about 2.5 ms per photo per core for ResNet50's
+    224 px crops), so a GPU needs every core it can get: the host's vCPUs shared among its
+    ``processes_per_host`` training processes, less one core for each process itself (which
+    launches the GPU's work), at most ``MAX_GPU_WORKERS``. On a CPU the training process
+    computes on the same cores: one worker per vCPU, at most 8."""
+    cpus = len(os.sched_getaffinity(0))
+    if cuda:
+        return max(1, min(MAX_GPU_WORKERS, cpus // max(processes_per_host, 1) - 1))
+    return max(1, min(8, cpus))
 
 
 def make_loader(ds: Dataset, batch_size: int, train: bool, num_workers: int, seed: int,

@@ -37,7 +37,8 @@ class Feed:
         self.pre, self.hp, self.d, self.pin_memory = pre, hp, d, pin_memory
         self.datasets = data.build_datasets(channels, classes, pre, hp["min-crop-scale"],
                                             hp["max-images-per-class"], hp["seed"])
-        workers = hp["num-workers"] if hp["num-workers"] >= 0 else data.default_num_workers()
+        workers = (hp["num-workers"] if hp["num-workers"] >= 0
+                   else data.default_num_workers(pin_memory, d.local_world_size))
         self.loaders = {
             name: data.make_loader(ds, hp["batch-size"], name == "train", workers, hp["seed"],
                                    d.rank, d.world_size, pin_memory)
@@ -64,7 +65,8 @@ class Feed:
     def batches(self, split: str, epoch: int = 0, start: int = 0):
         """What a pass over ``split`` iterates: the iterator start_workers() started, the first
         time; then the DataLoader itself, its sampler set to ``epoch`` from step ``start``.
-        Each batch: ``(images float32 [N, 3, crop, crop], labels int64 [N], skipped)``."""
+        Each batch: ``(images [N, 3, crop, crop], labels int64 [N], skipped)``, the images
+        uint8 for train (the loop normalises them on its device), float32 for the others."""
         first = self.first_pass.pop(split, None)
         if first is not None:
             return first

@@ -132,10 +132,14 @@ SPECS: dict[str, Spec] = {
                        "side of the square crop fed to the model, pixels"),
     "min-crop-scale": Spec(_float(0.01, 1.0), 0.25, "a number in [0.01, 1]",
                            "smallest area share of RandomResizedCrop"),
-    "num-workers": Spec(_int(-1, 64), -1, "an integer from -1 to 64 (-1: one per vCPU, at most 8)",
+    "num-workers": Spec(_int(-1, 64), -1,
+                        "an integer from -1 to 64 (-1: on GPUs, the vCPUs per training process "
+                        "less one, at most 32; on CPUs, one per vCPU, at most 8)",
                         "DataLoader worker processes per training process"),
     "seed": Spec(_int(0, 2**31 - 1), 42, "an integer from 0 to 2147483647", "random seed"),
-    "amp": Spec(_bool, True, "true or false", "mixed precision on CUDA (ignored on CPU)"),
+    "amp": Spec(_bool, True, "true or false",
+                "mixed precision on CUDA: bf16 where the GPU has it (compute capability 8.0 "
+                "and later), else fp16 with loss scaling; ignored on CPU"),
     "early-stopping-patience": Spec(_int(0), 0, "an integer >= 0 (0: off)",
                                     "stop after this many epochs without a better valid_loss"),
     "max-images-per-class": Spec(_int(0), 0, "an integer >= 0 (0: all)",

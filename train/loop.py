@@ -15,13 +15,13 @@ printed. The other jobs of a training process have modules of their own, each us
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from contract import tensors
 from train import data, metrics, model as model_lib, outputs, stop, stopping
 from train.debugger import Debugger
 from train.distributed import Dist, seed_all
@@ -30,6 +30,7 @@ from train.export import Exporter, summary
 from train.feed import Feed
 from train.job import Job
 from train.run_state import Checkpoints, RunState, new_accumulators
+from train.step_sums import StepSums, read_or_fail
 from train.stopping import JobStopped, Stop
 
 __all__ = ["Dist", "Job", "JobStopped", "Trainer", "run"]
@@ -48,8 +49,10 @@ class Trainer:
         self.device = d.device()
         self.cuda = self.device.type == "cuda"
         self.amp = bool(hp["amp"]) and self.cuda
+        self.amp_dtype = amp_dtype(self.device) if self.amp else None
         self.classes = data.discover_classes(job.channels)
         self.pre = data.Preprocess.for_size(hp["image-size"])
+        self.mean_std = tensors.mean_std(self.pre.mean, self.pre.std, self.device)
         self.feed = Feed(job.channels, self.classes, self.pre, hp, d, self.cuda)
         self.steps_per_epoch = self.feed.steps_per_epoch
         self.net = model_lib.build(hp["arch"], len(self.classes))
@@ -68,12 +71,10 @@ class Trainer:
                                          nesterov=hp["momentum"] > 0)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                     T_max=hp["epochs"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = loss_scaler(self.amp_dtype)
         self.model = self.net
-        if d.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[d.local_rank] if self.cuda else None,
-                find_unused_parameters=bool(self.backbone and hp["freeze-epochs"]))
+        self.find_unused: bool | None = None
+        self._wrap(bool(self.backbone and hp["freeze-epochs"]))
         self.state = RunState()
         self.skipped = 0  # unreadable photos of the last epoch, summed over the ranks
         self.checkpoints = Checkpoints(job.checkpoint_dir, d, self.cuda, hp["arch"],
@@ -92,6 +93,13 @@ class Trainer:
                                  job.input_config_dir, Path(job.output_data_dir) / "report",
                                  self.net, self.loss_fn, self.planned_steps(), d.main, self.cuda,
                                  job.job_name)
+
+    def _wrap(self, find_unused: bool) -> None:
+        """In DDP, (re)wrap the network; ``find_unused`` while the backbone is frozen."""
+        if self.d.enabled and find_unused != self.find_unused:
+            self.model = self.net  # the old wrapper goes before the new one hooks the weights
+            self.model = self.d.wrap(self.net, self.cuda, find_unused)
+            self.find_unused = find_unused
 
     def planned_steps(self) -> int:
         """Training steps this process will run if no epoch stops early: batches per epoch times
@@ -123,9 +131,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def _forward(self, images: torch.Tensor, labels: torch.Tensor):
+        """Logits, mean loss and labels on the device for a batch from the loaders: training's
+        uint8 pixels are scaled and normalised here, on the device (contract/tensors.py)."""
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        if images.dtype == torch.uint8:
+            images = tensors.normalise(images, *self.mean_std)
         labels = labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = self.model(images)
             loss = self.loss_fn(logits, labels)
         return logits, loss, labels
@@ -138,7 +150,7 @@ class Trainer:
         blank = torch.zeros(2, 3, self.pre.crop, self.pre.crop, device=self.device).to(
             memory_format=self.memory_format)
         with model_lib.batchnorm_stats_kept(self.net):
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 loss = self.model(blank).float().sum() * 0.0
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -155,6 +167,7 @@ class Trainer:
         """
         frozen = bool(self.backbone) and epoch < self.hp["freeze-epochs"]
         trainable = model_lib.set_backbone_frozen(self.net, self.backbone, frozen)
+        self._wrap(find_unused=frozen)
         self.model.train()
         if frozen:
             model_lib.freeze_batchnorm_stats(self.net)
@@ -165,6 +178,7 @@ class Trainer:
         self.debugger.mode(train=True)
         batches = self.debugger.steps(self.feed.batches("train", epoch, start=start), epoch)
         acc = state.acc
+        sums = StepSums(self.cuda)
         start = time.perf_counter()
         for images, labels, n_skipped in batches:
             acc["skipped"] += n_skipped
@@ -173,27 +187,23 @@ class Trainer:
             elif images.numel() > 0:
                 self.debugger.step_begin()
                 logits, loss, labels = self._forward(images, labels)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"the training loss became {loss_value} at epoch {epoch + 1} step "
-                        f"{state.step}; lower lr (now {self.hp['lr']}) or check the data; the "
-                        f"last checkpoint (after epoch {state.epochs_done}) is kept"
-                    )
+                sums.add(state.step, loss, logits, labels)
+                if sums.due:  # every step on a CPU: a non-finite loss stops before its update
+                    self._read_sums(sums, epoch)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                n = labels.shape[0]
-                self.debugger.step_end(n)  # loss.item() above synchronised the step
-                acc["loss_sum"] += loss_value * n
-                acc["correct"] += int((logits.argmax(1) == labels).sum())
-                acc["seen"] += n
+                # On a GPU the step may still be running: its time here is the host's, which
+                # the reads every few steps (StepSums) keep within a few steps of the device.
+                self.debugger.step_end(labels.shape[0])
             state.step += 1
             if self._stop_agreed():
+                self._read_sums(sums, epoch)
                 acc["seconds"] += time.perf_counter() - start
                 self.debugger.epoch_end()
                 raise Stop("train")
+        self._read_sums(sums, epoch)
         acc["seconds"] += time.perf_counter() - start
         self.debugger.epoch_end()
         loss_sum, correct, seen, skipped = self.d.sum(
@@ -209,6 +219,9 @@ class Trainer:
             "images_per_second": seen / max(acc["seconds"], 1e-9),
             "epoch_seconds": acc["seconds"],
         }
+
+    def _read_sums(self, sums: StepSums, epoch: int) -> None:
+        read_or_fail(sums, self.state.acc, epoch, self.hp["lr"], self.state.epochs_done)
 
     @torch.no_grad()
     def evaluate(self, split: str, confusion: bool = False
@@ -324,6 +337,18 @@ class Trainer:
             self.debugger.report(state.history)
         except Exception:  # noqa: BLE001 - likewise
             logger.exception("debugger report not written")
+
+
+def loss_scaler(dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The AMP loss scaler for autocast ``dtype``: on for fp16, whose small gradients would
+    flush to zero unscaled; off for bf16 (fp32's exponent range) and without autocast."""
+    return torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype of mixed precision on a GPU: bf16 where it has bf16 tensor cores
+    (compute capability 8.0 and later, NVIDIA's CUDA programming guide), else fp16."""
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
 
 
 def run(job: Job, d: Dist | None = None) -> None:

@@ -130,7 +130,10 @@ class Checkpoints:
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        else:  # saved without loss scaling (bf16, or the CPU), resumed with it (fp16)
+            logger.info("the checkpoint has no loss scale (saved without fp16); starting one")
         run.history = list(state["history"])
         run.best = dict(state["best"])
         run.best_state = state.get("best_state")

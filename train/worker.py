@@ -14,7 +14,6 @@ import os
 import sys
 import traceback
 
-import torch
 import torch.distributed as dist
 
 from train import loop, stop
@@ -29,10 +28,11 @@ def main(job_file: str) -> int:
     output_dir = os.path.dirname(job.output_data_dir.rstrip("/"))
     stop.install(on_deadline=lambda reason: write_failure(output_dir, reason))
     d = Dist(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
-                  local_rank=int(os.environ["LOCAL_RANK"]))
+             local_rank=int(os.environ["LOCAL_RANK"]),
+             local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s rank{d.rank} %(levelname)s %(name)s: %(message)s")
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    d.join()
     try:
         loop.run(job, d)
         return 0

@@ -1,7 +1,7 @@
 """deploy.py's verbs, one module each (as pip's commands): ``NAME``, ``HELP``, ``JOB_OPTIONS``
 (whether the training-job options apply), ``add_arguments(parser)`` and ``run(ctx, args)``."""
 
-from deployment.commands import (data, delete, deploy, local, monitor, predict, report, train,
-                                 tune)
+from deployment.commands import (data, delete, deploy, local, monitor, predict, report, rollback,
+                                 train, tune, update)
 
-COMMANDS = (data, tune, train, deploy, predict, monitor, delete, report, local)
+COMMANDS = (data, tune, train, deploy, update, rollback, predict, monitor, delete, report, local)

@@ -1,14 +1,15 @@
-"""``deploy.py delete``: endpoint, endpoint config and models; safe to repeat."""
+"""``deploy.py delete``: the endpoint and every version of it (its endpoint configs and models);
+safe to repeat."""
 
 from __future__ import annotations
 
-from deployment import cloudwatch
+from deployment import cloudwatch, versions
 from deployment.autoscaling import deregister_autoscaling
 from deployment.errors import is_not_found
 from deployment.settings import Context
 
 NAME = "delete"
-HELP = "delete endpoint, config and model"
+HELP = "delete the endpoint and all its versions (configs and models)"
 JOB_OPTIONS = False
 
 
@@ -19,38 +20,33 @@ def add_arguments(p) -> None:
 
 
 def run(ctx: Context, args) -> int:
-    """Endpoint, then its config, then its models: names are read first, so the order cannot
-    lose one. Each missing piece is reported and skipped, so it is safe to run again."""
+    """The endpoint, then its configs, then its models: the config it runs and that config's
+    models, and every config and model tagged as the endpoint's (deployment/versions.py); names
+    are read first, so the order cannot lose one, and nothing untagged but the running version
+    is touched. Each missing piece is reported and skipped, so it is safe to run again."""
     from botocore.exceptions import ClientError
 
     endpoint = ctx.get("endpoint")
     sm = ctx.session.sagemaker_client
-    config = endpoint
+    config = endpoint  # deploy's first config is named after the endpoint
     try:
         config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
     except ClientError as exc:
         if not is_not_found(exc):
             raise
-    models = []
-    try:
-        desc = sm.describe_endpoint_config(EndpointConfigName=config)
-        models = [v["ModelName"] for v in desc["ProductionVariants"]]
-    except ClientError as exc:
-        if not is_not_found(exc):
-            raise
+    configs = list(dict.fromkeys([config] + versions.tagged(sm, "endpoint config", endpoint)))
+    models = list(dict.fromkeys([m for c in configs for m in versions.models_of(sm, c)]
+                                + versions.tagged(sm, "model", endpoint)))
     deregister_autoscaling(ctx.boto, endpoint)
     if not args.keep_monitoring:
         cloudwatch.delete(ctx.boto.client("cloudwatch"), endpoint)
-    steps = [("endpoint", endpoint, lambda: sm.delete_endpoint(EndpointName=endpoint)),
-             ("endpoint config", config,
-              lambda: sm.delete_endpoint_config(EndpointConfigName=config))]
-    steps += [("model", m, lambda m=m: sm.delete_model(ModelName=m)) for m in models]
-    for what, name, call in steps:
-        try:
-            call()
-            print(f"deleted {what} {name}")
-        except ClientError as exc:
-            if not is_not_found(exc):
-                raise
-            print(f"{what} {name}: already gone")
+    try:
+        sm.delete_endpoint(EndpointName=endpoint)
+        print(f"deleted endpoint {endpoint}")
+    except ClientError as exc:
+        if not is_not_found(exc):
+            raise
+        print(f"endpoint {endpoint}: already gone")
+    for line in versions.remove(sm, configs, models):
+        print(line)
     return 0

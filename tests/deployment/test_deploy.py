@@ -8,7 +8,7 @@ import json
 import boto3
 import pytest
 
-from tests.deployment.conftest import ACCOUNT, BUCKET, IMAGE, REGION, REPO, ROLE, run
+from tests.deployment.conftest import BUCKET, IMAGE, REGION, REPO, ROLE, run
 
 
 def test_deploy_real_time_with_autoscaling_then_delete_twice(aws, capsys):
@@ -123,30 +123,34 @@ def test_deploy_on_the_default_gpu_instance_type_picks_the_580_driver_ami(aws, g
     assert f"(1 x ml.g5.xlarge, InferenceAmiVersion {AMI_580})" in out
 
 
-def test_deploy_update_keeps_the_ami_and_the_new_model(aws, gpu_enum, capsys):
-    """The SDK's Predictor.update_endpoint would build the new variant without the AMI."""
-    from botocore.awsrequest import AWSResponse as Response
+def test_deploy_update_is_update_keeping_the_ami_and_the_endpoints_shape(aws, gpu_enum, capsys,
+                                                                        monkeypatch):
+    """deploy --update used to build the new variant from deploy's defaults (1 x ml.g5.xlarge,
+    no AMI through the SDK's update_endpoint); it is now deploy.py update with its defaults."""
+    from deployment import rollout
+    from tests.deployment.fake_guardrails import FakeDeployments
 
-    def update_endpoint(**_):  # moto 5.2.5 has no UpdateEndpoint
-        return Response("https://sagemaker", 200, {}, None), {
-            "EndpointArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/dogs-gpu"}
-
-    aws.session.events.register("before-call.sagemaker.UpdateEndpoint", update_endpoint)
+    FakeDeployments(aws.session)  # moto 5.2.5 has no UpdateEndpoint
+    monkeypatch.setattr(rollout, "POLL_S", 0)
     assert run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m1.tar.gz",
-               "--endpoint", "dogs-gpu", "--capture", "5")[0] == 0
-    code, out, err = run(capsys, "deploy", "--no-wait", "--update", "--model-data",
-                         "s3://b/m2.tar.gz", "--endpoint", "dogs-gpu")
-    assert code == 0, err
+               "--endpoint", "dogs-gpu", "--capture", "5", "--instance-count", "2")[0] == 0
+    assert run(capsys, "monitor", "--endpoint", "dogs-gpu")[0] == 0
+    code, out, err = run(capsys, "deploy", "--update", "--model-data", "s3://b/m2.tar.gz",
+                         "--endpoint", "dogs-gpu")
+    assert code == 0, out + err
     first, second = aws.calls[("sagemaker", "CreateEndpointConfig")]
     (variant,) = second["ProductionVariants"]
     new_model = aws.calls[("sagemaker", "CreateModel")][1]["ModelName"]
     assert variant["ModelName"] == new_model and variant["InstanceType"] == "ml.g5.xlarge"
+    assert variant["InitialInstanceCount"] == 2  # kept, not deploy's default of 1
     assert variant["InferenceAmiVersion"] == AMI_580
     assert second["DataCaptureConfig"] == first["DataCaptureConfig"]  # copied from the old one
     update = aws.one("UpdateEndpoint")
-    assert update == {"EndpointName": "dogs-gpu",
-                      "EndpointConfigName": second["EndpointConfigName"]}
-    assert f"updated endpoint dogs-gpu to model {new_model}" in out
+    assert update["EndpointConfigName"] == second["EndpointConfigName"] == new_model
+    assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"][
+        "Type"] == "CANARY"
+    assert f"model {new_model}: s3://b/m2.tar.gz (2 x ml.g5.xlarge, InferenceAmiVersion " \
+           f"{AMI_580})" in out
 
 
 REFUSALS = [

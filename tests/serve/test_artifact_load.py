@@ -261,3 +261,23 @@ def test_decoding_stops_at_the_deadline_between_images(client):
     assert response.status_code == 503, response.json
     assert "deadline passed after" in response.json["reason"]
     assert elapsed < 4 + 2, elapsed  # the 4 s deadline and at most one image's decode more
+
+
+def test_int8_forced_on_a_gpu_fails_once_with_one_line(model_dir, monkeypatch, caplog):
+    """int8 is a CPU program: SERVE_PRECISION=int8 on a GPU worker is one error, not a retry
+    loop (no CUDA is touched before the refusal, so a CPU host can show it)."""
+    from serve import precision
+
+    monkeypatch.setattr(precision.Host, "detect", classmethod(
+        lambda cls, device_type, gpu_index=0: cls("cuda", cuda_capability=(9, 0))))
+    monkeypatch.setenv("SM_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("SERVE_PRECISION", "int8")
+    monkeypatch.setenv("SERVE_METRICS", "off")
+    with caplog.at_level(logging.ERROR, logger="serve"):
+        app = create_app(Settings.from_env(gpus=1), torch.device("cuda"))
+        _wait(app, lambda holder: holder.failed)
+        time.sleep(3)  # past a retry period
+    holder = app.extensions["model"]
+    assert holder.error == ("int8 runs on cpu hosts only: set SERVE_PRECISION to auto, fp32, "
+                            "bf16 or fp16 on a cuda host")
+    assert len([r for r in caplog.records if "model not loaded" in r.getMessage()]) == 1

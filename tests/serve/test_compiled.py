@@ -25,11 +25,16 @@ from tests.conftest import ROOT
 
 
 # ------------------------------------------------------------------ buckets
-def test_the_sizes_compiled_are_powers_of_two_and_the_max():
+def test_the_sizes_compiled_are_powers_of_two_and_the_max_and_at_most_eight():
     assert buckets.sizes_to_compile(8) == [1, 2, 4, 8]
     assert buckets.sizes_to_compile(6) == [1, 2, 4, 6]
     assert buckets.sizes_to_compile(1) == [1]
     assert buckets.sizes_to_compile(32) == [1, 2, 4, 8, 16, 32]
+    assert buckets.sizes_to_compile(48) == [1, 2, 4, 8, 16, 32, 48]
+    # Each size is a compile on the host's first start: batch 1 stays (a lone request is never
+    # padded), the largest others fill the rest.
+    assert buckets.sizes_to_compile(1024) == [1, 16, 32, 64, 128, 256, 512, 1024]
+    assert all(len(buckets.sizes_to_compile(n)) <= buckets.MAX_SIZES for n in range(1, 1025))
 
 
 def test_a_batch_pads_when_that_is_cheaper_and_batches_grow_while_they_pay():

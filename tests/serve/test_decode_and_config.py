@@ -137,7 +137,10 @@ def test_settings_defaults_and_overrides():
     assert s.max_payload_bytes == 6 * 1024 * 1024 and s.batch_strategy == "SINGLE_RECORD"
     assert s.max_batch_size == config.DEFAULT_MAX_BATCH["cpu"]
     assert s.threads == s.max_queue + config.SPARE_THREADS
-    assert config.Settings.from_env({}, gpus=2).max_batch_size == config.DEFAULT_MAX_BATCH["gpu"]
+    gpu = config.Settings.from_env({}, gpus=2)
+    assert gpu.max_batch_size == config.DEFAULT_MAX_BATCH["gpu"]
+    # SageMaker's usual 64 concurrent invocations fit one GPU worker's queue, with room.
+    assert s.max_queue == 32 and gpu.max_queue == 128 >= 2 * 64
     s = config.Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "3",
                                   "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20", "SM_MODEL_DIR": "/m",
                                   "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": "4",

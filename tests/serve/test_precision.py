@@ -202,8 +202,9 @@ def test_serve_precision_int8_from_the_environment_runs_the_int8_program(trained
         classifier = holder.classifier
         assert classifier.choice.precision == "int8"
         assert "forced by SERVE_PRECISION" in classifier.choice.reason
-        ops = {str(n.target) for n in classifier.module._orig_mod.graph.nodes}
+        ops = {str(n.target) for n in classifier.eager.graph.nodes}
         assert "quantized_decomposed.dequantize_per_tensor.default" in ops
+        assert classifier.choice.compile and sorted(classifier.compiled) == [1, 2, 4, 8]
         crop = classifier.geometry.crop
         probabilities = classifier.forward(np.zeros((3, crop, crop, 3), np.uint8))
         assert probabilities.shape == (3, len(classifier.classes))

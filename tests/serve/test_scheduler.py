@@ -194,3 +194,80 @@ def test_memory_budget_queues_decodes_and_gives_up_at_the_deadline():
     threading.Timer(0.1, budget.release, args=(80,)).start()
     budget.acquire(30, time.monotonic() + 30)  # freed in time
     budget.release(30)
+
+
+class FakeDevice:
+    """An asynchronous model (a GPU's ``launch``): each launch returns at once, and its result
+    when collected; the first batch's result waits for ``first_done`` (the device busy on it).
+    Records launches and collections in order."""
+
+    def __init__(self, fail_collect: int | None = None):
+        self.events: list[tuple[str, int]] = []
+        self.launches = 0
+        self.first_done = threading.Event()
+        self.fail_collect = fail_collect
+
+    def launch(self, parts):
+        images = np.concatenate(parts)
+        index, self.launches = self.launches, self.launches + 1
+        self.events.append(("launch", len(images)))
+
+        def collect():
+            if index == 0:
+                self.first_done.wait(30)
+            self.events.append(("collect", len(images)))
+            if index == self.fail_collect:
+                raise RuntimeError("CUDA error: device-side assert triggered")
+            return images[:, 0, 0, :1].astype(np.float32)
+
+        return collect
+
+    def forward(self, images):
+        return self.launch([images])()
+
+
+def test_an_asynchronous_model_gets_the_next_batch_before_the_last_is_collected():
+    device = FakeDevice()
+    s = Scheduler(device.forward, max_batch_size=4, max_batch_delay_s=0.0, max_queue=32,
+                  ms_per_image=1, launch=device.launch)
+    first = threading.Thread(target=request, args=(s, 0))
+    first.start()
+    while not device.launches:
+        time.sleep(0.01)
+
+    def release_when_queued():
+        while s.stats()["queued_images"] < 5:
+            time.sleep(0.01)
+        device.first_done.set()
+
+    # Five requests queue while the device holds the first batch; then batch 2 (four images)
+    # is launched, and batch 3 (the fifth) before batch 2 is collected.
+    results = in_threads([lambda v=v: request(s, v) for v in range(1, 6)] + [release_when_queued])
+    first.join(30)
+    assert [r.tolist() for r in results[:5]] == [[[float(v)]] for v in range(1, 6)]
+    assert device.events == [("launch", 1), ("collect", 1), ("launch", 4), ("launch", 1),
+                             ("collect", 4), ("collect", 1)], device.events
+    s.close()
+
+
+def test_an_asynchronous_batch_that_fails_fails_only_its_requests():
+    device = FakeDevice(fail_collect=0)
+    device.first_done.set()
+    s = Scheduler(device.forward, max_batch_size=4, max_batch_delay_s=0.0, max_queue=4,
+                  ms_per_image=1, launch=device.launch)
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        request(s, 1)
+    # The probe (blank images) succeeded, so the scheduler serves on.
+    assert request(s, 2).tolist() == [[2.0]]
+    assert s.healthy
+    s.close()
+
+
+def test_an_asynchronous_model_runs_a_request_larger_than_the_batch_in_chunks():
+    device = FakeDevice()
+    device.first_done.set()
+    s = Scheduler(device.forward, max_batch_size=4, max_batch_delay_s=0.0, max_queue=4,
+                  ms_per_image=1, launch=device.launch)
+    assert request(s, 5, n=10).tolist() == [[5.0]] * 10
+    assert [n for kind, n in device.events if kind == "launch"] == [4, 4, 2]
+    s.close()

@@ -1,0 +1,142 @@
+"""What a model version is made of, for ``deploy`` (a new endpoint) and ``update`` (a new version
+behind one): its model.tar.gz, the serving environment, data capture and the GPU driver's AMI,
+and the command-line options that set them. Every value is checked here, before any AWS call
+that would create something."""
+
+from __future__ import annotations
+
+from container import gpu_hosts
+from contract.artifact import MAX_BATCH
+from deployment.errors import UserError
+from deployment.settings import Context, load_state
+from serve.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, Settings
+
+# Applied when an endpoint is created; an update keeps the endpoint's own values.
+DEFAULT_INSTANCE_COUNT = 1
+DEFAULT_STARTUP_TIMEOUT_S = 600
+DEFAULT_MEMORY_MB = 6144
+DEFAULT_MAX_CONCURRENCY = 5
+
+
+def add_model_arguments(p) -> None:
+    """The options ``deploy`` and ``update`` share: the model, its serving settings and the
+    variant's shape. Their defaults are None (not given): ``deploy`` fills in the creation
+    defaults above, ``update`` keeps what the endpoint has."""
+    p.add_argument("--training-job", help="this job's model (default: the last one)")
+    p.add_argument("--model-data", help="or this model.tar.gz")
+    p.add_argument("--instance-type", dest="endpoint_instance_type")
+    p.add_argument("--instance-count", type=int,
+                   help=f"instances (new endpoint: {DEFAULT_INSTANCE_COUNT})")
+    p.add_argument("--startup-timeout", type=int,
+                   help="container startup health-check timeout, 60-3600 s (new endpoint: "
+                        f"{DEFAULT_STARTUP_TIMEOUT_S})")
+    p.add_argument("--workers", type=int, help="SAGEMAKER_MODEL_SERVER_WORKERS")
+    p.add_argument("--max-batch-size", type=int, metavar="N",
+                   help=f"SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE: images per forward pass, 1 to "
+                        f"{MAX_BATCH} (default: serve's, {DEFAULT_MAX_BATCH['cpu']} on CPU, "
+                        f"{DEFAULT_MAX_BATCH['gpu']} on GPU)")
+    p.add_argument("--max-batch-delay-ms", type=int, metavar="MS",
+                   help="SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS: how long a batch may wait for "
+                        f"requests still decoding (default: serve's, "
+                        f"{DEFAULT_MAX_BATCH_DELAY_MS['cpu']} on CPU, "
+                        f"{DEFAULT_MAX_BATCH_DELAY_MS['gpu']} on GPU)")
+    p.add_argument("--serverless", action="store_true")
+    p.add_argument("--memory-mb", type=int,
+                   help=f"serverless memory (new endpoint: {DEFAULT_MEMORY_MB})")
+    p.add_argument("--max-concurrency", type=int,
+                   help=f"serverless concurrency (new endpoint: {DEFAULT_MAX_CONCURRENCY})")
+    p.add_argument("--capture", type=int, metavar="PERCENT",
+                   help="capture this share of requests to S3 (SageMaker data capture; off by "
+                        "default)")
+    p.add_argument("--inference-ami-version", metavar="AMI",
+                   help="the endpoint's InferenceAmiVersion (its NVIDIA driver); auto (a new "
+                        f"endpoint's default): {gpu_hosts.choose_ami('ml.g5.xlarge')} on GPU "
+                        "instance types, none on CPU types and serverless; known: "
+                        f"{', '.join(gpu_hosts.INFERENCE_AMIS)}")
+
+
+def model_data_uri(ctx: Context, args) -> str:
+    """The model.tar.gz to deploy: --model-data, else the training job's (the last one).
+
+    Raises:
+        UserError: no job named or remembered, or the job has not completed.
+    """
+    if args.model_data:
+        return args.model_data
+    job = args.training_job or load_state().get("training_job")
+    if not job:
+        raise UserError("no model: pass --training-job NAME or --model-data s3://.../model.tar.gz")
+    desc = ctx.session.sagemaker_client.describe_training_job(TrainingJobName=job)
+    status = desc["TrainingJobStatus"]
+    uri = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    if status != "Completed" or not uri:
+        raise UserError(f"training job {job} is {status}, not Completed: no model to deploy yet"
+                        + (f" ({desc['FailureReason']})" if desc.get("FailureReason") else ""))
+    return uri
+
+
+def data_capture(ctx: Context, endpoint: str, percent: int):
+    """The SDK's DataCaptureConfig: ``percent`` of the requests (their inputs only,
+    never the answers' logs) to s3://BUCKET/PREFIX/capture/ENDPOINT/.
+
+    Raises:
+        UserError: a percentage outside 1-100.
+    """
+    from sagemaker.model_monitor import DataCaptureConfig
+
+    check_capture(percent)
+    return DataCaptureConfig(enable_capture=True, sampling_percentage=percent,
+                             destination_s3_uri=f"{ctx.s3_prefix()}/capture/{endpoint}",
+                             capture_options=["REQUEST"])
+
+
+def check_capture(percent: int | None) -> None:
+    """Raises UserError for a --capture outside 1-100 (None: not given)."""
+    if percent is not None and not 1 <= percent <= 100:
+        raise UserError(f"--capture {percent}: a percentage of requests from 1 to 100")
+
+
+def inference_ami(instance_type: str | None, requested: str) -> str | None:
+    """The InferenceAmiVersion for the endpoint's variant (None on CPU types and serverless),
+    decided from container/gpu_hosts.py's table alone: no AWS call, no credentials.
+
+    Raises:
+        UserError: an instance type or AMI the image cannot run on (one line with the fix).
+    """
+    try:
+        return gpu_hosts.choose_ami(instance_type, requested)
+    except gpu_hosts.HostError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def base_environment(endpoint: str, variant: str = "AllTraffic") -> dict[str, str]:
+    """A new model's environment before options: the invocation timeout and the metrics'
+    dimensions (SageMaker does not tell a container its endpoint's name)."""
+    return {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "60", "SERVE_ENDPOINT_NAME": endpoint,
+            "SERVE_VARIANT_NAME": variant}
+
+
+def serving_environment(args, base: dict[str, str]) -> dict[str, str]:
+    """``base`` (a new model's, or the endpoint's current model's) with the workers and
+    batching options given, each checked with serve's own reader (serve/config.py), so a value
+    the container would refuse at start is one line here, before any AWS call. At most 6
+    entries of ours: CreateModel takes 100 (and an inference component's container 16).
+
+    Raises:
+        UserError: a value serve would refuse.
+    """
+    env = dict(base)
+    options = {"SAGEMAKER_MODEL_SERVER_WORKERS": ("--workers", args.workers),
+               "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": ("--max-batch-size", args.max_batch_size),
+               "SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS": ("--max-batch-delay-ms",
+                                                             args.max_batch_delay_ms)}
+    for name, (option, value) in options.items():
+        if value is None:
+            continue
+        env[name] = str(value)
+        try:
+            Settings.from_env(env, gpus=0)
+        except ValueError as exc:
+            raise UserError(f"{option} {value}: {exc}; the endpoint's container would refuse "
+                            "to start") from None
+    return env

@@ -1,0 +1,338 @@
+"""A new model version behind an existing endpoint (``deploy.py update``, and ``deploy --update``,
+which is the same with the default strategy), and the steps ``rollback`` shares with it.
+
+The new version is a model and an endpoint config cloned from the endpoint's current ones:
+instance type and count (the count the endpoint runs now, autoscaled or not), variant name,
+data capture, serverless and asynchronous settings, the AMI, the serving environment, VPC and
+network isolation are kept unless an option changes them. Both requests are validated against
+botocore's model before the first is sent, and whatever this run created is deleted again if a
+later step fails, so a refused or failed update leaves nothing behind. The same update twice
+changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deployment import cloudwatch, ecr, guardrails, models, rollout, versions
+from deployment.errors import UserError, is_not_found
+from deployment.settings import Context, save_state
+
+# ProductionVariant fields a serverless variant keeps; the others are about instances.
+SERVERLESS_FIELDS = ("VariantName", "ModelName", "InitialVariantWeight", "ServerlessConfig")
+
+
+@dataclass
+class Current:
+    """What the endpoint runs: DescribeEndpoint (``desc``), its config, its one production
+    variant and that variant's model (DescribeModel)."""
+
+    desc: dict
+    config: dict
+    variant: dict
+    model: dict
+
+    @property
+    def serverless(self) -> bool:
+        return "ServerlessConfig" in self.variant
+
+    @property
+    def instance_count(self) -> int | None:
+        """The instances it runs now (autoscaling may have changed its config's count)."""
+        if self.serverless:
+            return None
+        live = (self.desc.get("ProductionVariants") or [{}])[0].get("CurrentInstanceCount")
+        return live or self.variant.get("InitialInstanceCount")
+
+
+def read_current(sm, endpoint: str) -> Current:
+    """The endpoint's current version.
+
+    Raises:
+        UserError: no such endpoint, one that is not InService, or one with several variants.
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        desc = sm.describe_endpoint(EndpointName=endpoint)
+    except ClientError as exc:
+        if is_not_found(exc):
+            raise UserError(f"endpoint {endpoint} does not exist: create it with python deploy.py "
+                            "deploy, or check --endpoint and --region") from exc
+        raise
+    rollout.check_updatable(desc)
+    config = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
+    variants = config["ProductionVariants"] + config.get("ShadowProductionVariants", [])
+    if len(variants) != 1:
+        raise UserError(f"endpoint {endpoint} has {len(variants)} production variants ("
+                        + ", ".join(v["VariantName"] for v in variants) + "): deploy.py updates "
+                        "the model of a one-variant endpoint")
+    model = sm.describe_model(ModelName=variants[0]["ModelName"])
+    return Current(desc, config, variants[0], model)
+
+
+def check_options(args) -> guardrails.StrategyOptions:
+    """Every rule the options alone decide, before any AWS call: the strategy's, the count
+    dependent ones when --instance-count or --serverless states the shape, the instance type's
+    and AMI's, and serve's for the serving options.
+
+    Raises:
+        UserError: one line naming the option and the rule.
+    """
+    options = guardrails.StrategyOptions.from_args(args)
+    alarms = getattr(args, "alarm", None) or []
+    guardrails.check_values(options, alarms)
+    if alarms and getattr(args, "no_rollback", False):
+        raise UserError("--alarm and --no-rollback exclude each other: pick one")
+    if getattr(args, "asynchronous", False):
+        raise UserError("--async: an update keeps the endpoint's kind (real-time or "
+                        "asynchronous); create an asynchronous endpoint with deploy --async")
+    if args.serverless:
+        for option, value in (("--instance-type", args.endpoint_instance_type),
+                              ("--instance-count", args.instance_count),
+                              ("--startup-timeout", args.startup_timeout)):
+            if value is not None:
+                raise UserError(f"{option} and --serverless exclude each other: a serverless "
+                                "endpoint has no instances")
+    if args.instance_count is not None and args.instance_count < 1:
+        raise UserError(f"--instance-count {args.instance_count}: at least 1")
+    if args.serverless or args.instance_count is not None:
+        guardrails.plan(options, args.instance_count, args.serverless)
+    if args.endpoint_instance_type or args.serverless:
+        models.inference_ami(None if args.serverless else args.endpoint_instance_type,
+                             args.inference_ami_version or "auto")
+    models.check_capture(args.capture)
+    models.serving_environment(args, {})
+    return options
+
+
+def desired_variant(sm, current: Current, args, model_name: str) -> dict:
+    """The new production variant: the current one with the new model and the options given.
+
+    Raises:
+        UserError: an option that does not fit the endpoint's kind.
+    """
+    members = sm.meta.service_model.shape_for("ProductionVariant").members
+    v = {k: value for k, value in current.variant.items() if k in members}
+    v["ModelName"] = model_name
+    to_instances = current.serverless and args.endpoint_instance_type
+    if args.serverless or (current.serverless and not to_instances):
+        for option, value in (("--instance-count", args.instance_count),
+                              ("--startup-timeout", args.startup_timeout)):
+            if value is not None:
+                raise UserError(f"{option}: endpoint {current.desc['EndpointName']} is "
+                                "serverless; pass --instance-type to move it to instances")
+        config = dict(v.get("ServerlessConfig") or {
+            "MemorySizeInMB": models.DEFAULT_MEMORY_MB,
+            "MaxConcurrency": models.DEFAULT_MAX_CONCURRENCY})
+        if args.memory_mb is not None:
+            config["MemorySizeInMB"] = args.memory_mb
+        if args.max_concurrency is not None:
+            config["MaxConcurrency"] = args.max_concurrency
+        v = {k: value for k, value in v.items() if k in SERVERLESS_FIELDS}
+        v["ServerlessConfig"] = config
+        if args.inference_ami_version:
+            models.inference_ami(None, args.inference_ami_version)  # refused: no GPU
+        return v
+    for option in ("memory_mb", "max_concurrency"):
+        if getattr(args, option) is not None:
+            raise UserError(f"--{option.replace('_', '-')}: applies to serverless endpoints; "
+                            f"endpoint {current.desc['EndpointName']} runs instances (add "
+                            "--serverless to move it)")
+    v.pop("ServerlessConfig", None)
+    instance_type = args.endpoint_instance_type or v["InstanceType"]
+    v["InstanceType"] = instance_type
+    v["InitialInstanceCount"] = (args.instance_count or current.instance_count
+                                 or models.DEFAULT_INSTANCE_COUNT)
+    if args.startup_timeout is not None or to_instances:
+        v["ContainerStartupHealthCheckTimeoutInSeconds"] = (args.startup_timeout or
+                                                            models.DEFAULT_STARTUP_TIMEOUT_S)
+    if args.endpoint_instance_type or args.inference_ami_version:
+        ami = models.inference_ami(instance_type, args.inference_ami_version or "auto")
+        v.pop("InferenceAmiVersion", None)
+        if ami:
+            v["InferenceAmiVersion"] = ami
+    return v
+
+
+def desired_model(ctx: Context, current: Current, args, endpoint: str, name: str
+                  ) -> tuple[dict, str | None]:
+    """CreateModel's request for the new version (the current model's container with the new
+    image, model data and environment) and the image's ECR digest."""
+    sm = ctx.session.sagemaker_client
+    image = ctx.image(check=False)
+    digest = ecr.check_ecr_image(ctx.boto, image)
+    members = sm.meta.service_model.shape_for("ContainerDefinition").members
+    container = {k: v for k, v in current.model.get("PrimaryContainer", {}).items()
+                 if k in members and k != "ModelDataSource"}
+    container.update(Image=image, ModelDataUrl=models.model_data_uri(ctx, args),
+                     Environment=models.serving_environment(
+                         args, current.model.get("PrimaryContainer", {}).get("Environment")
+                         or models.base_environment(endpoint, current.variant["VariantName"])))
+    request = {"ModelName": name, "PrimaryContainer": container,
+               "ExecutionRoleArn": ctx.role() if ctx.get("role") else
+               current.model["ExecutionRoleArn"], "Tags": versions.tags(endpoint)}
+    for key in ("VpcConfig", "EnableNetworkIsolation"):
+        if current.model.get(key) not in (None, {}):
+            request[key] = current.model[key]
+    return request, digest
+
+
+def desired_config(ctx: Context, current: Current, args, endpoint: str, name: str,
+                   variant: dict) -> dict:
+    """CreateEndpointConfig's request: the current config's settings with the new variant and
+    data capture (--capture), tagged with the endpoint and the config it replaces."""
+    sm = ctx.session.sagemaker_client
+    members = sm.meta.service_model.operation_model("CreateEndpointConfig").input_shape.members
+    request = {k: v for k, v in current.config.items() if k in members and v not in (
+        None, {}, []) and k not in ("EndpointConfigName", "ProductionVariants",
+                                    "ShadowProductionVariants", "Tags")}
+    request.update(EndpointConfigName=name, ProductionVariants=[variant],
+                   Tags=versions.tags(endpoint, previous=current.config["EndpointConfigName"]))
+    if args.capture is not None:
+        request["DataCaptureConfig"] = models.data_capture(ctx, endpoint,
+                                                           args.capture)._to_request_dict()
+    return request
+
+
+def unchanged(current: Current, model: dict, config: dict, digest: str | None) -> bool:
+    """Whether the endpoint already runs this version: the same container, role, variant
+    (but for the model's name), config settings, and image digest when SageMaker reports it."""
+    def container(c: dict) -> tuple:
+        return c.get("Image"), c.get("ModelDataUrl"), c.get("Environment") or {}
+
+    if container(model["PrimaryContainer"]) != container(current.model["PrimaryContainer"]) or \
+            model["ExecutionRoleArn"] != current.model["ExecutionRoleArn"]:
+        return False
+    (variant,) = config["ProductionVariants"]
+    skip = ("EndpointConfigName", "ProductionVariants", "Tags")
+    if {k: v for k, v in variant.items() if k != "ModelName"} != \
+            {k: v for k, v in current.variant.items() if k != "ModelName" and k in variant} or \
+            any(current.config.get(k) != v for k, v in config.items() if k not in skip):
+        return False
+    deployed = [i.get("ResolvedImage", "") for v in current.desc.get("ProductionVariants", [])
+                for i in v.get("DeployedImages", [])]
+    return not (digest and deployed and not all(d.endswith(digest) for d in deployed))
+
+
+def rollback_alarms(ctx: Context, endpoint: str, args) -> list[str]:
+    """The alarms the deployment rolls back on: the endpoint's error-rate and latency alarms
+    from ``monitor`` that exist, and each --alarm ([] with --no-rollback).
+
+    Raises:
+        UserError: an --alarm that does not exist, more than 10, or none at all.
+    """
+    if getattr(args, "no_rollback", False):
+        return []
+    given = list(dict.fromkeys(getattr(args, "alarm", None) or []))
+    defaults = cloudwatch.rollback_alarm_names(endpoint)
+    existing = cloudwatch.existing_alarms(ctx.boto.client("cloudwatch"), defaults + given)
+    for name in given:
+        if name not in existing:
+            raise UserError(f"--alarm {name}: no such CloudWatch alarm in {ctx.region}")
+    names = [d for d in defaults if d in existing and d not in given] + given
+    firing = [n for n in names if existing[n] == "ALARM"]
+    if firing:
+        raise UserError(f"alarm {firing[0]} is in ALARM now, so SageMaker would roll the update "
+                        "back at once: wait until it clears, or pass --no-rollback (to ship the "
+                        "fix for what it reports)")
+    if not names:
+        raise UserError(f"no alarms to roll back on: endpoint {endpoint} has none from deploy.py "
+                        f"monitor ({', '.join(defaults)}); run python deploy.py monitor first, "
+                        "pass --alarm NAME, or --no-rollback to update without")
+    if len(names) > guardrails.MAX_ALARMS:
+        raise UserError(f"--alarm: {len(names)} alarms with the endpoint's own, SageMaker rolls "
+                        f"back on at most {guardrails.MAX_ALARMS} (AutoRollbackConfiguration)")
+    return names
+
+
+def validate(sm, operation: str, params: dict) -> None:
+    """botocore's own validation of a request, before anything is sent (so that a bad value
+    found in a later request cannot leave the earlier one's resource behind).
+
+    Raises:
+        botocore.exceptions.ParamValidationError: the request breaks the API's shapes.
+    """
+    from botocore.validate import validate_parameters
+
+    validate_parameters(params, sm.meta.service_model.operation_model(operation).input_shape)
+
+
+def begin(ctx: Context, endpoint: str, left: str, target: str, plan: guardrails.Plan,
+          alarms: list[str]) -> None:
+    """UpdateEndpoint from config ``left`` to ``target`` with ``plan`` and ``alarms``."""
+    rollout.start(ctx.session.sagemaker_client, endpoint, target,
+                  guardrails.with_alarms(plan.deployment_config, alarms))
+    print(f"endpoint {endpoint}: {left} -> {target}, {plan.summary}; "
+          + (f"rolls back on {', '.join(alarms)}" if alarms else "no automatic rollback"))
+
+
+def follow(ctx: Context, endpoint: str, left: str, target: str, plan: guardrails.Plan,
+           alarms: list[str], wait: bool) -> int:
+    """Watch the deployment ``begin`` started (unless not ``wait``), then prune to the version
+    serving and the one before it, say what is kept, and return the exit code (0 done or not
+    waited for, 2 rolled back, 3 still running past our limit, 1 failed)."""
+    sm = ctx.session.sagemaker_client
+    if not wait:
+        print(f"started; SageMaker goes on with it (update and rollback refuse until {endpoint} "
+              "is InService again)")
+        return 0
+    outcome = rollout.watch(sm, ctx.boto.client("cloudwatch"), endpoint, target, alarms,
+                            plan.timeout_s + rollout.ROLLBACK_ROOM_S)
+    if outcome in (rollout.DONE, rollout.ROLLED_BACK):
+        serving = target if outcome == rollout.DONE else left
+        before = left if outcome == rollout.DONE else versions.previous_config(sm, left)
+        keep = [c for c in (serving, before) if c]
+        for line in versions.prune(sm, endpoint, keep):
+            print(line)
+        print(f"kept {len(keep)} version(s) of {endpoint}: {serving} (serving)"
+              + (f", {before} (python deploy.py rollback goes back to it)" if before else ""))
+    return rollout.EXIT_CODES[outcome]
+
+
+def update_model(ctx: Context, args) -> int:
+    """``deploy.py update``: a new version cloned from the current one, deployed with the
+    strategy's guardrails, watched unless --no-wait, then pruned to ``versions.KEEP``.
+
+    Returns the exit code (``follow``'s; 0 when the endpoint already runs it).
+
+    Raises:
+        UserError: a rule broken (before any AWS call when the options alone break it).
+    """
+    options = check_options(args)
+    endpoint = ctx.get("endpoint")
+    sm = ctx.session.sagemaker_client
+    current = read_current(sm, endpoint)
+    name = versions.new_name(endpoint)
+    variant = desired_variant(sm, current, args, name)
+    model, digest = desired_model(ctx, current, args, endpoint, name)
+    config = desired_config(ctx, current, args, endpoint, name, variant)
+    serverless = "ServerlessConfig" in variant
+    plan = guardrails.plan(options, variant.get("InitialInstanceCount"), serverless)
+    old = current.config["EndpointConfigName"]
+    if unchanged(current, model, config, digest):
+        print(f"endpoint {endpoint} already runs {model['PrimaryContainer']['ModelDataUrl']} with "
+              f"these settings ({old}); nothing done")
+        return 0
+    alarms = rollback_alarms(ctx, endpoint, args)
+    validate(sm, "CreateModel", model)
+    validate(sm, "CreateEndpointConfig", config)
+    made_models, made_configs = [], []
+    try:
+        sm.create_model(**model)
+        made_models.append(name)
+        sm.create_endpoint_config(**config)
+        made_configs.append(name)
+        begin(ctx, endpoint, old, name, plan, alarms)
+    except BaseException:
+        # Until SageMaker has taken the update, nothing this run made may stay behind.
+        for line in versions.remove(sm, made_configs, made_models):
+            print(f"{line} (this update did not start)")
+        raise
+    save_state(endpoint=endpoint, model=name)
+    print(f"model {name}: {model['PrimaryContainer']['ModelDataUrl']} ("
+          + (f"serverless, {variant['ServerlessConfig']['MemorySizeInMB']} MB" if serverless else
+             f"{variant['InitialInstanceCount']} x {variant['InstanceType']}"
+             + (f", InferenceAmiVersion {variant['InferenceAmiVersion']}"
+                if variant.get("InferenceAmiVersion") else "")) + ")")
+    return follow(ctx, endpoint, old, name, plan, alarms, args.wait)
