@@ -124,7 +124,7 @@ def _quiet() -> None:
 
 def produce(program: torch.export.ExportedProgram, folder: Path) -> None:
     """Compile ``program`` with AOTInductor, weights frozen, into the unpacked package
-    ``folder`` (made atomically: complete or absent).
+    ``folder`` (made atomically: complete or absent). The caller holds ``folder``'s lock.
 
     Raises:
         Exception: whatever inductor or the C++ compiler raise.
@@ -132,6 +132,8 @@ def produce(program: torch.export.ExportedProgram, folder: Path) -> None:
     compile_package, _ = _aoti()
     _quiet()
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}-*"):  # a killed worker's (its lock is ours)
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         # Inductor freezes weights only with grad mode off (compile_fx's freezing path).
