@@ -4,6 +4,7 @@ serve then answers is what the job measured."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -195,7 +196,9 @@ def test_serve_precision_int8_from_the_environment_runs_the_int8_program(trained
     from serve.config import Settings
 
     settings = Settings.from_env({"SM_MODEL_DIR": str(trained_model_dir),
-                                  "SERVE_PRECISION": "int8"}, gpus=0)
+                                  "SERVE_PRECISION": "int8",  # the session's compile store
+                                  "SERVE_COMPILE_CACHE_DIR": os.environ["SERVE_COMPILE_CACHE_DIR"]},
+                                 gpus=0)
     holder = lifecycle.ModelHolder(settings, torch.device("cpu")).start()
     try:
         assert holder.wait_ready(time.monotonic() + 300), holder.error
