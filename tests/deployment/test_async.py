@@ -58,8 +58,8 @@ def test_deploy_async_that_scales_to_zero_then_delete(aws, capsys):
         "Cooldown": 300,
         "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]}
     alarm = aws.one("PutMetricAlarm", "cloudwatch")
-    policies = boto3.client("application-autoscaling", region_name=REGION).describe_scaling_policies(
-        ServiceNamespace="sagemaker")["ScalingPolicies"]
+    aas = boto3.client("application-autoscaling", region_name=REGION)
+    policies = aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
     step_arn = next(p["PolicyARN"] for p in policies if p["PolicyType"] == "StepScaling")
     assert alarm["MetricName"] == "HasBacklogWithoutCapacity"
     assert alarm["Dimensions"] == [{"Name": "EndpointName", "Value": "dogs-async"}]

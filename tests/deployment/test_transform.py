@@ -123,7 +123,8 @@ def test_one_photo_a_request_over_class_folders(aws, photos, capsys):
     model = aws.one("CreateModel")
     assert model["ModelName"] == "dogs-t1"
     env = model["PrimaryContainer"]["Environment"]
-    assert env["SAGEMAKER_MODEL_SERVER_TIMEOUT"] == "600" and env["SERVE_ENDPOINT_NAME"] == "dogs-t1"
+    assert env["SAGEMAKER_MODEL_SERVER_TIMEOUT"] == "600"
+    assert env["SERVE_ENDPOINT_NAME"] == "dogs-t1"
     request = service.request
     assert "MaxConcurrentTransforms" not in request  # the container suggests it
     assert request["MaxPayloadInMB"] == 1  # the largest photo, rounded up to a MB
