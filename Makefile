@@ -57,6 +57,7 @@ image:
 bench: venv
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/bench_transform.py
 	$(PY) benchmarks/bench_rules.py
 	$(PY) benchmarks/bench_trace.py
 

@@ -1,45 +1,120 @@
 """Application Auto Scaling of an endpoint's variant: target tracking on invocations per
-instance."""
+instance (real-time), or on the queue per instance with a step from zero (asynchronous).
+
+Asynchronous endpoints (AWS developer guide, "Autoscale an asynchronous endpoint"): target
+tracking on ApproximateBacklogSizePerInstance scales between the minimum and the maximum, but it
+cannot start the first instance when there are none (a backlog per instance of zero instances
+is no number); a step-scaling policy does, set off by a CloudWatch alarm on
+HasBacklogWithoutCapacity (1 while requests wait and no instance runs).
+"""
 
 from __future__ import annotations
 
 from deployment.errors import UserError
 
+DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+INVOCATIONS_TARGET = 100.0  # invocations per instance per minute
+BACKLOG_TARGET = 5.0  # queued requests per instance: AWS's example value
+# Cooldowns (s): scale out fast, in slowly, as AWS's async example does.
+SCALE_IN_COOLDOWN_S, SCALE_OUT_COOLDOWN_S = 600, 300
+
+
+def _resource(endpoint: str) -> str:
+    return f"endpoint/{endpoint}/variant/AllTraffic"
+
+
+def wake_alarm_name(endpoint: str) -> str:
+    """The alarm that starts an asynchronous endpoint's first instance."""
+    return f"{endpoint}-has-backlog-without-capacity"
+
+
+def _track(boto, endpoint: str, min_count: int, max_count: int, suffix: str, target: float,
+           metric: dict, cooldowns: tuple[int, int]):
+    """Register the variant's range and put its target-tracking policy ``ENDPOINT-suffix`` on
+    ``metric`` (a predefined or customized metric specification); ``cooldowns``: scale in,
+    scale out (s). Returns the Application Auto Scaling client."""
+    aas = boto.client("application-autoscaling")
+    aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=_resource(endpoint),
+                                 ScalableDimension=DIMENSION, MinCapacity=min_count,
+                                 MaxCapacity=max_count)
+    _put_policy(aas, endpoint, suffix, PolicyType="TargetTrackingScaling",
+                TargetTrackingScalingPolicyConfiguration={
+                    "TargetValue": float(target), **metric,
+                    "ScaleInCooldown": cooldowns[0], "ScaleOutCooldown": cooldowns[1]})
+    return aas
+
+
+def _put_policy(aas, endpoint: str, suffix: str, **policy) -> dict:
+    """PutScalingPolicy ``ENDPOINT-suffix`` on the endpoint's variant (replaces one of that
+    name); ``policy``: PolicyType and its configuration."""
+    return aas.put_scaling_policy(PolicyName=f"{endpoint}-{suffix}", ServiceNamespace="sagemaker",
+                                  ResourceId=_resource(endpoint), ScalableDimension=DIMENSION,
+                                  **policy)
+
 
 def configure_autoscaling(boto, endpoint: str, min_count: int, max_count: int,
                           target: float) -> None:
-    """Target tracking on invocations per instance for the endpoint's AllTraffic variant."""
+    """Target tracking on invocations per instance for the endpoint's AllTraffic variant.
+
+    Raises:
+        UserError: a maximum below the minimum.
+    """
     if max_count < min_count:
         raise UserError(f"--autoscale-max {max_count} is below --instance-count {min_count}")
-    aas = boto.client("application-autoscaling")
-    resource = f"endpoint/{endpoint}/variant/AllTraffic"
-    aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource,
-                                 ScalableDimension="sagemaker:variant:DesiredInstanceCount",
-                                 MinCapacity=min_count, MaxCapacity=max_count)
-    aas.put_scaling_policy(
-        PolicyName=f"{endpoint}-invocations", ServiceNamespace="sagemaker", ResourceId=resource,
-        ScalableDimension="sagemaker:variant:DesiredInstanceCount",
-        PolicyType="TargetTrackingScaling",
-        TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": float(target),
-            "PredefinedMetricSpecification": {
-                "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-            "ScaleInCooldown": 300, "ScaleOutCooldown": 60,
-        })
-    print(f"autoscaling {resource}: {min_count} to {max_count} instances, target {target:g} "
-          "invocations per instance per minute")
+    _track(boto, endpoint, min_count, max_count, "invocations", target, {
+        "PredefinedMetricSpecification": {
+            "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}}, (300, 60))
+    print(f"autoscaling {_resource(endpoint)}: {min_count} to {max_count} instances, target "
+          f"{target:g} invocations per instance per minute")
+
+
+def configure_async_autoscaling(boto, endpoint: str, min_count: int, max_count: int,
+                                backlog: float) -> None:
+    """An asynchronous endpoint's autoscaling: target tracking on its queue per instance
+    (``backlog`` requests), and with ``min_count`` 0 the step from zero: a step-scaling policy
+    adding one instance, set off by an alarm on HasBacklogWithoutCapacity (two minutes of 1)."""
+    aas = _track(boto, endpoint, min_count, max_count, "backlog", backlog, {
+        "CustomizedMetricSpecification": {
+            "MetricName": "ApproximateBacklogSizePerInstance", "Namespace": "AWS/SageMaker",
+            "Dimensions": [{"Name": "EndpointName", "Value": endpoint}],
+            "Statistic": "Average"}}, (SCALE_IN_COOLDOWN_S, SCALE_OUT_COOLDOWN_S))
+    woken = ""
+    if min_count == 0:
+        policy = _put_policy(
+            aas, endpoint, "wake-from-zero", PolicyType="StepScaling",
+            StepScalingPolicyConfiguration={
+                "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Average",
+                "Cooldown": SCALE_OUT_COOLDOWN_S,
+                "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}],
+            })
+        boto.client("cloudwatch").put_metric_alarm(
+            AlarmName=wake_alarm_name(endpoint),
+            AlarmDescription=f"requests wait for {endpoint} and it has no instance: start one",
+            Namespace="AWS/SageMaker", MetricName="HasBacklogWithoutCapacity",
+            Dimensions=[{"Name": "EndpointName", "Value": endpoint}], Statistic="Average",
+            Period=60, EvaluationPeriods=2, DatapointsToAlarm=2, Threshold=1,
+            ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="missing",
+            AlarmActions=[policy["PolicyARN"]])
+        woken = f"; from zero on alarm {wake_alarm_name(endpoint)}"
+    print(f"autoscaling {_resource(endpoint)}: {min_count} to {max_count} instances, target "
+          f"{backlog:g} queued requests per instance{woken}")
 
 
 def deregister_autoscaling(boto, endpoint: str) -> None:
-    """Remove the endpoint variant's autoscaling, if any."""
+    """Remove the endpoint variant's autoscaling (its policies go with it) and the alarm that
+    wakes an asynchronous one from zero, if any."""
     from botocore.exceptions import ClientError
 
     aas = boto.client("application-autoscaling")
     try:
         aas.deregister_scalable_target(
-            ServiceNamespace="sagemaker", ResourceId=f"endpoint/{endpoint}/variant/AllTraffic",
-            ScalableDimension="sagemaker:variant:DesiredInstanceCount")
+            ServiceNamespace="sagemaker", ResourceId=_resource(endpoint),
+            ScalableDimension=DIMENSION)
         print(f"removed autoscaling of {endpoint}")
     except ClientError as exc:
         if exc.response["Error"]["Code"] not in ("ObjectNotFoundException", "ValidationException"):
             raise
+    cw = boto.client("cloudwatch")
+    if cw.describe_alarms(AlarmNames=[wake_alarm_name(endpoint)])["MetricAlarms"]:
+        cw.delete_alarms(AlarmNames=[wake_alarm_name(endpoint)])
+        print(f"deleted alarm {wake_alarm_name(endpoint)}")

@@ -1,7 +1,7 @@
-"""What a model version is made of, for ``deploy`` (a new endpoint) and ``update`` (a new version
-behind one): its model.tar.gz, the serving environment, data capture and the GPU driver's AMI,
-and the command-line options that set them. Every value is checked here, before any AWS call
-that would create something."""
+"""What a model version is made of, for ``deploy`` (a new endpoint), ``update`` (a new version
+behind one) and ``transform`` (a batch transform job's model): its model.tar.gz, the serving
+environment, data capture and the GPU driver's AMI, and the command-line options that set them.
+Every value is checked here, before any AWS call that would create something."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from container import gpu_hosts
 from contract.artifact import MAX_BATCH
 from deployment.errors import UserError
 from deployment.settings import Context, load_state
-from serve.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, Settings
+from serve.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, MAX_TIMEOUT_S, Settings
 
 # Applied when an endpoint is created; an update keeps the endpoint's own values.
 DEFAULT_INSTANCE_COUNT = 1
@@ -18,18 +18,10 @@ DEFAULT_MEMORY_MB = 6144
 DEFAULT_MAX_CONCURRENCY = 5
 
 
-def add_model_arguments(p) -> None:
-    """The options ``deploy`` and ``update`` share: the model, its serving settings and the
-    variant's shape. Their defaults are None (not given): ``deploy`` fills in the creation
-    defaults above, ``update`` keeps what the endpoint has."""
+def add_artifact_arguments(p) -> None:
+    """The options of every model of ours: its artifact and its serving settings."""
     p.add_argument("--training-job", help="this job's model (default: the last one)")
     p.add_argument("--model-data", help="or this model.tar.gz")
-    p.add_argument("--instance-type", dest="endpoint_instance_type")
-    p.add_argument("--instance-count", type=int,
-                   help=f"instances (new endpoint: {DEFAULT_INSTANCE_COUNT})")
-    p.add_argument("--startup-timeout", type=int,
-                   help="container startup health-check timeout, 60-3600 s (new endpoint: "
-                        f"{DEFAULT_STARTUP_TIMEOUT_S})")
     p.add_argument("--workers", type=int, help="SAGEMAKER_MODEL_SERVER_WORKERS")
     p.add_argument("--max-batch-size", type=int, metavar="N",
                    help=f"SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE: images per forward pass, 1 to "
@@ -40,6 +32,19 @@ def add_model_arguments(p) -> None:
                         f"requests still decoding (default: serve's, "
                         f"{DEFAULT_MAX_BATCH_DELAY_MS['cpu']} on CPU, "
                         f"{DEFAULT_MAX_BATCH_DELAY_MS['gpu']} on GPU)")
+
+
+def add_model_arguments(p) -> None:
+    """The options ``deploy`` and ``update`` share: the model, its serving settings and the
+    variant's shape. Their defaults are None (not given): ``deploy`` fills in the creation
+    defaults above, ``update`` keeps what the endpoint has."""
+    add_artifact_arguments(p)
+    p.add_argument("--instance-type", dest="endpoint_instance_type")
+    p.add_argument("--instance-count", type=int,
+                   help=f"instances (new endpoint: {DEFAULT_INSTANCE_COUNT})")
+    p.add_argument("--startup-timeout", type=int,
+                   help="container startup health-check timeout, 60-3600 s (new endpoint: "
+                        f"{DEFAULT_STARTUP_TIMEOUT_S})")
     p.add_argument("--serverless", action="store_true")
     p.add_argument("--memory-mb", type=int,
                    help=f"serverless memory (new endpoint: {DEFAULT_MEMORY_MB})")
@@ -116,20 +121,23 @@ def base_environment(endpoint: str, variant: str = "AllTraffic") -> dict[str, st
             "SERVE_VARIANT_NAME": variant}
 
 
-def serving_environment(args, base: dict[str, str]) -> dict[str, str]:
+def serving_environment(args, base: dict[str, str], extra: dict[str, str] | None = None,
+                        container: str = "the endpoint's container") -> dict[str, str]:
     """``base`` (a new model's, or the endpoint's current model's) with the workers and
-    batching options given, each checked with serve's own reader (serve/config.py), so a value
-    the container would refuse at start is one line here, before any AWS call. At most 6
+    batching options given and ``extra`` (a transform job's or an asynchronous endpoint's
+    payload cap and timeout), each checked with serve's own reader (serve/config.py), so a value
+    the container would refuse at start is one line here, before any AWS call. At most 9
     entries of ours: CreateModel takes 100 (and an inference component's container 16).
 
     Raises:
-        UserError: a value serve would refuse.
+        UserError: a value serve would refuse (``container`` names whose).
     """
     env = dict(base)
     options = {"SAGEMAKER_MODEL_SERVER_WORKERS": ("--workers", args.workers),
                "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": ("--max-batch-size", args.max_batch_size),
                "SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS": ("--max-batch-delay-ms",
                                                              args.max_batch_delay_ms)}
+    options.update({name: (name, value) for name, value in (extra or {}).items()})
     for name, (option, value) in options.items():
         if value is None:
             continue
@@ -137,6 +145,19 @@ def serving_environment(args, base: dict[str, str]) -> dict[str, str]:
         try:
             Settings.from_env(env, gpus=0)
         except ValueError as exc:
-            raise UserError(f"{option} {value}: {exc}; the endpoint's container would refuse "
-                            "to start") from None
+            raise UserError(f"{option} {value}: {exc}; {container} would refuse to start"
+                            ) from None
     return env
+
+
+def check_seconds(option: str, value: int) -> int:
+    """An invocation timeout in seconds: 1 to 3600 (transform jobs' InvocationsTimeoutInSeconds
+    and asynchronous endpoints' InvocationTimeoutSeconds, API reference).
+
+    Raises:
+        UserError: outside that range.
+    """
+    if not 1 <= value <= MAX_TIMEOUT_S:
+        raise UserError(f"{option} {value}: seconds from 1 to {MAX_TIMEOUT_S} (SageMaker's "
+                        "limit for transform jobs and asynchronous endpoints)")
+    return value

@@ -17,25 +17,21 @@ import logging
 import time
 
 import torch
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from serve import batch, jsonlines
+from serve.answers import ClientError, error_body
 from serve.body import BodyTimeout
 from serve.config import REFUSAL_DRAIN_S, Settings
-from serve.invocation import ClientError, InvocationHandler
+from serve.invocation import InvocationHandler
 from serve.lifecycle import ModelHolder
 from serve.scheduler import ModelFailed, Overloaded
 
 access_log = logging.getLogger("serve.access")
 
-ERROR_NAMES = {400: "bad_request", 406: "not_acceptable", 408: "request_timeout",
-               413: "payload_too_large", 415: "unsupported_media_type",
-               500: "internal_server_error", 503: "service_unavailable"}
-
-
 def _error(status: int, reason: str, retry_after_s: int | None = None):
-    response = jsonify({"status": status, "error": ERROR_NAMES.get(status, "error"),
-                        "reason": reason})
+    response = jsonify(error_body(status, reason))
     response.status_code = status
     if retry_after_s is not None:
         response.headers["Retry-After"] = str(retry_after_s)
@@ -138,15 +134,14 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
 
     @app.get("/execution-parameters")
     def execution_parameters():
-        return jsonify({
-            "MaxConcurrentTransforms": settings.max_concurrent_transforms,
-            "BatchStrategy": settings.batch_strategy,
-            "MaxPayloadInMB": settings.max_payload_bytes // (1024 * 1024),
-        })
+        return jsonify(batch.execution_parameters(settings))
 
     @app.post("/invocations")
     def invocations():
-        return jsonify(handler.handle(request, g.start, g.start + settings.timeout_s, g.log,
-                                      g.observed))
+        answer = handler.handle(request, g.start, g.start + settings.timeout_s, g.log,
+                                g.observed)
+        if isinstance(answer, bytes):
+            return Response(answer, mimetype=jsonlines.ANSWER_TYPE)
+        return jsonify(answer)
 
     return app

@@ -9,17 +9,32 @@ containers.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 from contract import precisions
 from contract.artifact import MAX_BATCH
+from serve.batch import suggested_concurrency
 from serve.precision import DEFAULT_TOLERANCE_POINTS
 
 PORT = 8080
 MODEL_DIR = "/opt/ml/model"
 DEFAULT_MAX_PAYLOAD_MB = 6  # real-time endpoints accept bodies under 6 MB
 DEFAULT_TIMEOUT_S = 60  # an invocation must finish within 60 s
+# Batch transform (SAGEMAKER_BATCH=true): InvocationsTimeoutInSeconds' default; transform jobs
+# and asynchronous endpoints allow up to an hour and 1 GB (asynchronous inference's payload).
+DEFAULT_BATCH_TIMEOUT_S = 600
+MAX_TIMEOUT_S = 3600
+MAX_PAYLOAD_MB = 1024
+# Request bodies one worker holds at once, counted before each is read (JSON bodies three times:
+# the body, its parsed strings and their decoded images; JSON Lines twice), so large payloads
+# wait their turn instead of adding up. At least one largest body always fits.
+DEFAULT_BODY_MEMORY_MB = 1024
+BODY_COPIES = {"json": 3, "jsonlines": 2, "image": 1}
+# A body must arrive at 10 MB/s at least (and within DEFAULT_BODY_TIMEOUT_S for small ones).
+BODY_MB_PER_S = 10
+DEFAULT_MAX_LINES = 10_000  # lines of one JSON Lines request
 GRACEFUL_TIMEOUT_S = 25  # SageMaker sends SIGKILL 30 s after SIGTERM
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_PIXELS = 50_000_000  # 4x a 12 MP phone photo; larger is a decompression bomb here
@@ -128,6 +143,9 @@ class Settings:
     endpoint_name: str = "local"  # SERVE_ENDPOINT_NAME (deploy.py sets it)
     variant_name: str = "AllTraffic"  # SERVE_VARIANT_NAME
     drift_window: int = 1000  # SERVE_DRIFT_WINDOW: images the drift scores look back on
+    batch: bool = False  # SAGEMAKER_BATCH=true: a batch transform job's container
+    body_memory_bytes: int = DEFAULT_BODY_MEMORY_MB * 1024 * 1024  # SERVE_BODY_MEMORY_MB
+    max_lines_per_request: int = DEFAULT_MAX_LINES  # SERVE_MAX_LINES_PER_REQUEST
     compile_cache_dir: str = COMPILE_CACHE_DIR  # SERVE_COMPILE_CACHE_DIR (compile_cache_dir)
 
     @property
@@ -181,29 +199,42 @@ class Settings:
         cpus = _cpu_count()
         kind = "gpu" if gpus else "cpu"
         workers = positive("SAGEMAKER_MODEL_SERVER_WORKERS", default_workers(gpus, cpus))
+        max_batch_size = positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE",
+                                  DEFAULT_MAX_BATCH[kind], maximum=MAX_BATCH,
+                                  why="the largest batch a model program takes, "
+                                      "contract/artifact.py")
+        # Batch transform: the job's timeout (deploy.py passes InvocationsTimeoutInSeconds) and
+        # payload; the job's concurrency, or ours, and a queue that never refuses it, since one
+        # worker may be sent every concurrent request.
+        batch = (env.get("SAGEMAKER_BATCH") or "").strip().lower() == "true"
+        payload_mb = positive("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB,
+                              maximum=MAX_PAYLOAD_MB, why="asynchronous inference's 1 GB")
+        concurrent = positive("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
+                              suggested_concurrency(workers, max_batch_size, payload_mb))
         return cls(
             model_dir=env.get("SM_MODEL_DIR") or MODEL_DIR,
             workers=workers,
             threads_per_worker=max(1, cpus // workers),
-            timeout_s=positive("SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S),
-            max_payload_bytes=positive("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
-            * 1024 * 1024,
-            body_timeout_s=positive("SERVE_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
+            timeout_s=positive("SAGEMAKER_MODEL_SERVER_TIMEOUT",
+                               DEFAULT_BATCH_TIMEOUT_S if batch else DEFAULT_TIMEOUT_S,
+                               maximum=MAX_TIMEOUT_S, why="an hour: transform jobs' and "
+                                                         "asynchronous endpoints' limit"),
+            max_payload_bytes=payload_mb * 1024 * 1024,
+            body_timeout_s=positive("SERVE_BODY_TIMEOUT_S", max(
+                DEFAULT_BODY_TIMEOUT_S, math.ceil(payload_mb / BODY_MB_PER_S))),
             max_pixels=positive("SERVE_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS),
             max_resized_pixels=positive("SERVE_MAX_RESIZED_PIXELS", DEFAULT_MAX_RESIZED_PIXELS),
             decode_memory_bytes=positive("SERVE_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB)
             * 1024 * 1024,
             max_images_per_request=positive("SERVE_MAX_IMAGES_PER_REQUEST",
                                             DEFAULT_MAX_IMAGES_PER_REQUEST),
-            max_batch_size=positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE",
-                                    DEFAULT_MAX_BATCH[kind], maximum=MAX_BATCH,
-                                    why="the largest batch a model program takes, "
-                                        "contract/artifact.py"),
+            max_batch_size=max_batch_size,
             max_batch_delay_ms=positive("SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS",
                                         DEFAULT_MAX_BATCH_DELAY_MS[kind], minimum=0),
-            max_queue=positive("SAGEMAKER_MODEL_SERVER_MAX_QUEUE", DEFAULT_MAX_QUEUE[kind]),
+            max_queue=positive("SAGEMAKER_MODEL_SERVER_MAX_QUEUE", max(
+                DEFAULT_MAX_QUEUE[kind], concurrent) if batch else DEFAULT_MAX_QUEUE[kind]),
             batch_strategy=env.get("SAGEMAKER_BATCH_STRATEGY") or "SINGLE_RECORD",
-            max_concurrent_transforms=positive("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
+            max_concurrent_transforms=concurrent,
             port=positive("SAGEMAKER_BIND_TO_PORT", PORT),
             gpus=gpus,
             precision=choice("SERVE_PRECISION", ("auto",) + precisions.NAMES),
@@ -216,5 +247,9 @@ class Settings:
             endpoint_name=env.get("SERVE_ENDPOINT_NAME") or "local",
             variant_name=env.get("SERVE_VARIANT_NAME") or "AllTraffic",
             drift_window=positive("SERVE_DRIFT_WINDOW", 1000, minimum=10),
+            batch=batch,
+            body_memory_bytes=positive("SERVE_BODY_MEMORY_MB", max(
+                DEFAULT_BODY_MEMORY_MB, BODY_COPIES["json"] * payload_mb)) * 1024 * 1024,
+            max_lines_per_request=positive("SERVE_MAX_LINES_PER_REQUEST", DEFAULT_MAX_LINES),
             compile_cache_dir=compile_cache_dir(env),
         )

@@ -12,10 +12,12 @@ Requests (AWS doc "Use your own inference code with hosting services"):
 - ``image/jpeg``, ``image/png`` or ``application/x-image``: one image as the body.
 - ``application/json``: ``{"instances": [{"b64": "<base64 image>"}, ...], "k": 3,
   "probabilities": true}`` for several images in one request.
-Options ``k`` (top-k, default 5 or the number of classes if fewer) and ``probabilities`` (all
-class probabilities in class order) come from the JSON body, the
-``X-Amzn-SageMaker-Custom-Attributes`` header (``k=3;probabilities=true``: InvokeEndpoint's
-CustomAttributes, the only per-request channel SageMaker passes through) or the query string.
+- ``application/jsonlines``: one ``{"b64": ...}`` record a line, answered one line each
+  (serve/jsonlines.py): what a batch transform job sends with SplitType Line.
+Options (``k``, ``probabilities``), predictions and errors: serve/answers.py. Before its body is
+read, an invocation reserves what the body and its parsed copies will hold in the worker's body
+memory (SERVE_BODY_MEMORY_MB), so the large payloads of batch transform and asynchronous
+endpoints wait their turn instead of adding up.
 """
 
 from __future__ import annotations
@@ -24,18 +26,19 @@ import base64
 import binascii
 import ctypes
 import ctypes.util
-import json
 import logging
-import re
 import threading
 import time
 
 import numpy as np
 
 from contract.preprocess import Geometry
+from serve import jsonlines
+from serve.answers import ClientError, check_deadline, load_json, options, predictions
 from serve.body import BodyReader
-from serve.config import DEFAULT_TOP_K, REQUEST_DEADLINE_SHARE, Settings
+from serve.config import BODY_COPIES, REQUEST_DEADLINE_SHARE, Settings
 from serve.decode import BadImage, Inspected, inspect, to_model_input
+from serve.jsonlines import JSONLINES_TYPES
 from serve.lifecycle import ModelHolder
 from serve.scheduler import MemoryBudget, ModelFailed, Overloaded
 
@@ -43,8 +46,8 @@ logger = logging.getLogger("serve")
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
+CONTENT_TYPES = IMAGE_TYPES + (JSON_TYPE,) + JSONLINES_TYPES
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-OPTION_NAMES = ("k", "probabilities")
 # A well-formed JSON request has one object per instance plus one, and a comma between
 # instances and options: more of either is refused before json.loads builds millions of objects.
 JSON_VALUES_PER_IMAGE = 2
@@ -61,13 +64,11 @@ TRIM_AFTER_BYTES = 64 * 2**20
 LARGE_FREE_BYTES = 1 * 2**20
 
 
-class ClientError(Exception):
-    """A request the server cannot serve; becomes ``status`` with a JSON reason (and a
-    Retry-After header when ``retry_after_s`` is set)."""
-
-    def __init__(self, status: int, reason: str, retry_after_s: int | None = None):
-        super().__init__(reason)
-        self.status, self.reason, self.retry_after_s = status, reason, retry_after_s
+def body_kind(mimetype: str) -> str:
+    """``json``, ``jsonlines`` or ``image``: how a body of this content type is read."""
+    if mimetype == JSON_TYPE:
+        return "json"
+    return "jsonlines" if mimetype in JSONLINES_TYPES else "image"
 
 
 def image_bodies(content_type: str, data: bytes, max_images: int) -> tuple[list[bytes], dict]:
@@ -89,12 +90,7 @@ def image_bodies(content_type: str, data: bytes, max_images: int) -> tuple[list[
     if values > JSON_VALUES_PER_IMAGE * max_images + JSON_SPARE_VALUES:
         raise ClientError(400, f"the JSON body holds about {values:,} values; a request carries "
                                f"at most {max_images} images (SERVE_MAX_IMAGES_PER_REQUEST)")
-    try:
-        doc = json.loads(data)
-    except RecursionError:
-        raise ClientError(400, "the JSON body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ClientError(400, f"the body is not valid JSON: {exc}") from None
+    doc = load_json(data, "the JSON body")
     instances = doc.get("instances") if isinstance(doc, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ClientError(400, 'expected {"instances": [{"b64": "<base64 image>"}, ...]} with at '
@@ -121,58 +117,6 @@ def image_bodies(content_type: str, data: bytes, max_images: int) -> tuple[list[
     return images, doc
 
 
-_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
-
-
-def options(body_options: dict, header: str, query: dict, num_classes: int) -> tuple[int, bool]:
-    """``(k, probabilities)`` from the JSON body, else the query string, else the
-    CustomAttributes header (``k=3;probabilities=true``). ``k`` is a JSON integer or a string of
-    decimal digits; anything else (a float, an infinity or NaN, a bool, a huge number) is
-    refused, not rounded.
-
-    Raises:
-        ClientError: 400 for a ``k`` that is not an integer from 1 to ``num_classes``.
-    """
-    raw: dict = {}
-    for part in header.replace(",", ";").split(";"):
-        if "=" in part:
-            key, value = part.split("=", 1)
-            raw[key.strip().lower()] = value.strip()
-    raw.update({k: v for k, v in query.items() if k in OPTION_NAMES})
-    raw.update({k: v for k, v in body_options.items() if k in OPTION_NAMES})
-    if "k" not in raw:
-        # The default is a convenience, not a demand: a 2-class model answers its top 2.
-        k = min(DEFAULT_TOP_K, num_classes)
-    else:
-        value = raw["k"]
-        if isinstance(value, int) and not isinstance(value, bool):
-            k = value
-        elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-            k = int(value)
-        else:
-            raise ClientError(400, f"k={value!r:.40} is not an integer")
-    if not 1 <= k <= num_classes:
-        raise ClientError(400, f"k={k} must be between 1 and {num_classes}")
-    probabilities = str(raw.get("probabilities", "false")).lower() in ("true", "1", "yes", "all")
-    return k, probabilities
-
-
-def predictions(probabilities: np.ndarray, classes: list[str], k: int, want_all: bool
-                ) -> list[dict]:
-    """The response's ``predictions``: per image its top ``k`` classes (label, index,
-    probability; highest first) and, with ``want_all``, every probability in class order.
-    ``probabilities``: float32 [n, classes]."""
-    out = []
-    for row in probabilities:
-        top = np.argsort(-row, kind="stable")[:k]
-        item = {"top_k": [{"label": classes[i], "index": int(i),
-                           "probability": round(float(row[i]), 6)} for i in top]}
-        if want_all:
-            item["probabilities"] = [round(float(v), 6) for v in row]
-        out.append(item)
-    return out
-
-
 class InvocationHandler:
     """Serves ``/invocations`` for one worker: its settings, its model holder, the places its
     invocations take, the memory budget its request threads share and the decode cost they
@@ -181,6 +125,7 @@ class InvocationHandler:
     def __init__(self, settings: Settings, holder: ModelHolder):
         self.settings, self.holder = settings, holder
         self.budget = MemoryBudget(settings.decode_memory_bytes)
+        self.body_memory = MemoryBudget(settings.body_memory_bytes)
         self.bodies = BodyReader()
         self._places = threading.BoundedSemaphore(settings.max_queue)
         # Decodes at once: one per core the worker has (at least 2, so one slow image never
@@ -192,12 +137,12 @@ class InvocationHandler:
         self._freed = 0  # bytes freed since the heap was last trimmed
 
     def handle(self, request, started: float, deadline: float, log: dict,
-               observed: dict) -> dict:
-        """The JSON answer to a Flask ``request`` that arrived at ``started`` and must be
-        answered by ``deadline`` (time.monotonic()); fills ``log`` (images, decode, batch,
-        queue and compute ms) for the access log, and ``observed`` for the metrics
-        (``confidences`` of its images, or the ``decode_failure`` kind that ended it) and the
-        app (``body_read`` once the body is in).
+               observed: dict) -> dict | bytes:
+        """The JSON answer (a JSON Lines body: its bytes) to a Flask ``request`` that arrived
+        at ``started`` and must be answered by ``deadline`` (time.monotonic()); fills ``log``
+        (images, decode, batch, queue and compute ms) for the access log, and ``observed`` for
+        the metrics (``confidences`` of its images, or the first ``decode_failure`` kind) and
+        the app (``body_read`` once the body is in).
 
         Raises:
             ClientError: 4xx (or 503 while the model is missing or still loading).
@@ -205,14 +150,15 @@ class InvocationHandler:
             serve.scheduler.Overloaded: 503, the request cannot be served by ``deadline``.
             serve.scheduler.ModelFailed: 503, the worker's model stopped for good.
         """
-        # No Accept header means anything goes (RFC 9110 12.5.1).
-        if request.headers.get("Accept") and request.accept_mimetypes.best_match(
-                [JSON_TYPE]) is None:
-            raise ClientError(406, f"Accept: {request.headers.get('Accept')!r} cannot be served; "
-                                   f"responses are {JSON_TYPE}")
-        if request.mimetype not in IMAGE_TYPES + (JSON_TYPE,):
+        if request.mimetype not in CONTENT_TYPES:
             raise ClientError(415, f"Content-Type {request.mimetype or '(none)'!r} is not "
-                                   f"supported; use one of {', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
+                                   f"supported; use one of {', '.join(CONTENT_TYPES)}")
+        # No Accept header means anything goes (RFC 9110 12.5.1).
+        answers = JSONLINES_TYPES if request.mimetype in JSONLINES_TYPES else (JSON_TYPE,)
+        if request.headers.get("Accept") and request.accept_mimetypes.best_match(
+                answers) is None:
+            raise ClientError(406, f"Accept: {request.headers.get('Accept')!r} cannot be served; "
+                                   f"responses to {request.mimetype} are {answers[0]}")
         s = self.settings
         if not self._places.acquire(blocking=False):
             raise Overloaded(f"the worker holds {s.max_queue} invocations, its bound "
@@ -223,18 +169,32 @@ class InvocationHandler:
             self._places.release()
 
     def _serve(self, request, started: float, deadline: float, log: dict, observed: dict
-               ) -> dict:
+               ) -> dict | bytes:
         s = self.settings
-        data = self.bodies.read(request, min(deadline, started + s.body_timeout_s), started)
-        observed["body_read"] = True
-        classifier, scheduler = self._ready_model(deadline)
+        kind = body_kind(request.mimetype)
+        held = self._hold_body_memory(request, kind, min(deadline, started + s.body_timeout_s))
+        try:
+            if kind == "jsonlines":
+                return jsonlines.serve(self, request, started, deadline, log, observed)
+            return self._serve_images(request, started, deadline, log, observed)
+        finally:
+            self.body_memory.release(held)
+
+    def _serve_images(self, request, started: float, deadline: float, log: dict,
+                      observed: dict) -> dict:
+        s = self.settings
+        data = self.read_body(request, started, deadline, observed)
+        classifier, scheduler = self.ready_model(deadline)
         bodies, doc = image_bodies(request.mimetype, data, s.max_images_per_request)
         body_bytes, data = len(data), None
         log["images"] = len(bodies)
         k, want_all = options(doc, request.headers.get(CUSTOM_ATTRIBUTES, ""), request.args,
                               len(classifier.classes))
-        inspected = self._inspect_all(bodies, classifier.geometry, observed)
-        self._check_cost(inspected, scheduler.ms_per_image)
+        several = len(bodies) > 1
+        inspected = [self.inspect_one(body, classifier.geometry, f"image {i}: " if several
+                                      else "", observed) for i, body in enumerate(bodies)]
+        self.check_cost(len(inspected), sum(i.megapixels for i in inspected),
+                        scheduler.ms_per_image)
         scheduler.admit(len(bodies), deadline)
         decode_start = time.monotonic()
         try:
@@ -243,24 +203,54 @@ class InvocationHandler:
             scheduler.release()
             raise
         finally:
-            self._freed_bytes(body_bytes)
+            self.freed_bytes(body_bytes)
         log["decode_ms"] = round((time.monotonic() - decode_start) * 1000, 2)
         job = scheduler.submit(images, deadline)
         probabilities = scheduler.wait(job)
         log.update(batch_size=job.batch_size, queue_ms=round(job.queue_ms, 2),
                    compute_ms=round(job.compute_ms, 2))
-        top = probabilities.argmax(1)
-        observed["confidences"] = probabilities[np.arange(len(top)), top].tolist()
-        drift = self.holder.drift
-        if drift is not None:
-            for image, (width, height), cls, conf in zip(images, sizes, top,
-                                                         observed["confidences"]):
-                drift.add(int(cls), conf, float(image.mean()), width / height,
-                          width * height / 1e6)
+        self.observe(images, sizes, probabilities, observed)
         return {"model_version": classifier.version,
                 "predictions": predictions(probabilities, classifier.classes, k, want_all)}
 
-    def _ready_model(self, deadline: float):
+    def _hold_body_memory(self, request, kind: str, deadline: float) -> int:
+        """Reserve in the worker's body memory what the body and its parsed copies hold (its
+        Content-Length, or the payload cap when it sends none, times ``BODY_COPIES[kind]``),
+        waiting for room until ``deadline``; returns the bytes held.
+
+        Raises:
+            ClientError: 413 for a body whose copies alone are over SERVE_BODY_MEMORY_MB.
+            Overloaded: the memory stayed in use by other bodies until the deadline.
+        """
+        s = self.settings
+        length = request.content_length
+        size = s.max_payload_bytes if length is None else min(length, s.max_payload_bytes)
+        n = size * BODY_COPIES[kind]
+        if n > self.body_memory.total:
+            raise ClientError(413, f"a {size:,}-byte {request.mimetype} body holds about "
+                                   f"{n / 2**20:.0f} MB while it is read and parsed; the limit "
+                                   f"is {self.body_memory.total / 2**20:.0f} MB "
+                                   f"(SERVE_BODY_MEMORY_MB)")
+        try:
+            self.body_memory.acquire(n, deadline)
+        except Overloaded:
+            raise Overloaded("the worker's body memory stayed in use by other requests until "
+                             "this one's deadline (SERVE_BODY_MEMORY_MB); retry", 1) from None
+        return n
+
+    def read_body(self, request, started: float, deadline: float, observed: dict) -> bytes:
+        """The whole body, read by its own deadline (SERVE_BODY_TIMEOUT_S) and the
+        invocation's; marks ``observed["body_read"]``.
+
+        Raises:
+            serve.body.BodyTimeout: the body did not arrive in time.
+        """
+        data = self.bodies.read(request, min(deadline, started + self.settings.body_timeout_s),
+                                started)
+        observed["body_read"] = True
+        return data
+
+    def ready_model(self, deadline: float):
         """The loaded classifier and scheduler, waiting for them within the deadline.
 
         Raises:
@@ -275,85 +265,110 @@ class InvocationHandler:
             raise ModelFailed(holder.status())
         return holder.classifier, holder.scheduler
 
-    def _inspect_all(self, bodies: list[bytes], geometry: Geometry, observed: dict
-                     ) -> list[Inspected]:
-        """Every image's header (pixel limits, decode memory), before any is decoded.
+    def inspect_one(self, body: bytes, geometry: Geometry, label: str, observed: dict
+                    ) -> Inspected:
+        """An image's header (pixel limits, decode memory), before it is decoded; ``label``
+        (``image 3: ``) starts the reason of a refusal.
 
         Raises:
-            ClientError: 400 for a bad image (``image i:`` when there are several), 413 for one
-                whose decode alone is over the worker's decode memory.
+            ClientError: 400 for a bad image, 413 for one whose decode alone is over the
+                worker's decode memory.
         """
-        s, out = self.settings, []
-        for i, body in enumerate(bodies):
-            try:
-                inspected = inspect(body, geometry, s.max_pixels, s.max_resized_pixels)
-            except BadImage as exc:
-                observed["decode_failure"] = exc.kind
-                raise ClientError(400, f"image {i}: {exc}" if len(bodies) > 1 else str(exc))
-            if inspected.decode_bytes > self.budget.total:
-                raise ClientError(413, f"{f'image {i}: ' if len(bodies) > 1 else ''}decoding "
-                                       f"the image takes about "
-                                       f"{inspected.decode_bytes / 2**20:.0f} MB; the limit is "
-                                       f"{self.budget.total / 2**20:.0f} MB "
-                                       f"(SERVE_DECODE_MEMORY_MB)")
-            out.append(inspected)
-        return out
+        s = self.settings
+        try:
+            inspected = inspect(body, geometry, s.max_pixels, s.max_resized_pixels)
+        except BadImage as exc:
+            observed.setdefault("decode_failure", exc.kind)
+            raise ClientError(400, f"{label}{exc}") from None
+        if inspected.decode_bytes > self.budget.total:
+            raise ClientError(413, f"{label}decoding the image takes about "
+                                   f"{inspected.decode_bytes / 2**20:.0f} MB; the limit is "
+                                   f"{self.budget.total / 2**20:.0f} MB (SERVE_DECODE_MEMORY_MB)")
+        return inspected
 
-    def _check_cost(self, inspected: list[Inspected], ms_per_image: float) -> None:
-        """Images per request, and their share of the deadline: the model's measured cost per
-        image plus the decode's measured cost per megapixel."""
+    def check_cost(self, count: int, megapixels: float, ms_per_image: float,
+                   what: str = "images", fix: str = "") -> None:
+        """``count`` images (of ``megapixels`` in all) against their share of the deadline: the
+        model's measured cost per image plus the decode's measured cost per megapixel.
+
+        Raises:
+            ClientError: 400 naming how many such images fit (``what``: the unit named, ``fix``:
+                what to change besides).
+        """
         s = self.settings
         budget_s = s.timeout_s * REQUEST_DEADLINE_SHARE
-        decode_ms = sum(i.megapixels for i in inspected) * self.decode_ms_per_megapixel
-        cost_s = (len(inspected) * ms_per_image + decode_ms) / 1000
+        decode_ms = megapixels * self.decode_ms_per_megapixel
+        cost_s = (count * ms_per_image + decode_ms) / 1000
         if cost_s > budget_s:
-            per_image = ms_per_image + decode_ms / len(inspected)
+            per_image = ms_per_image + decode_ms / count
             most = max(1, int(budget_s * 1000 / per_image))
-            raise ClientError(400, f"{len(inspected)} images would take about {cost_s:.0f} s "
-                                   f"here ({ms_per_image:.0f} ms each in the model, "
-                                   f"{decode_ms:.0f} ms to decode), over "
-                                   f"{REQUEST_DEADLINE_SHARE:.0%} of the {s.timeout_s} s "
-                                   f"deadline; send at most {most} such images per request")
+            raise ClientError(400, f"{count} {what} would take about {cost_s:.0f} s here "
+                                   f"({ms_per_image:.0f} ms each in the model, {decode_ms:.0f} "
+                                   f"ms to decode), over {REQUEST_DEADLINE_SHARE:.0%} of the "
+                                   f"{s.timeout_s} s deadline; send at most {most} such "
+                                   f"{what} per request{fix}")
 
     def _decode_all(self, inspected: list[Inspected], geometry: Geometry, deadline: float,
                     observed: dict) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """uint8 [n, crop, crop, 3] and each original's (width, height), each decoded under
-        the worker's memory budget, the deadline checked before each.
+        """uint8 [n, crop, crop, 3] and each original's (width, height), the deadline checked
+        before each.
 
         Raises:
             ClientError: 400 for an image that fails to decode.
             Overloaded: the deadline passed, or the memory stayed in use until it.
         """
-        budget = self.budget
         arrays, sizes = [], []
         for i, image in enumerate(inspected):
-            if time.monotonic() >= deadline:
-                raise Overloaded(f"the invocation's deadline passed after {i} of its "
-                                 f"{len(inspected)} images were decoded "
-                                 f"(SAGEMAKER_MODEL_SERVER_TIMEOUT); send fewer or smaller "
-                                 f"images", 1)
-            if not self._decoders.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-                raise Overloaded("the worker's decoders stayed busy until this invocation's "
-                                 "deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT); retry", 1)
+            check_deadline(deadline, i, len(inspected), "images",
+                           "; send fewer or smaller images")
             try:
-                budget.acquire(image.decode_bytes, deadline)
-            except BaseException:
-                self._decoders.release()
-                raise
-            start = time.monotonic()
-            try:
-                arrays.append(to_model_input(image, geometry))
+                arrays.append(self.decode_one(image, geometry, deadline))
                 sizes.append(image.size)
             except BadImage as exc:
-                observed["decode_failure"] = exc.kind
+                observed.setdefault("decode_failure", exc.kind)
                 raise ClientError(400, f"image {i}: {exc}" if len(inspected) > 1 else str(exc))
             finally:
-                budget.release(image.decode_bytes)
-                self._decoders.release()
                 inspected[i] = None  # the lazy image holds its frame until it is dropped
-                self._measured(image.megapixels, (time.monotonic() - start) * 1000)
-                self._freed_bytes(image.decode_bytes)
         return np.stack(arrays), sizes
+
+    def decode_one(self, image: Inspected, geometry: Geometry, deadline: float) -> np.ndarray:
+        """One inspected image's model input, uint8 [crop, crop, 3], decoded by one of the
+        worker's decoders under its memory budget.
+
+        Raises:
+            serve.decode.BadImage: the image fails to decode.
+            Overloaded: the decoders or the memory stayed in use until the deadline.
+        """
+        if not self._decoders.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise Overloaded("the worker's decoders stayed busy until this invocation's "
+                             "deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT); retry", 1)
+        try:
+            self.budget.acquire(image.decode_bytes, deadline)
+        except BaseException:
+            self._decoders.release()
+            raise
+        start = time.monotonic()
+        try:
+            return to_model_input(image, geometry)
+        finally:
+            self.budget.release(image.decode_bytes)
+            self._decoders.release()
+            self._measured(image.megapixels, (time.monotonic() - start) * 1000)
+            self.freed_bytes(image.decode_bytes)
+
+    def observe(self, images: np.ndarray, sizes: list[tuple[int, int]],
+                probabilities: np.ndarray, observed: dict) -> None:
+        """Record what the model answered for decoded ``images`` (uint8 [n, crop, crop, 3]) of
+        original ``sizes``: their top-1 probabilities for the metrics (``observed``), and their
+        statistics for the drift scores."""
+        top = probabilities.argmax(1)
+        confidences = probabilities[np.arange(len(top)), top].tolist()
+        observed.setdefault("confidences", []).extend(confidences)
+        drift = self.holder.drift
+        if drift is not None:
+            for image, (width, height), cls, conf in zip(images, sizes, top, confidences):
+                drift.add(int(cls), conf, float(image.mean()), width / height,
+                          width * height / 1e6)
 
     def _measured(self, megapixels: float, ms: float) -> None:
         """Refine the decode cost per megapixel from one decode (large enough to measure)."""
@@ -362,7 +377,7 @@ class InvocationHandler:
                 self.decode_ms_per_megapixel += DECODE_COST_SMOOTHING * (
                     ms / megapixels - self.decode_ms_per_megapixel)
 
-    def _freed_bytes(self, n: int) -> None:
+    def freed_bytes(self, n: int) -> None:
         """Count ``n`` freed bytes (when large); past ``TRIM_AFTER_BYTES``, give the heap's free
         pages back to the system (glibc's malloc_trim)."""
         if n < LARGE_FREE_BYTES:

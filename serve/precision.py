@@ -12,8 +12,9 @@ job recorded (manifest ``precisions``, train/precision.py) within ``tolerance`` 
   else fp32.
 
 ``SERVE_PRECISION`` forces one (``fp32``, ``bf16``, ``fp16``, ``int8``; ``auto`` by default) and
-``SERVE_COMPILE`` the mode (``auto``, ``on``, ``off``): ``auto`` compiles with torch.compile
-(inductor, weights frozen) where it can, which on a CPU needs a C++ compiler at compile time.
+``SERVE_COMPILE`` the mode (``auto``, ``on``, ``off``): ``auto`` compiles with AOTInductor
+(weights frozen, once per host: serve/compiled.py) where it can, which on a CPU needs a C++
+compiler on the first start.
 A model whose reduced precision disagrees too much with fp32, or whose record is missing or
 corrupt, is served in fp32, and the choice is logged with its reason. The precisions, their
 autocast dtypes and programs are the contract's table (contract/precisions.py); which hardware

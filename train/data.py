@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import random
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +41,7 @@ logger = logging.getLogger(__name__)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def readable_label(folder: str) -> str:
-    """"001.Affenpinscher" -> "Affenpinscher"; "017.Bull_terrier" -> "Bull terrier"."""
-    return re.sub(r"^\d+\.", "", folder).replace("_", " ")
+readable_label = layout.readable_label  # the manifest's labels; deploy.py reads them too
 
 
 def load_rgb(path: str, draft: int | None = None) -> Image.Image:

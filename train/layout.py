@@ -14,6 +14,7 @@ without photos.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,12 @@ from pathlib import Path
 # (tests/train/test_data.py checks that the two stay equal).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MACOS_METADATA = "__MACOSX"
+
+
+def readable_label(folder: str) -> str:
+    """A class folder's label, as the manifest lists it: "001.Affenpinscher" -> "Affenpinscher";
+    "017.Bull_terrier" -> "Bull terrier"."""
+    return re.sub(r"^\d+\.", "", folder).replace("_", " ")
 
 
 def is_photo(path: str | os.PathLike) -> bool:

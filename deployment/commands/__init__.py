@@ -2,6 +2,7 @@
 (whether the training-job options apply), ``add_arguments(parser)`` and ``run(ctx, args)``."""
 
 from deployment.commands import (data, delete, deploy, local, monitor, predict, report, rollback,
-                                 train, tune, update)
+                                 train, transform, tune, update)
 
-COMMANDS = (data, tune, train, deploy, update, rollback, predict, monitor, delete, report, local)
+COMMANDS = (data, tune, train, deploy, update, rollback, predict, transform, monitor, delete,
+            report, local)

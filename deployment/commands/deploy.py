@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 
 from deployment import ecr, models, versions
-from deployment.autoscaling import configure_autoscaling
-from deployment.endpoints import endpoint_status, make_predictor_cls
+from deployment.autoscaling import (BACKLOG_TARGET, INVOCATIONS_TARGET,
+                                    configure_async_autoscaling, configure_autoscaling)
+from deployment.endpoints import (ASYNC_TIMEOUT_S, async_config, async_environment,
+                                  check_async_options, endpoint_status, make_predictor_cls)
 from deployment.errors import UserError
 from deployment.settings import Context, save_state
 from deployment.updates import update_model
@@ -21,9 +23,27 @@ def add_arguments(p) -> None:
     """This verb's options."""
     models.add_model_arguments(p)
     p.add_argument("--autoscale-max", type=int, help="target-tracking autoscaling up to N")
-    p.add_argument("--autoscale-target", type=float, default=100.0,
-                   help="invocations per instance per minute (default 100)")
-    p.add_argument("--async", dest="asynchronous", action="store_true")
+    p.add_argument("--autoscale-target", type=float,
+                   help=f"invocations per instance per minute (default "
+                        f"{INVOCATIONS_TARGET:g}); with --async, queued requests per instance "
+                        f"(ApproximateBacklogSizePerInstance, default {BACKLOG_TARGET:g})")
+    a = p.add_argument_group("asynchronous endpoint (--async)")
+    a.add_argument("--async", dest="asynchronous", action="store_true",
+                   help="requests from S3 (up to 1 GB), answers to S3")
+    a.add_argument("--output-path", help="S3 prefix of the answers (default "
+                                         "s3://BUCKET/PREFIX/async-output/ENDPOINT)")
+    a.add_argument("--failure-path", help="S3 prefix of the errors (default "
+                                          "s3://BUCKET/PREFIX/async-failures/ENDPOINT)")
+    a.add_argument("--sns-success", metavar="TOPIC_ARN", help="SNS topic told of each answer")
+    a.add_argument("--sns-error", metavar="TOPIC_ARN", help="SNS topic told of each error")
+    a.add_argument("--max-concurrent-invocations", type=int, metavar="N",
+                   help="MaxConcurrentInvocationsPerInstance, 1-1000 (default: SageMaker's)")
+    a.add_argument("--invocation-timeout", type=int, metavar="S",
+                   help=f"seconds one request may take, 1-3600 (default {ASYNC_TIMEOUT_S}, "
+                        "InvokeEndpointAsync's)")
+    a.add_argument("--min-instances", type=int, metavar="N",
+                   help="autoscaling's minimum (default --instance-count); 0 scales an "
+                        "asynchronous endpoint to zero when its queue is empty")
     p.add_argument("--update", action="store_true",
                    help="a new model behind an existing endpoint: python deploy.py update with "
                         "its default strategy (see its --help for the others)")
@@ -33,7 +53,6 @@ def add_arguments(p) -> None:
 def run(ctx: Context, args) -> int:
     """Create a real-time, serverless or asynchronous endpoint (re-running on an existing one
     changes nothing), or with --update put a new model behind one (deploy.py update)."""
-    from sagemaker.async_inference import AsyncInferenceConfig
     from sagemaker.model import Model
     from sagemaker.serverless import ServerlessInferenceConfig
 
@@ -46,14 +65,17 @@ def run(ctx: Context, args) -> int:
         code = update_model(ctx, args)
         if code == 0 and args.autoscale_max:
             configure_autoscaling(ctx.boto, ctx.get("endpoint"), args.instance_count,
-                                  args.autoscale_max, args.autoscale_target)
+                                  args.autoscale_max, args.autoscale_target or INVOCATIONS_TARGET)
         return code
     instance_type = None if args.serverless else ctx.get("endpoint_instance_type")
     ami = models.inference_ami(instance_type, args.inference_ami_version or "auto")
     endpoint = ctx.get("endpoint")
-    env = models.serving_environment(args, models.base_environment(endpoint))
-    models.check_capture(args.capture)
+    check_async_options(args)
     instance_count = args.instance_count or models.DEFAULT_INSTANCE_COUNT
+    scaling = autoscaling_range(args, instance_count)
+    env = models.serving_environment(args, models.base_environment(endpoint),
+                                     async_environment(args) if args.asynchronous else None)
+    models.check_capture(args.capture)
     sm = ctx.session.sagemaker_client
     status = endpoint_status(sm, endpoint)
     if status:
@@ -77,8 +99,7 @@ def run(ctx: Context, args) -> int:
                       container_startup_health_check_timeout=args.startup_timeout
                       or models.DEFAULT_STARTUP_TIMEOUT_S)
         if args.asynchronous:
-            kwargs["async_inference_config"] = AsyncInferenceConfig(
-                output_path=f"{ctx.s3_prefix()}/async-output/{endpoint}")
+            kwargs["async_inference_config"] = async_config(ctx, args, endpoint)
     if args.capture is not None:
         kwargs["data_capture_config"] = models.data_capture(ctx, endpoint, args.capture)
     # The tag ties the model, the endpoint config and the endpoint to it (deployment/versions.py).
@@ -90,9 +111,38 @@ def run(ctx: Context, args) -> int:
     print(f"created model {name}, endpoint config and endpoint {endpoint} ({kind}{on_ami}) "
           f"from {model_data}")
     assert predictor is not None, "Model.deploy returns a Predictor with predictor_cls"
-    save_state(endpoint=endpoint, model=name)
-    if args.autoscale_max:
-        configure_autoscaling(ctx.boto, endpoint, instance_count, args.autoscale_max,
-                              args.autoscale_target)
-    print(f"try it: python deploy.py predict --endpoint {endpoint} tests/data/dogs/*.jpg")
+    save_state(endpoint=endpoint, model=name,
+               **({"async_invocation_timeout": args.invocation_timeout or ASYNC_TIMEOUT_S}
+                  if args.asynchronous else {}))
+    if scaling and args.asynchronous:
+        configure_async_autoscaling(ctx.boto, endpoint, *scaling,
+                                    args.autoscale_target or BACKLOG_TARGET)
+    elif scaling:
+        configure_autoscaling(ctx.boto, endpoint, *scaling,
+                              args.autoscale_target or INVOCATIONS_TARGET)
+    print(f"try it: python deploy.py predict {'--async ' if args.asynchronous else ''}"
+          f"--endpoint {endpoint} tests/data/dogs/*.jpg")
     return 0
+
+
+def autoscaling_range(args, instance_count: int) -> tuple[int, int] | None:
+    """(minimum, maximum) instances of the autoscaling that --autoscale-max asks for, None
+    without it; checked before any AWS call.
+
+    Raises:
+        UserError: --min-instances without --autoscale-max, 0 for an endpoint that is not
+            asynchronous (only those scale to zero), or a maximum below the minimum.
+    """
+    low = instance_count if args.min_instances is None else args.min_instances
+    option = "--instance-count" if args.min_instances is None else "--min-instances"
+    if args.min_instances is not None and not args.autoscale_max:
+        raise UserError("--min-instances needs --autoscale-max N: it is autoscaling's minimum")
+    if not args.autoscale_max:
+        return None
+    if low < 0 or (low == 0 and not args.asynchronous):
+        raise UserError(f"--min-instances {low}: at least 1, or 0 with --async (only "
+                        "asynchronous endpoints scale to zero)")
+    if args.autoscale_max < max(low, 1):
+        raise UserError(f"--autoscale-max {args.autoscale_max} is below {option} "
+                        f"{max(low, 1)}")
+    return low, args.autoscale_max

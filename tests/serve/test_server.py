@@ -227,9 +227,10 @@ def test_exif_orientation_is_honoured(server):
 
 
 def test_execution_parameters(server):
+    """Two max batches (8 on CPU) per worker in flight, within 100 MB at the 6 MB payload."""
     status, body, _ = call(server.url + "/execution-parameters", method="GET")
     assert status == 200
-    assert body == {"MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD",
+    assert body == {"MaxConcurrentTransforms": 16, "BatchStrategy": "SINGLE_RECORD",
                     "MaxPayloadInMB": 6}
 
 
