@@ -1,11 +1,13 @@
 # One image for SageMaker training and hosting: `docker run IMAGE train` / `docker run IMAGE serve`.
 #
-# BASE_IMAGE: an NVIDIA CUDA + cuDNN runtime image. torch's wheels bring their own CUDA 13 user
-# libraries (CUDA 12 with TORCH_CUDA, below); the base adds the CUDA forward-compatibility
-# libraries (/usr/local/cuda/compat) that container/cuda_compat.py tries on hosts whose driver is
-# of an older branch than theirs. CI passes a local Debian base (debootstrap), since no image can
-# be pulled there.
-ARG BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+# BASE_IMAGE: NVIDIA's smallest CUDA image, the `base` flavour: the CUDA runtime (cudart), the
+# forward-compatibility libraries (/usr/local/cuda/compat) that container/cuda_compat.py tries on
+# hosts whose driver is of an older branch than the image's CUDA, and the NVIDIA Container
+# Toolkit's variables. Not `runtime` or `cudnn-runtime`: they add CUDA's math libraries, NCCL
+# and cuDNN, which torch's wheels bring themselves (the nvidia-* wheels), so the image would
+# carry them twice (docs/platform.md, "The image"). CI passes a local Debian base (debootstrap),
+# since no image can be pulled there.
+ARG BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
 FROM ${BASE_IMAGE}
 
 # Build from a wheelhouse with no network: --build-arg PIP_NO_INDEX=1 --build-arg
@@ -16,8 +18,7 @@ ARG PIP_FIND_LINKS=""
 # A PyTorch wheel index name (cu128) makes a CUDA 12 image for hosts on older drivers (SageMaker
 # training and batch transform, which have no 580 AMI; docs/platform.md): torch and torchvision,
 # at the versions container.txt pins, come from download.pytorch.org/whl/TORCH_CUDA first. Pass a
-# CUDA 12 BASE_IMAGE with it (nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04), for its compat
-# libraries.
+# CUDA 12 BASE_IMAGE with it (nvidia/cuda:12.8.1-base-ubuntu24.04), for its compat libraries.
 ARG TORCH_CUDA=""
 # ImageNet weights fetched into the image for network-isolated jobs ("" skips: CI has no route
 # to download.pytorch.org).
@@ -34,10 +35,15 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/program:/opt/venv/bin:$PATH
 
 COPY requirements/container.txt requirements/constraints.txt /tmp/requirements/
-# A C++ compiler and Python's headers stay in the image: serve compiles the model with
-# torch.compile (inductor) on the host it serves on, for that host's CPU (AVX2, AVX-512, AMX
-# code paths differ, so a program compiled ahead on the training host could fail here);
-# smdebug's pyinstrument-cext, which PyPI ships only as source, needs them to install anyway.
+# A C++ compiler and Python's headers stay in the image: serve compiles the model (AOTInductor,
+# serve/compiled.py) once on each host it serves on, for that host's CPU (AVX2, AVX-512, AMX
+# code paths differ, so a program compiled ahead on the training host could fail here), and
+# triton builds its GPU launchers against Python's headers; smdebug's pyinstrument-cext, which
+# PyPI ships only as source, needs them to install anyway. In the same layer, what the runtime
+# never reads goes: apt's lists and downloaded packages (Ubuntu's images drop the packages
+# themselves, a Debian base keeps them: 190 MB), and triton's AMD GPU code generator and
+# bitcode (triton/backends/amd/lib, 101 MB; loaded only when compiling for a ROCm GPU, which a
+# CUDA build of torch never does).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ \
@@ -50,6 +56,8 @@ RUN apt-get update \
     fi \
  && PIP_NO_INDEX="${PIP_NO_INDEX}" PIP_FIND_LINKS="${PIP_FIND_LINKS}" \
     pip install -r /tmp/requirements/container.txt -c /tmp/requirements/constraints.txt \
+ && rm -rf /opt/venv/lib/python3*/site-packages/triton/backends/amd/lib \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
 
 COPY pyproject.toml /tmp/src/

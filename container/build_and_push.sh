@@ -38,4 +38,22 @@ aws ecr get-login-password --region "$region" 2>/tmp/build_and_push.err \
 "$docker" build -t "${repository}:${tag}" .
 "$docker" tag "${repository}:${tag}" "$image"
 "$docker" push "$image" || die "push to $image failed (needs ecr:PutImage and ecr:InitiateLayerUpload)"
+
+# Sizes: the image unpacked (what a host's disk holds) and as ECR stores it (compressed layers).
+# SageMaker Serverless Inference refuses images over 10 GiB ("Image size ... is greater than
+# supported size 10737418240"); AWS does not say which of the two sizes it compares.
+limit=10737418240
+gib() { awk -v b="$1" 'BEGIN { printf "%.2f GiB", b / 1073741824 }'; }
+local_size=$("$docker" image inspect --format '{{.Size}}' "${repository}:${tag}" 2>/dev/null || echo "")
+ecr_size=$(aws ecr describe-images --repository-name "$repository" --image-ids "imageTag=$tag" \
+             --region "$region" --query 'imageDetails[0].imageSizeInBytes' --output text 2>/dev/null || echo "")
+case "$local_size" in ''|*[!0-9]*) local_size="" ;; esac
+case "$ecr_size" in ''|*[!0-9]*) ecr_size="" ;; esac
+echo "pushed $image: ${local_size:+$(gib "$local_size") unpacked}${local_size:+${ecr_size:+, }}${ecr_size:+$(gib "$ecr_size") in ECR (compressed)}"
+for size in $local_size $ecr_size; do
+  if [ "$size" -gt "$limit" ]; then
+    echo "build_and_push: warning: the image is over SageMaker Serverless Inference's 10 GiB limit: a serverless endpoint (deploy.py deploy --serverless) may refuse it; real-time, asynchronous and batch transform take it" >&2
+    break
+  fi
+done
 echo "$image"

@@ -5,6 +5,37 @@ from __future__ import annotations
 from deployment.errors import UserError
 
 
+# SageMaker Serverless Inference refuses larger images ("Image size 13494688833 is greater than
+# supported size 10737418240", its answer for AWS's own PyTorch GPU image).
+SERVERLESS_IMAGE_LIMIT_BYTES = 10 * 1024**3
+
+
+def _ecr_ids(image: str) -> tuple[str, str, str, list[dict], str] | None:
+    """(registry account, region, repository, imageIds, tag) of an ECR image URI, or None for
+    another registry."""
+    host, _, rest = image.partition("/")
+    if ".dkr.ecr." not in host or not rest:
+        return None
+    account = host.split(".")[0]
+    region = host.split(".dkr.ecr.")[1].split(".")[0]
+    repo, _, tag = rest.partition(":")
+    if "@" in repo:
+        repo, _, digest = repo.partition("@")
+        return account, region, repo, [{"imageDigest": digest}], tag
+    return account, region, repo, [{"imageTag": tag or "latest"}], tag
+
+
+def _describe(boto, image: str) -> dict | None:
+    """ECR's imageDetails entry of ``image``, or None when it is not an ECR image."""
+    ids = _ecr_ids(image)
+    if ids is None:
+        return None
+    account, region, repo, image_ids, _ = ids
+    ecr = boto.client("ecr", region_name=region)
+    found = ecr.describe_images(registryId=account, repositoryName=repo, imageIds=image_ids)
+    return (found.get("imageDetails") or [{}])[0]
+
+
 def check_ecr_image(boto, image: str) -> str | None:
     """Fail early, with the fix, when an ECR image URI names a missing repository or tag;
     returns the image's digest (``sha256:...``; None for an image outside ECR).
@@ -12,28 +43,40 @@ def check_ecr_image(boto, image: str) -> str | None:
     Raises:
         UserError: the repository or the tag is not in ECR.
     """
-    host, _, rest = image.partition("/")
-    if ".dkr.ecr." not in host or not rest:
-        return None  # not ECR: nothing to check
-    account = host.split(".")[0]
-    region = host.split(".dkr.ecr.")[1].split(".")[0]
-    repo, _, tag = rest.partition(":")
-    if "@" in repo:
-        repo, _, digest = repo.partition("@")
-        ids = [{"imageDigest": digest}]
-    else:
-        ids = [{"imageTag": tag or "latest"}]
     from botocore.exceptions import ClientError
 
-    ecr = boto.client("ecr", region_name=region)
     try:
-        found = ecr.describe_images(registryId=account, repositoryName=repo, imageIds=ids)
+        details = _describe(boto, image)
     except ClientError as exc:
         code = exc.response["Error"]["Code"]
         if code in ("RepositoryNotFoundException", "ImageNotFoundException"):
+            _, _, repo, _, tag = _ecr_ids(image)
             raise UserError(f"image {image} is not in ECR ({code}); build and push it with "
                             f"container/build_and_push.sh {repo} {tag or 'latest'}, or pass "
                             "--image") from exc
         raise
-    details = found.get("imageDetails") or [{}]
-    return details[0].get("imageDigest")
+    return (details or {}).get("imageDigest")
+
+
+def image_size_bytes(boto, image: str) -> int | None:
+    """The size ECR reports for ``image`` (``imageSizeInBytes``: its layers as stored,
+    compressed), or None when it cannot tell (another registry, no permission, no size)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        details = _describe(boto, image)
+    except (BotoCoreError, ClientError):
+        return None
+    size = (details or {}).get("imageSizeInBytes")
+    return size if isinstance(size, int) else None
+
+
+def serverless_size_warning(boto, image: str) -> str | None:
+    """A one-line warning when ECR says ``image`` is over Serverless Inference's 10 GiB limit
+    (SERVERLESS_IMAGE_LIMIT_BYTES), else None (under it, or the size is unknown)."""
+    size = image_size_bytes(boto, image)
+    if size is None or size <= SERVERLESS_IMAGE_LIMIT_BYTES:
+        return None
+    return (f"warning: image {image} is {size / 1024**3:.1f} GiB in ECR, over SageMaker "
+            f"Serverless Inference's 10 GiB image limit: the endpoint will not start; deploy "
+            f"it to instances instead (drop --serverless)")

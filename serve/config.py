@@ -63,7 +63,17 @@ REFUSAL_DRAIN_S = 1.0
 # client sending a byte a second holds a place and a thread no longer than that.
 DEFAULT_BODY_TIMEOUT_S = 20
 METRICS_NAMESPACE = "SageMakerDogBreeds"  # CloudWatch namespace of serve's EMF metrics
+# Shared by a container's workers and kept across a worker's death; /opt/ml/model may be
+# read-only on SageMaker, /tmp is writable.
+COMPILE_CACHE_DIR = "/tmp/serve-compiled"
 CPU_THREADS_PER_WORKER = 4  # ResNet50 on CPU scales poorly past ~4 intra-op threads
+
+
+def compile_cache_dir(environ: dict | None = None) -> str:
+    """SERVE_COMPILE_CACHE_DIR: where a host's workers keep the compiled programs
+    (serve/compiled.py); COMPILE_CACHE_DIR by default."""
+    env = os.environ if environ is None else environ
+    return env.get("SERVE_COMPILE_CACHE_DIR") or COMPILE_CACHE_DIR
 
 
 def _cpu_count() -> int:
@@ -136,6 +146,7 @@ class Settings:
     batch: bool = False  # SAGEMAKER_BATCH=true: a batch transform job's container
     body_memory_bytes: int = DEFAULT_BODY_MEMORY_MB * 1024 * 1024  # SERVE_BODY_MEMORY_MB
     max_lines_per_request: int = DEFAULT_MAX_LINES  # SERVE_MAX_LINES_PER_REQUEST
+    compile_cache_dir: str = COMPILE_CACHE_DIR  # SERVE_COMPILE_CACHE_DIR (compile_cache_dir)
 
     @property
     def threads(self) -> int:
@@ -240,4 +251,5 @@ class Settings:
             body_memory_bytes=positive("SERVE_BODY_MEMORY_MB", max(
                 DEFAULT_BODY_MEMORY_MB, BODY_COPIES["json"] * payload_mb)) * 1024 * 1024,
             max_lines_per_request=positive("SERVE_MAX_LINES_PER_REQUEST", DEFAULT_MAX_LINES),
+            compile_cache_dir=compile_cache_dir(env),
         )

@@ -46,11 +46,16 @@ def pre_fork(server, worker):
 
 
 def when_ready(server):
-    """In the master, once the port is open: import the app's modules (torch takes seconds),
-    then freeze them out of the garbage collector so the workers' copies stay shared (Python
-    docs, gc.freeze). Importing torch initialises no CUDA, so forking stays safe."""
+    """In the master, once the port is open: import the app's modules (torch takes seconds)
+    and, on a CPU host, what its precisions need (torchao for int8), then freeze them out of
+    the garbage collector so the workers' copies stay shared (Python docs, gc.freeze).
+    Importing torch initialises no CUDA, so forking stays safe."""
     import serve.app  # noqa: F401
 
+    if not _settings.gpus:
+        from serve.precision import prepare_cpu_precisions
+
+        prepare_cpu_precisions()
     gc.freeze()
 
 

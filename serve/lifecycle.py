@@ -10,10 +10,10 @@ The artifact is validated once, before anything of it runs (contract/artifact.py
 manifest field and the program's sha256; serve/model.py: its output width). An artifact that
 is not there yet (no manifest.json) is looked for every ``RETRY_LOAD_S``; one that is there
 and wrong fails the load with one line naming the field, reported by /ping and the invocations,
-and is not loaded again until its files change. A program that fails to compile is served
-eagerly, with one warning. A model thread that dies, or a device that fails even blank images
-(serve/scheduler.py), ends the worker: /ping stops answering 200 and gunicorn starts a fresh
-worker.
+and is not loaded again until its files change. A program that cannot be compiled, or whose
+compiled form does not load (serve/compiled.py), is served eagerly, with one warning. A model
+thread that dies, or a device that fails even blank images (serve/scheduler.py), ends the
+worker: /ping stops answering 200 and gunicorn starts a fresh worker.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from serve.config import Settings
 from serve.drift import DriftWindow, load_baseline
 from serve.metrics import EndpointMetrics
 from contract.artifact import ArtifactError, ArtifactMissing, read_manifest
+from serve.compiled import CompileUnavailable
 from serve.model import Classifier
 from serve.scheduler import Scheduler
 
@@ -161,17 +162,23 @@ class ModelHolder:
         choice = choose_precision(s, self.device, manifest)
         logger.info("precision %s", choice.reason)
         classifier = Classifier(s.model_dir, self.device, choice, manifest)
+        store = Path(s.compile_cache_dir)
         try:
-            ms_per_image = classifier.warm_up(s.max_batch_size)
+            ms_per_image = classifier.warm_up(s.max_batch_size, store)
+        except ArtifactError:
+            raise
         except Exception as exc:  # noqa: BLE001 - inductor and its C++ toolchain fail many ways
             if not classifier.choice.compile:
                 raise
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            logger.warning("compiling the model failed (%s); serving it eagerly", reason)
+            reason = (str(exc) if isinstance(exc, CompileUnavailable) else
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            logger.warning("no compiled program (%s); serving it eagerly", reason)
             classifier.use_eager(reason)
-            ms_per_image = classifier.warm_up(s.max_batch_size)
+            ms_per_image = classifier.warm_up(s.max_batch_size, store)
         crop = classifier.geometry.crop
-        scheduler = Scheduler(classifier.forward, s.max_batch_size,
+        # The scheduler forms no batch larger than the largest one worth forming (cheaper per
+        # image than every smaller one, as the warm-up timed them: serve/buckets.py).
+        scheduler = Scheduler(classifier.forward, classifier.plan.max_batch,
                               s.max_batch_delay_ms / 1000.0, s.max_queue, ms_per_image,
                               probe=np.zeros((1, crop, crop, 3), np.uint8),
                               on_fatal=self._on_fatal,
@@ -187,7 +194,7 @@ class ModelHolder:
         self.ready.set()
         logger.info("model %s loaded on %s in %.0f ms (%.1f ms per image at batch %d)",
                     classifier.version, self.device, (time.perf_counter() - start) * 1000,
-                    ms_per_image, s.max_batch_size)
+                    ms_per_image, classifier.plan.max_batch)
         self._warn_if_partial(classifier)
 
     def _start_metrics(self, classifier: Classifier) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -20,9 +19,11 @@ import numpy as np
 import torch
 
 from contract import precisions, tensors
-from contract.artifact import ArtifactError, check_program, read_manifest
+from contract.artifact import ArtifactError, check_program, file_sha256, read_manifest
 from contract.preprocess import Geometry
-from serve.precision import Choice
+from serve import buckets, compiled
+from serve.config import compile_cache_dir
+from serve.precision import Choice, Host
 
 logger = logging.getLogger("serve")
 
@@ -33,19 +34,6 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     ``std``: [1, 3, 1, 1]."""
     # NHWC uint8 viewed as NCHW is channels_last already: no copy for the layout.
     return tensors.normalise(images.permute(0, 3, 1, 2), mean, std)
-
-
-# torch.compile with dynamic=False compiles once per batch size, and past dynamo's recompile
-# limit (8 by default: torch.compiler's troubleshooting docs) it silently runs the program
-# uncompiled for any further size.
-MAX_COMPILED_SIZES = 8
-
-
-def bucket_sizes(max_batch: int) -> list[int]:
-    """The batch sizes compiled for a max batch size: powers of two up to it, and it; the
-    largest ``MAX_COMPILED_SIZES`` of them (smaller batches are padded up to the smallest)."""
-    sizes = sorted({min(2 ** i, max_batch) for i in range(max_batch.bit_length() + 1)})
-    return sizes[-MAX_COMPILED_SIZES:]
 
 
 class _HostBatches:
@@ -100,10 +88,8 @@ class Classifier:
                                     "program_sha256")
         program_path = Path(model_dir) / name
         check_program(program_path, sha, sha_field)
-        try:
-            program = torch.export.load(str(program_path))
-        except Exception as exc:  # torch raises several types for a bad archive
-            raise ArtifactError(f"cannot load {program_path}: {exc}") from exc
+        self.program_path = program_path
+        self.program_sha256 = sha or file_sha256(program_path)  # the compiled programs' key
         self._autocast = precisions.autocast_dtype(choice.precision)
         self._mean, self._std = tensors.mean_std(pre["mean"], pre["std"], device)
         self.cuda = device.type == "cuda"
@@ -113,32 +99,30 @@ class Classifier:
         # The next batch's pixels are copied on a stream of their own while the model runs the
         # previous one.
         self._copies = torch.cuda.Stream(device) if self.cuda else None
-        # channels_last: faster convolutions on CUDA and with oneDNN on the CPU.
-        self.eager = program.module().to(device).to(memory_format=torch.channels_last)
-        self.module = self.eager
-        self.buckets: list[int] = []  # batch sizes compiled for; batches are padded up to one
-        self._check_output(program_path)
-        if choice.compile:
-            # Weights as constants: inductor folds them and prepacks them for oneDNN. Set in the
-            # process-wide config (torch has no public switch that works here): torch 2.15's
-            # dynamo reads it while it traces (torch._dynamo.utils.is_parameter_freezing), before
-            # torch.compile(options={"freezing": True}) reaches inductor, and with the options
-            # alone the int8 program fails to compile (onednn.qconv_prepack on fake tensors).
-            import torch._inductor.config as inductor_config
+        self._eager: torch.nn.Module | None = None
+        self.compiled: dict[int, Callable] = {}  # batch size -> its compiled program
+        self.plan: buckets.Plan | None = None  # set by warm_up
 
-            inductor_config.freezing = True
-            # inductor's own int8 lowering warns about its own tensor copy on every conv, and
-            # its C++ toolchain lookup logs "No CUDA runtime is found" on a CPU host: noise
-            # that sends users hunting in a healthy worker's log.
-            warnings.filterwarnings("ignore", message="To copy construct from a tensor",
-                                    category=UserWarning)
-            if device.type == "cpu":
-                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            self.module = torch.compile(self.eager, dynamic=False)
+    @property
+    def eager(self) -> torch.nn.Module:
+        """The program uncompiled, loaded on first use: a worker that loads compiled programs
+        never needs it, and loading it is seconds of a respawn.
 
-    def _check_output(self, program_path: Path) -> None:
-        """One blank image through the eager program: it must give one logit per class (more
-        would answer indexes past the class list, fewer would shift every label).
+        Raises:
+            ArtifactError: torch cannot load the program.
+        """
+        if self._eager is None:
+            try:
+                program = torch.export.load(str(self.program_path))
+            except Exception as exc:  # torch raises several types for a bad archive
+                raise ArtifactError(f"cannot load {self.program_path}: {exc}") from exc
+            # channels_last: faster convolutions on CUDA and with oneDNN on the CPU.
+            self._eager = program.module().to(self.device).to(memory_format=torch.channels_last)
+        return self._eager
+
+    def _check_output(self) -> None:
+        """One blank image through the program as it will be served: it must give one logit
+        per class (more would answer indexes past the class list, fewer would shift every label).
 
         Raises:
             ArtifactError: another output shape, or the program fails on a valid input.
@@ -146,19 +130,21 @@ class Classifier:
         try:
             probabilities = self.forward(np.zeros((1, self.geometry.crop, self.geometry.crop, 3),
                                                   np.uint8))
+        except ArtifactError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure here is the artifact's
-            raise ArtifactError(f"{program_path} fails on a blank {self.geometry.crop}x"
+            raise ArtifactError(f"{self.program_path} fails on a blank {self.geometry.crop}x"
                                 f"{self.geometry.crop} image: {type(exc).__name__}: {exc}"
                                 ) from exc
         if probabilities.shape != (1, len(self.classes)):
-            raise ArtifactError(f"{program_path} outputs {probabilities.shape[1:]} logits per "
-                                f"image; manifest.json lists {len(self.classes)} classes")
+            raise ArtifactError(f"{self.program_path} outputs {probabilities.shape[1:]} logits "
+                                f"per image; manifest.json lists {len(self.classes)} classes")
 
     def use_eager(self, reason: str) -> None:
-        """Serve the program uncompiled from now on (compiling it failed: ``reason``)."""
-        self.module, self.buckets = self.eager, []
+        """Serve the program uncompiled from now on (no compiled program: ``reason``)."""
+        self.compiled, self.plan = {}, None
         self.choice = Choice(self.choice.precision, False,
-                             f"{self.choice.precision}, eager: compiling failed ({reason})")
+                             f"{self.choice.precision}, eager: no compiled program ({reason})")
 
     def _own_program(self, device: torch.device) -> tuple[str, str | None, str]:
         """The file name of the chosen precision's own program (int8's), its sha256 (when the
@@ -209,8 +195,10 @@ class Classifier:
         CPU the forward runs here, before this returns.
         """
         n = sum(len(part) for part in parts)
-        bucket = next((b for b in self.buckets if b >= n), n)  # compiled sizes: pad, not recompile
-        host = self._host.take(bucket)[:bucket]
+        # Compiled programs run one batch size each: the plan's sizes, the last one padded.
+        chunks = self.plan.chunks(n) if self.compiled and self.plan else [(0, n, n)]
+        padded = chunks[-1][0] + chunks[-1][2]
+        host = self._host.take(padded)[:padded]
         pixels = host.numpy()
         np.concatenate(parts, out=pixels[:n])
         pixels[n:] = 0
@@ -222,9 +210,8 @@ class Classifier:
         else:
             x = host
         x = normalise(x, self._mean, self._std)
-        with torch.autocast(self.device.type, dtype=self._autocast or torch.float32,
-                            enabled=self._autocast is not None):
-            logits = self.module(x)
+        logits = torch.cat([self._logits(x[start:start + size], size)
+                            for start, _, size in chunks])
         probabilities = torch.softmax(logits.float(), dim=1)[:n]
         if not self.cuda:
             result = probabilities.numpy()
@@ -240,19 +227,70 @@ class Classifier:
 
         return collect
 
-    def warm_up(self, batch_size: int) -> float:
-        """Runs blank images at batch 1 and at ``batch_size`` (compiled: at every bucket size,
-        powers of two up to ``batch_size``, which compiles them); returns the ms per image at
-        ``batch_size`` (the scheduler's first estimate of the cost of an image)."""
-        crop = self.geometry.crop
-        sizes = bucket_sizes(batch_size) if self.choice.compile else [1, batch_size]
-        start = time.perf_counter()
-        for size in sizes:
-            self.forward(np.zeros((size, crop, crop, 3), np.uint8))
+    def _logits(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """The logits of ``x`` (float32 [size, 3, crop, crop]): its compiled program when there
+        is one (the precision compiled into it), else the eager program under autocast."""
+        program = self.compiled.get(size)
+        if program is not None:
+            return program(x)
+        with torch.autocast(self.device.type, dtype=self._autocast or torch.float32,
+                            enabled=self._autocast is not None):
+            return self.eager(x)
+
+    def warm_up(self, batch_size: int, store: Path | None = None) -> float:
+        """Make the model ready for batches of up to ``batch_size`` and time it. Compiled: the
+        programs of the sizes serve.buckets.sizes_to_compile picks, loaded from ``store``
+        (default: SERVE_COMPILE_CACHE_DIR) or compiled into it for this host
+        (serve/compiled.py); eager: sizes 1 and ``batch_size``. Each size is timed on blank
+        images (compiled: once per host, the times kept with the programs), and ``plan`` then
+        says how each batch runs and the largest batch worth forming (serve/buckets.py).
+        Returns the planned ms per image at that batch (the scheduler's first estimate of the
+        cost of an image).
+
+        Raises:
+            ArtifactError: the program cannot be loaded or does not give one logit per class.
+            compiled.CompileUnavailable: a compiled program cannot be produced or loaded here.
+        """
+        costs = None
         if self.choice.compile:
-            self.buckets = sizes
-            logger.info("compiled for batch sizes %s in %.1f s", sizes,
+            sizes = buckets.sizes_to_compile(batch_size)
+            start = time.perf_counter()
+            store = store or Path(compile_cache_dir())
+            host = compiled.host_id(self.device, Host.detect(self.device.type).cpu_flags)
+            entry = compiled.key(self.program_sha256, self.choice.precision, host)
+            self.compiled = compiled.obtain(
+                store, entry, sizes, lambda size: compiled.export(
+                    self.eager, size, self.geometry.crop, self.device, self._autocast),
+                self.device)
+            logger.info("compiled programs for batch sizes %s ready in %.1f s", sizes,
                         time.perf_counter() - start)
-        start = time.perf_counter()
-        self.forward(np.zeros((batch_size, crop, crop, 3), np.uint8))
-        return (time.perf_counter() - start) * 1000.0 / batch_size
+            costs = compiled.saved_costs(store, entry, torch.get_num_threads())
+        else:
+            sizes = sorted({1, batch_size})
+        self._check_output()
+        if costs is None or set(costs) != set(sizes):
+            costs = self._times(sizes)
+            if self.choice.compile:
+                compiled.save_costs(store, entry, torch.get_num_threads(), costs)
+        self.plan = buckets.plan(costs, batch_size)
+        logger.info("%s", self.plan.describe())
+        return self.plan.ms(self.plan.max_batch) / self.plan.max_batch
+
+    @torch.inference_mode()
+    def _times(self, sizes: list[int], rounds: int = 3) -> dict[int, float]:
+        """The fastest of ``rounds`` forwards (ms) of blank images at each of ``sizes``, after one
+        untimed run each (a program's first call allocates); the sizes alternate, so that a slow
+        spell of a shared CPU does not fall on one size alone."""
+        crop = self.geometry.crop
+        blanks = {size: normalise(torch.zeros((size, crop, crop, 3), dtype=torch.uint8,
+                                              device=self.device), self._mean, self._std)
+                  for size in sizes}
+        times: dict[int, float] = {}
+        for round_ in range(rounds + 1):
+            for size in sizes:
+                start = time.perf_counter()
+                self._logits(blanks[size], size).float().cpu()  # waits for the device too
+                if round_:
+                    times[size] = min(times.get(size, float("inf")),
+                                      (time.perf_counter() - start) * 1000.0)
+        return times

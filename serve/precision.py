@@ -12,8 +12,9 @@ job recorded (manifest ``precisions``, train/precision.py) within ``tolerance`` 
   else fp32.
 
 ``SERVE_PRECISION`` forces one (``fp32``, ``bf16``, ``fp16``, ``int8``; ``auto`` by default) and
-``SERVE_COMPILE`` the mode (``auto``, ``on``, ``off``): ``auto`` compiles with torch.compile
-(inductor, weights frozen) where it can, which on a CPU needs a C++ compiler at compile time.
+``SERVE_COMPILE`` the mode (``auto``, ``on``, ``off``): ``auto`` compiles with AOTInductor
+(weights frozen, once per host: serve/compiled.py) where it can, which on a CPU needs a C++
+compiler on the first start.
 A model whose reduced precision disagrees too much with fp32, or whose record is missing or
 corrupt, is served in fp32, and the choice is logged with its reason. The precisions, their
 autocast dtypes and programs are the contract's table (contract/precisions.py); which hardware
@@ -75,6 +76,17 @@ class Host:
         if any(f in self.cpu_flags for f in CPU_BF16_FLAGS):
             fast.append("bf16")
         return fast
+
+
+def prepare_cpu_precisions() -> None:
+    """Run, in gunicorn's master before it forks, what the reduced precisions this CPU host
+    could choose need before their programs load (int8: torchao's import, seconds): every
+    worker, a respawned one too, then starts without it. Touches no GPU (forking after CUDA
+    initialised breaks the workers' CUDA)."""
+    for name in Host.detect("cpu").fast_precisions():
+        prepare = precisions.get(name).prepare
+        if prepare is not None:
+            prepare()
 
 
 @dataclass(frozen=True)

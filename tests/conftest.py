@@ -20,7 +20,6 @@ from tools.datasets import DIGITS_RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ENTRY = ROOT / "container" / "train"
-SERVE_ENTRY = ROOT / "container" / "serve"
 DOG_PHOTOS = sorted((ROOT / "tests" / "data" / "dogs").glob("*.jpg"))
 
 # A small, honest training run: the digits recipe (resnet18 from scratch on 32-pixel digits),
@@ -39,6 +38,20 @@ def pytest_collection_modifyitems(config, items):
         if used and item.get_closest_marker("slow") is None:
             raise pytest.UsageError(f"{item.nodeid} uses {', '.join(sorted(used))}, which "
                                     f"trains a model: mark it slow")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compile_store(tmp_path_factory):
+    """One compile store for the session's servers and classifiers (serve/compiled.py): the
+    first to serve a trained model compiles its programs, the later ones load them, as a
+    host's workers do; and none writes to the machine-wide default."""
+    previous = os.environ.get("SERVE_COMPILE_CACHE_DIR")
+    os.environ["SERVE_COMPILE_CACHE_DIR"] = str(tmp_path_factory.mktemp("compiled"))
+    yield
+    if previous is None:
+        os.environ.pop("SERVE_COMPILE_CACHE_DIR")
+    else:
+        os.environ["SERVE_COMPILE_CACHE_DIR"] = previous
 
 
 @dataclass
@@ -192,19 +205,21 @@ def free_port() -> int:
 
 
 def start_server(model_dir: Path, log_path: Path, env: dict | None = None,
-                 wait_ready: float = 120) -> Server:
-    """Start the real serve entry on a free loopback port; wait for /ping 200 unless
+                 wait_ready: float = 120, root: Path = ROOT) -> Server:
+    """Start the real serve entry of the checkout at ``root`` (this one by default; a
+    benchmark may start another's) on a free loopback port; wait for /ping 200 unless
     ``wait_ready`` is 0."""
     import time
     import urllib.request
 
     port = free_port()
     full_env = dict(os.environ, SM_MODEL_DIR=str(model_dir), SAGEMAKER_BIND_TO_PORT=str(port),
-                    SAGEMAKER_MODEL_SERVER_WORKERS="1", PYTHONUNBUFFERED="1")
+                    SAGEMAKER_MODEL_SERVER_WORKERS="1", PYTHONUNBUFFERED="1",
+                    PYTHONPATH=str(root))
     full_env.update(env or {})
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, str(SERVE_ENTRY)], env=full_env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, str(root / "container" / "serve")], env=full_env,
+                            cwd=root, stdout=log, stderr=subprocess.STDOUT)
     server = Server(proc, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + wait_ready
     while wait_ready and time.monotonic() < deadline:

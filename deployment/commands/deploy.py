@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from deployment import models, versions
+import sys
+
+from deployment import ecr, models, versions
 from deployment.autoscaling import (BACKLOG_TARGET, INVOCATIONS_TARGET,
                                     configure_async_autoscaling, configure_autoscaling)
 from deployment.endpoints import (ASYNC_TIMEOUT_S, async_config, async_environment,
@@ -81,8 +83,11 @@ def run(ctx: Context, args) -> int:
               "behind it with python deploy.py update, or run python deploy.py delete first")
         return 0
     model_data = models.model_data_uri(ctx, args)
+    image = ctx.image()
+    if args.serverless and (warning := ecr.serverless_size_warning(ctx.boto, image)):
+        print(warning, file=sys.stderr)
     name = versions.new_name(endpoint)
-    model = Model(image_uri=ctx.image(), model_data=model_data, role=ctx.role(), env=env,
+    model = Model(image_uri=image, model_data=model_data, role=ctx.role(), env=env,
                   name=name, predictor_cls=make_predictor_cls(), sagemaker_session=ctx.session)
     kwargs = {}
     if args.serverless:

@@ -8,6 +8,7 @@ into the build. The Dockerfile is otherwise the one users build on the CUDA base
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -32,15 +33,37 @@ def sh(*cmd: str, timeout: float = 600, check: bool = True, **kw) -> subprocess.
     return result
 
 
+def image_id(reference: str) -> str | None:
+    """The ID podman has for ``reference`` (a tag or an ID), or None when it has none."""
+    done = sh("podman", "image", "inspect", "--format", "{{.Id}}", reference, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def image_report(reference: str) -> list[str]:
+    """The image's size and what each layer adds (podman's own figures, unpacked)."""
+    total = int(sh("podman", "image", "inspect", "--format", "{{.Size}}", reference).stdout)
+    layers = json.loads(sh("podman", "history", "--format", "json", reference).stdout)
+    lines = [f"test image {IMAGE}: {total / 1e9:.2f} GB ({total / 2**30:.2f} GiB), "
+             f"{len(layers)} layers; the largest:"]
+    for layer in sorted(layers, key=lambda layer: -int(layer.get("size", 0)))[:6]:
+        created = " ".join(str(layer.get("CreatedBy", layer.get("createdBy", ""))).split())
+        lines.append(f"  {int(layer.get('size', 0)) / 1e9:6.2f} GB  {created[:110]}")
+    return lines
+
+
 @pytest.fixture(scope="session")
 def image(tmp_path_factory) -> str:
     """The image's ID, built from this checkout's Dockerfile and tagged IMAGE (podman's layer
     cache makes a rebuild of an unchanged tree take seconds). The ID, not the tag: another
-    suite on this machine may tag its own build IMAGE while this one runs."""
+    suite on this machine may tag its own build IMAGE while this one runs. The image the tag
+    named before is removed once a new one replaces it (each rebuild would otherwise leave a
+    dangling ~7 GB image); podman keeps one a container still uses."""
     if sh("podman", "image", "exists", BASE, check=False).returncode != 0:
         rootfs = tmp_path_factory.mktemp("rootfs")
         sh("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
            "bookworm", str(rootfs), "http://deb.debian.org/debian", timeout=1200)
+        for package in (rootfs / "var" / "cache" / "apt" / "archives").glob("*.deb"):
+            package.unlink()  # what debootstrap installed from: no image needs the files
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         sh("podman", "import", "-", BASE, stdin=tar.stdout, timeout=600)
         tar.wait()
@@ -49,9 +72,23 @@ def image(tmp_path_factory) -> str:
        str(ROOT / "requirements" / "container.txt"), "-c",
        str(ROOT / "requirements" / "constraints.txt"), "setuptools>=68", "-d", str(WHEELHOUSE),
        timeout=1800)
+    previous = image_id(IMAGE)
     iidfile = tmp_path_factory.mktemp("image") / "id"
     sh("podman", "build", "-v", f"{WHEELHOUSE}:/wheelhouse:ro",
        "--build-arg", f"BASE_IMAGE={BASE}", "--build-arg", "PIP_NO_INDEX=1",
        "--build-arg", "PIP_FIND_LINKS=/wheelhouse", "--build-arg", "PRETRAINED_ARCH=",
        "--iidfile", str(iidfile), "-t", IMAGE, str(ROOT), timeout=2400)
-    return iidfile.read_text().strip().removeprefix("sha256:")
+    built = iidfile.read_text().strip().removeprefix("sha256:")
+    if previous is not None and previous != built:
+        sh("podman", "rmi", previous, check=False)  # with its layers no other image shares
+    REPORT.extend(image_report(built))
+    return built
+
+
+REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """CI's log shows the test image's size and its largest layers."""
+    for line in REPORT:
+        terminalreporter.write_line(line)

@@ -3,10 +3,12 @@ asynchronous, with autoscaling, data capture, the GPU driver's AMI and the servi
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import pytest
 
-from tests.deployment.conftest import BUCKET, IMAGE, REGION, ROLE, run
+from tests.deployment.conftest import BUCKET, IMAGE, REGION, REPO, ROLE, run
 
 
 def test_deploy_real_time_with_autoscaling_then_delete_twice(aws, capsys):
@@ -225,3 +227,21 @@ def test_a_batching_option_serve_would_refuse_is_one_line_before_any_aws_call(
                        "--instance-type", "ml.m5.xlarge", *options)
     assert (code, err) == (1, f"error: {line}\n")
     assert not aws.calls
+
+
+def test_deploy_serverless_warns_before_creating_anything_when_ecr_says_the_image_is_too_big(
+        aws, capsys):
+    manifest = json.dumps({"schemaVersion": 2, "layers": [],
+                           "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": {"size": 11 * 1024**3}})  # moto reports this size
+    boto3.client("ecr", region_name=REGION).put_image(
+        repositoryName=REPO, imageManifest=manifest, imageTag="big")
+    big = IMAGE.replace(":latest", ":big")
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--endpoint", "dogs-big", "--serverless", "--image", big)
+    assert code == 0, err
+    assert (f"warning: image {big} is 11.0 GiB in ECR, over SageMaker Serverless Inference's "
+            "10 GiB image limit") in err
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                       "--endpoint", "dogs-small", "--serverless")
+    assert code == 0 and "warning" not in err, err  # the fixture's image: 50 MiB

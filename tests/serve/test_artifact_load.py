@@ -1,6 +1,7 @@
 """A worker's model load, in-process: the artifact validated once (each wrong field named, no
-reload loop, nothing left running), a failed compile served eagerly, and the per-request bounds
-that need a loaded model (k, JSON counts before base64, decode time and the deadline)."""
+reload loop, nothing left running), a failed compile served eagerly (by its respawn too, at
+once), and the per-request bounds that need a loaded model (k, JSON counts before base64,
+decode time and the deadline)."""
 
 from __future__ import annotations
 
@@ -138,30 +139,38 @@ def test_a_max_batch_size_over_the_artifacts_is_refused_at_load(model_dir, monke
 
 
 def test_a_program_that_fails_to_compile_is_served_eagerly_after_one_warning(
-        model_dir, monkeypatch, caplog):
-    class Uncompilable(torch.nn.Module):
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
+        model_dir, tmp_path, monkeypatch, caplog):
+    """The first worker's compile fails: it says why in one line and serves eagerly; a worker
+    started after it (a respawn) reads the note, compiles nothing and serves eagerly at once."""
+    from serve import compiled
 
-        def forward(self, x):
-            raise RuntimeError("InductorError: C++ compile error (injected)")
+    def uncompilable(program, folder):
+        raise RuntimeError("InductorError: C++ compile error (injected)")
 
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: Uncompilable(module))
-    with caplog.at_level(logging.WARNING, logger="serve"):
-        app = _app(model_dir, monkeypatch, SERVE_COMPILE="on")
-        _wait(app, lambda holder: holder.healthy())
-        time.sleep(3)
-    warnings = [r.getMessage() for r in caplog.records if "compiling the model failed" in
-                r.getMessage()]
-    assert warnings == ["compiling the model failed (RuntimeError: InductorError: C++ compile "
-                        "error (injected)); serving it eagerly"]
-    holder = app.extensions["model"]
-    assert not holder.classifier.choice.compile and "compiling failed" in (
-        holder.classifier.choice.reason)
-    response = app.test_client().post("/invocations", data=DOG_PHOTOS[0].read_bytes(),
-                                      content_type="image/jpeg")
-    assert response.status_code == 200
+    monkeypatch.setattr(compiled, "produce", uncompilable)
+    store = tmp_path / "compiled"
+    warnings = []
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="serve"):
+            app = _app(model_dir, monkeypatch, SERVE_COMPILE="on",
+                       SERVE_COMPILE_CACHE_DIR=str(store))
+            _wait(app, lambda holder: holder.healthy())
+        warnings += [r.getMessage() for r in caplog.records if "no compiled program" in
+                     r.getMessage()]
+        holder = app.extensions["model"]
+        assert not holder.classifier.choice.compile and "no compiled program" in (
+            holder.classifier.choice.reason)
+        response = app.test_client().post("/invocations", data=DOG_PHOTOS[0].read_bytes(),
+                                          content_type="image/jpeg")
+        assert response.status_code == 200
+        holder.scheduler.close()
+    note = next(store.glob("*/failed"))
+    assert warnings == [
+        "no compiled program (batch size 1: RuntimeError: InductorError: C++ compile error "
+        "(injected)); serving it eagerly",
+        "no compiled program (batch size 1: RuntimeError: InductorError: C++ compile error "
+        f"(injected); noted in {note}, delete it to compile again); serving it eagerly"]
 
 
 # ------------------------------------------------------------------ per-request bounds

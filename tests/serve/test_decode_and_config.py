@@ -206,13 +206,3 @@ def test_a_respawned_worker_takes_the_gpu_of_the_worker_it_replaces(monkeypatch)
     # With two workers per GPU, the least used GPU is taken.
     assert gunicorn_conf.assign_gpu([0, 0, 1, 1, 2], 3) == 2
     assert gunicorn_conf.assign_gpu([0, 1, 2, 0, 1, 2, 1], 3) == 0
-
-
-def test_compiled_batch_sizes_stay_within_dynamo_s_recompile_limit():
-    from serve.model import MAX_COMPILED_SIZES, bucket_sizes
-
-    assert bucket_sizes(8) == [1, 2, 4, 8]
-    assert bucket_sizes(32) == [1, 2, 4, 8, 16, 32]
-    assert bucket_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
-    assert bucket_sizes(1024) == [8, 16, 32, 64, 128, 256, 512, 1024]
-    assert all(len(bucket_sizes(n)) <= MAX_COMPILED_SIZES for n in range(1, 1025))

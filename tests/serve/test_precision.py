@@ -4,6 +4,7 @@ serve then answers is what the job measured."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -195,15 +196,18 @@ def test_serve_precision_int8_from_the_environment_runs_the_int8_program(trained
     from serve.config import Settings
 
     settings = Settings.from_env({"SM_MODEL_DIR": str(trained_model_dir),
-                                  "SERVE_PRECISION": "int8"}, gpus=0)
+                                  "SERVE_PRECISION": "int8",  # the session's compile store
+                                  "SERVE_COMPILE_CACHE_DIR": os.environ["SERVE_COMPILE_CACHE_DIR"]},
+                                 gpus=0)
     holder = lifecycle.ModelHolder(settings, torch.device("cpu")).start()
     try:
         assert holder.wait_ready(time.monotonic() + 300), holder.error
         classifier = holder.classifier
         assert classifier.choice.precision == "int8"
         assert "forced by SERVE_PRECISION" in classifier.choice.reason
-        ops = {str(n.target) for n in classifier.module._orig_mod.graph.nodes}
+        ops = {str(n.target) for n in classifier.eager.graph.nodes}
         assert "quantized_decomposed.dequantize_per_tensor.default" in ops
+        assert classifier.choice.compile and sorted(classifier.compiled) == [1, 2, 4, 8]
         crop = classifier.geometry.crop
         probabilities = classifier.forward(np.zeros((3, crop, crop, 3), np.uint8))
         assert probabilities.shape == (3, len(classifier.classes))

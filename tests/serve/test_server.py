@@ -388,13 +388,19 @@ def test_ping_answers_within_2_s_under_a_full_queue(tmp_path, trained_model_dir)
 def test_sigkill_of_one_of_two_workers_loses_only_its_requests_in_flight(tmp_path,
                                                                         trained_model_dir):
     """A worker killed under load: the requests it held fail (their connections close), none
-    is answered 503, and its replacement's requests wait for its model instead of failing."""
+    is answered 503, and its replacement's requests wait for its model instead of failing.
+    On a fresh compile store, the two workers compile each batch size once between them, and
+    the replacement loads their programs instead of compiling again."""
     import os
+    import re
     import signal as sig
     import threading
 
+    from serve.buckets import sizes_to_compile
+
     s = start_server(trained_model_dir, tmp_path / "serve.log",
-                     env={"SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
+                     env={"SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SERVE_COMPILE": "on",
+                          "SERVE_COMPILE_CACHE_DIR": str(tmp_path / "compiled")})
     try:
         outcome = {}
         loader = threading.Thread(target=lambda: outcome.update(statuses=load(s.url, 20, 16)))
@@ -412,5 +418,8 @@ def test_sigkill_of_one_of_two_workers_loses_only_its_requests_in_flight(tmp_pat
         assert statuses.count(200) > 10 * len(failed), (len(statuses), failed)
         assert len(s.worker_pids()) == 2 and victim not in s.worker_pids()
         assert predict(s)[0] == 200
+        compiled = [int(n) for n in re.findall(r"compiled batch size (\d+) in", s.log)]
+        assert sorted(compiled) == sizes_to_compile(8), s.log[-3000:]
+        assert s.log.count("compiled programs for batch sizes") == 3, s.log[-3000:]
     finally:
         s.stop()

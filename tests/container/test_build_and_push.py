@@ -1,0 +1,66 @@
+"""container/build_and_push.sh against stand-ins for the AWS CLI and the Docker CLI (shell
+scripts on PATH that answer as they do and record their calls): it pushes, then prints the
+image's size unpacked and in ECR, and warns over Serverless Inference's 10 GiB limit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+GIB = 1024**3
+AWS = """#!/bin/sh
+echo "aws $*" >> "$CALLS"
+case "$1 $2" in
+  "sts get-caller-identity") echo 123456789012 ;;
+  "configure get") echo eu-west-1 ;;
+  "ecr describe-repositories") exit 0 ;;
+  "ecr get-login-password") echo token ;;
+  "ecr describe-images") echo "$ECR_SIZE" ;;
+  *) exit 1 ;;
+esac
+"""
+DOCKER = """#!/bin/sh
+echo "docker $*" >> "$CALLS"
+case "$1 $2" in
+  "image inspect") echo "$LOCAL_SIZE" ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+def push(tmp_path: Path, local_size: int, ecr_size: str) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("aws", AWS), ("docker", DOCKER)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(tmp_path / "calls"),
+               LOCAL_SIZE=str(local_size), ECR_SIZE=ecr_size, AWS_REGION="eu-west-1")
+    return subprocess.run(["bash", str(ROOT / "container" / "build_and_push.sh"), "dogs", "v1"],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("local_size, ecr_size, warns", [
+    (7 * GIB, str(4 * GIB), False),
+    (11 * GIB, str(6 * GIB), True),  # unpacked over the limit: it may be the size compared
+    (9 * GIB, "None", False),  # ECR did not say
+])
+def test_the_pushed_image_size_is_printed_and_over_10_gib_warned(tmp_path, local_size, ecr_size,
+                                                                  warns):
+    done = push(tmp_path, local_size, ecr_size)
+    assert done.returncode == 0, done.stderr
+    image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/dogs:v1"
+    assert done.stdout.splitlines()[-1] == image
+    expected = f"pushed {image}: {local_size / GIB:.2f} GiB unpacked"
+    if ecr_size != "None":
+        expected += f", {int(ecr_size) / GIB:.2f} GiB in ECR (compressed)"
+    assert expected in done.stdout
+    assert ("over SageMaker Serverless Inference's 10 GiB limit" in done.stderr) == warns
+    calls = (tmp_path / "calls").read_text()
+    assert f"docker push {image}" in calls
+    assert "aws ecr describe-images --repository-name dogs --image-ids imageTag=v1" in calls
