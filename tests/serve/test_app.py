@@ -16,6 +16,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
+def _eager(monkeypatch):
+    """What these tests check does not depend on compiling, which would take a minute of a
+    slow machine's two cores for an artifact of their own (tests/serve/test_compiled.py and
+    the server tests compile)."""
+    monkeypatch.setenv("SERVE_COMPILE", "off")
+    monkeypatch.setenv("SERVE_METRICS", "off")
+
+
+@pytest.fixture(autouse=True)
 def _unfreeze():
     """A loaded worker freezes its objects (gc.freeze); unfrozen after each test, so that none
     stays frozen at exit (nanobind would report each as a leak)."""
