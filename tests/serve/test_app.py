@@ -21,7 +21,6 @@ def _eager(monkeypatch):
     slow machine's two cores for an artifact of their own (tests/serve/test_compiled.py and
     the server tests compile)."""
     monkeypatch.setenv("SERVE_COMPILE", "off")
-    monkeypatch.setenv("SERVE_METRICS", "off")
 
 
 @pytest.fixture(autouse=True)
