@@ -55,6 +55,9 @@ def make_session(boto_session, serving_port: int, container_root: Path):
     otherwise."""
     from sagemaker.local import LocalSession
 
+    from deployment.sessions import validate_sdk_configs_once
+
+    validate_sdk_configs_once()
     # The SDK warns "RootlessDocker not detected" on every invocation: nothing is wrong.
     logging.getLogger("sagemaker.local.utils").setLevel(logging.ERROR)
     session = LocalSession(boto_session=boto_session, sagemaker_config=sdk_config())

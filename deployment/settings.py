@@ -114,13 +114,11 @@ class Context:
             UserError: no region anywhere.
         """
         if self._sm is None:
-            import sagemaker
-
             boto = sessions.make_boto_session(self.get("region"))
             if not boto.region_name:
                 raise UserError("no AWS region: pass --region, set region in deploy.toml, or "
                                 "set AWS_REGION")
-            self._sm = sagemaker.Session(boto_session=boto)
+            self._sm = sessions.make_sagemaker_session(boto)
         return self._sm
 
     @property

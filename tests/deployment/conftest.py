@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import boto3
 import pytest
+import sagemaker  # noqa: F401  (imported at collection: seconds no single test should carry)
 from moto import mock_aws
 
 import deploy
