@@ -16,7 +16,7 @@ TAG ?= latest
 SYSTEM_PACKAGES := podman runc debootstrap uidmap slirp4netns fuse-overlayfs chromium \
 	docker-compose golang-github-containernetworking-plugin-dnsname
 
-.PHONY: venv system-deps test test-fast demo lint image bench clean
+.PHONY: venv system-deps test test-unit test-fast test-model test-system demo lint image bench clean
 
 venv: $(STAMP)
 
@@ -37,19 +37,31 @@ system-deps:
 	fi
 	@bash container/local_test/podman_setup.sh
 
-test: venv system-deps
-	$(PY) -m pytest
+# Lint and the unit tier first (a broken unit test is reported within minutes), then the Debian
+# packages, the model tier and the system tier; it stops at the first step that fails and ends
+# with the 25 slowest tests and each step's time against its budget (out/test-costs/).
+test: venv
+	$(PY) -m tests.helpers.run_tiers lint unit system-deps model system
 
-# Everything but the slow tests: no training runs, no image build.
-test-fast: venv
-	$(PY) -m pytest -m "not slow"
+# No model trained, no server process, no image.
+test-unit: venv
+	$(PY) -m tests.helpers.run_tiers lint unit
+
+test-fast: test-unit
+
+# Small models trained or served, in-process or under gunicorn.
+test-model: venv system-deps
+	$(PY) -m tests.helpers.run_tiers model
+
+# The image, podman and the SDK's local mode.
+test-system: venv system-deps
+	$(PY) -m tests.helpers.run_tiers system
 
 demo: venv
 	$(PY) -m tools.demo
 
 lint: venv
-	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/ruff check --select F,E9 contract train serve container tests tools deployment benchmarks deploy.py
+	$(PY) -m tests.helpers.run_tiers lint
 
 image:
 	docker build -t $(IMAGE):$(TAG) .

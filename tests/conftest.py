@@ -21,23 +21,16 @@ from tools.datasets import DIGITS_RECIPE
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ENTRY = ROOT / "container" / "train"
 DOG_PHOTOS = sorted((ROOT / "tests" / "data" / "dogs").glob("*.jpg"))
+# Numbers and logs a person reads after the run, kept with the test output.
+ARTIFACTS = ROOT / "out" / "test-artifacts"
 
 # A small, honest training run: the digits recipe (resnet18 from scratch on 32-pixel digits),
 # about a minute on 2 cores.
 FAST_HYPERPARAMETERS = DIGITS_RECIPE
 
 
-# Fixtures that train a model (or serve one that was trained): `make test-fast` runs no
-# training, so a test that uses one must be marked slow.
-TRAINING_FIXTURES = {"trained_job", "trained_model_dir", "server"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        used = TRAINING_FIXTURES & set(getattr(item, "fixturenames", ()))
-        if used and item.get_closest_marker("slow") is None:
-            raise pytest.UsageError(f"{item.nodeid} uses {', '.join(sorted(used))}, which "
-                                    f"trains a model: mark it slow")
+# The tiers (unit, model, system), their budgets and the checks that keep each test in its tier.
+pytest_plugins = ["tests.helpers.tiers"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -133,6 +126,29 @@ def write_untrained_artifact(model_dir: Path, num_classes: int, arch: str = "res
     return model_dir
 
 
+_UNTRAINED: dict[tuple, Path] = {}
+
+
+def untrained_artifact(model_dir: Path, num_classes: int, arch: str = "resnet18",
+                       image_size: int = 32) -> Path:
+    """A copy at ``model_dir`` of the artifact ``write_untrained_artifact`` makes, exported once
+    per run for each shape and copied after: for tests that serve a model and do not test the
+    writer. Every copy has the same program bytes, so a compiled program is made once per run
+    (the session's compile store is keyed by the program's hash). Returns ``model_dir``."""
+    import atexit
+    import shutil
+    import tempfile
+
+    key = (num_classes, arch, image_size)
+    if key not in _UNTRAINED:
+        folder = Path(tempfile.mkdtemp(prefix="untrained-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _UNTRAINED[key] = write_untrained_artifact(folder / "model", num_classes, arch,
+                                                   image_size)
+    shutil.copytree(_UNTRAINED[key], model_dir)
+    return model_dir
+
+
 def full_disk(folder: Path):
     """A context manager that mounts a 1 MiB tmpfs on ``folder`` (an empty folder: a full disk
     for any model or checkpoint) and unmounts it on exit. Skips the test where mounting is not
@@ -151,6 +167,23 @@ def full_disk(folder: Path):
             subprocess.run(["umount", str(folder)], check=True)
 
     return mounted()
+
+
+@pytest.fixture
+def no_containers(tmp_path, monkeypatch) -> Path:
+    """A stand-in ``docker`` first on PATH that lists no containers and removes none (its calls
+    go to the returned file): for tests of local mode's clean-up that must not touch the
+    machine's engine."""
+    import stat
+
+    bin_dir = tmp_path / "fake-docker"
+    bin_dir.mkdir()
+    calls = tmp_path / "docker-calls"
+    docker = bin_dir / "docker"
+    docker.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    docker.chmod(docker.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return calls
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 
 def test_the_gpu_benchmark_s_dry_run_measures_every_cpu_phase(tmp_path):

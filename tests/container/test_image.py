@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DOG_PHOTOS, ROOT, digit_channels, free_port, make_job
+from tests.conftest import ARTIFACTS, DOG_PHOTOS, ROOT, digit_channels, free_port, make_job
 from tests.container.conftest import sh
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
-ARTIFACTS = ROOT / "out" / "test-artifacts"
 
 
 def test_hadolint_passes_on_the_dockerfile():

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DOG_PHOTOS, ROOT, free_port
+from tests.conftest import ARTIFACTS, DOG_PHOTOS, ROOT, free_port
 from tests.container.conftest import sh
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
-ARTIFACTS = ROOT / "out" / "test-artifacts" / "local-mode"  # each test's log, kept for a look
+LOGS = ARTIFACTS / "local-mode"  # each test's log, kept for a look
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::111111111111:role/local-mode"
 NETWORK = "sagemaker-local"  # the SDK's compose network, fixed by name
@@ -49,9 +49,9 @@ EPOCH_LINE = r"^.*\|\S*\s+epoch={n} "
 
 def _keep_log(name: str, text: str) -> str:
     """Write ``text`` (the SDK's stream of the containers' output, colour codes removed) to
-    ARTIFACTS/NAME.log before the test reads it, so that a failure leaves it; returns it."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / f"{name}.log").write_text(re.sub(r"\x1b\[[0-9;]*m", "", text))
+    LOGS/NAME.log before the test reads it, so that a failure leaves it; returns it."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / f"{name}.log").write_text(re.sub(r"\x1b\[[0-9;]*m", "", text))
     return text
 
 

@@ -116,7 +116,7 @@ def test_failure_reason_reads_the_jobs_output(tmp_path):
 
 @pytest.mark.parametrize("fit_raises", [True, False])
 def test_deploy_py_local_stops_at_a_failed_job_whatever_the_sdks_fit_did(
-        tmp_path, monkeypatch, capsys, user_config, fit_raises):
+        tmp_path, monkeypatch, capsys, user_config, no_containers, fit_raises):
     """docker-compose 1.29 passes a stopped container's exit code on only sometimes, so the
     SDK's fit may raise or return: either way deploy.py reads the job's failure and deploys
     nothing."""

@@ -6,7 +6,8 @@ from tests.conftest import DOG_PHOTOS
 from tests.deployment.conftest import run
 
 
-def test_local_builds_local_session_train_and_deploy(capsys, monkeypatch, tmp_path):
+def test_local_builds_local_session_train_and_deploy(capsys, monkeypatch, tmp_path,
+                                                      no_containers):
     """Local mode without a Docker engine: the LocalSession, fit and deploy calls are checked;
     the real run against podman is not part of this test."""
     from sagemaker.estimator import Estimator
@@ -53,3 +54,4 @@ def test_local_builds_local_session_train_and_deploy(capsys, monkeypatch, tmp_pa
     assert model.model_data == f"file://{tmp_path}/out/model.tar.gz"
     assert isinstance(model.sagemaker_session, LocalSession)
     assert seen["deleted"] and "digit_1" in out
+    assert no_containers.read_text().startswith("ps -a")  # its containers were looked for

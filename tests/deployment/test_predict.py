@@ -22,7 +22,7 @@ class _Raw(io.BytesIO):
         yield self.getvalue()
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_predict_goes_through_sdk_predictor_to_real_serve(server, capsys, monkeypatch):
     session = boto3.Session(region_name=REGION)
     sent = []

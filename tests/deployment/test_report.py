@@ -20,7 +20,7 @@ def _job(name: str) -> None:
         StoppingCondition={"MaxRuntimeInSeconds": 3600})
 
 
-@pytest.mark.slow  # it reads a real training job's output
+@pytest.mark.model  # it reads a real training job's output
 def test_report_downloads_and_prints_the_rules(aws, capsys, trained_job, tmp_path):  # noqa: F811
     """The output.tar.gz of a real training run (what SageMaker tars from /opt/ml/output/data)."""
     _job("dogs-1")

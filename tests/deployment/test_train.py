@@ -92,7 +92,7 @@ def test_train_from_tuning_job_uses_best_hyperparameters(aws, capsys, monkeypatc
     assert "the best job of dogs-tune-1" in out
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_metric_regexes_match_a_real_train_log(trained_job):
     lines = trained_job.log.splitlines()
     found = {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 
 import boto3
 import pytest
@@ -14,6 +13,7 @@ from botocore.awsrequest import AWSResponse
 
 from tests.conftest import DOG_PHOTOS
 from tests.deployment.conftest import BUCKET, REGION, run
+from tests.helpers.serving import cells
 
 # The sample photos in class folders of the dogImages layout, and one file that is no photo.
 FOLDERS = {"Brittany": "037.Brittany", "Labrador_retriever": "096.Labrador_retriever",
@@ -21,12 +21,6 @@ FOLDERS = {"Brittany": "037.Brittany", "Labrador_retriever": "096.Labrador_retri
            "American_water_spaniel": "009.American_water_spaniel",
            "Curly-coated_retriever": "056.Curly-coated_retriever"}
 INPUT = f"s3://{BUCKET}/photos/"
-
-
-def cells(out: str) -> dict[str, list[str]]:
-    """The printed tables' rows by their first cell (columns are two spaces or more apart)."""
-    rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]
-    return {row[0]: row[1:] for row in rows if len(row) > 1}
 
 
 def photo_key(path) -> str:

@@ -14,12 +14,11 @@ import pytest
 
 from tests.conftest import start_server
 from tests.deployment.conftest import BUCKET, REGION, run
-from tests.deployment.test_transform import cells
+from tests.helpers.serving import ARTIFACTS, cells
 from tests.serve import transform_agent
-from tests.serve.test_server import ARTIFACTS
 from train.layout import readable_label
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 PHOTOS_PER_CLASS = 5
 STRATEGIES = {"SingleRecord": "SINGLE_RECORD", "MultiRecord": "MULTI_RECORD"}

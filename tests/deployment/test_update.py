@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import types
-from pathlib import Path
 
 import boto3
 import pytest
 
 from deployment import guardrails, rollout, versions
+from tests.conftest import ARTIFACTS
 from tests.deployment.conftest import BUCKET, REGION, ROLE, run
 from tests.deployment.fake_guardrails import FakeDeployments
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "test-artifacts"
 M1 = f"s3://{BUCKET}/dog-breeds/output/dogs-1/output/model.tar.gz"
 M2 = f"s3://{BUCKET}/dog-breeds/output/dogs-2/output/model.tar.gz"
 ALARMS = [{"AlarmName": "dogs-ep-error-rate"}, {"AlarmName": "dogs-ep-latency-p99"}]

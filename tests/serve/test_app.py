@@ -10,9 +10,9 @@ import torch
 
 from serve.app import create_app
 from serve.config import Settings
-from tests.conftest import DOG_PHOTOS, write_untrained_artifact
+from tests.conftest import DOG_PHOTOS, untrained_artifact
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ def _ready_client(app):
 
 def test_default_top_k_is_clamped_to_the_classes_and_an_explicit_k_is_not(tmp_path,
                                                                           monkeypatch):
-    monkeypatch.setenv("SM_MODEL_DIR", str(write_untrained_artifact(tmp_path / "m", 2)))
+    monkeypatch.setenv("SM_MODEL_DIR", str(untrained_artifact(tmp_path / "m", 2)))
     client = _ready_client(create_app(Settings.from_env(), torch.device("cpu")))
     photo = DOG_PHOTOS[0].read_bytes()
     response = client.post("/invocations", data=photo, content_type="image/jpeg")

@@ -19,9 +19,9 @@ from PIL import Image
 
 from serve.app import create_app
 from serve.config import Settings
-from tests.conftest import DOG_PHOTOS, write_untrained_artifact
+from tests.conftest import DOG_PHOTOS, untrained_artifact
 
-pytestmark = pytest.mark.slow  # each test loads a model
+pytestmark = pytest.mark.model  # each test loads a model
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def _unfreeze():
 
 @pytest.fixture
 def model_dir(tmp_path):
-    return write_untrained_artifact(tmp_path / "model", 10)
+    return untrained_artifact(tmp_path / "model", 10)
 
 
 def _app(model_dir, monkeypatch, **env):

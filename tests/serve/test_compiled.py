@@ -162,6 +162,7 @@ print(json.dumps(sorted(got)))
 """
 
 
+@pytest.mark.model  # two processes compile a model
 def test_two_workers_starting_together_compile_each_size_once_and_both_load_all(tmp_path):
     log = tmp_path / "produced.jsonl"
     script = RACER.format(root=str(ROOT), log=str(log), store=str(tmp_path / "store"))
@@ -200,7 +201,7 @@ class Small(torch.nn.Module):
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
 
 
-@pytest.mark.slow
+@pytest.mark.model
 @pytest.mark.parametrize("autocast", [None, torch.bfloat16])
 def test_a_compiled_program_answers_as_the_eager_one(tmp_path, autocast):
     eager = Small().eval().to(memory_format=torch.channels_last)

@@ -18,8 +18,12 @@ import socket
 import threading
 import time
 
-from tests.conftest import DOG_PHOTOS, start_server, write_untrained_artifact
-from tests.serve.test_server import call, save_artifact
+import pytest
+
+from tests.conftest import DOG_PHOTOS, start_server, untrained_artifact
+from tests.helpers.serving import call, save_artifact
+
+pytestmark = pytest.mark.model
 
 KILL_AFTER_S = 30  # SageMaker's SIGKILL after SIGTERM
 
@@ -89,7 +93,7 @@ class Prober(threading.Thread):
 
 def test_sigterm_answers_every_accepted_request_and_refuses_only_after_the_listener_closes(
         tmp_path):
-    model_dir = write_untrained_artifact(tmp_path / "model", num_classes=10)
+    model_dir = untrained_artifact(tmp_path / "model", num_classes=10)
     server = start_server(model_dir, tmp_path / "serve.log",
                           env={"SERVE_COMPILE": "off", "SERVE_METRICS": "off"})
     (worker,) = server.worker_pids()

@@ -9,24 +9,10 @@ import pytest
 
 from serve.drift import PSI_ALERT, DriftWindow, js_distance, load_baseline, psi
 from serve.metrics import EndpointMetrics
+from tests.helpers.serving import emf_ok
 
 
-def emf_ok(doc: dict) -> None:
-    """The EMF specification's required structure (CloudWatch User Guide, "Embedded metric
-    format specification"): a root ``_aws`` with a millisecond ``Timestamp`` and
-    ``CloudWatchMetrics`` directives (Namespace, Dimensions: arrays of root keys, Metrics: names
-    with root values)."""
-    meta = doc["_aws"]
-    assert isinstance(meta["Timestamp"], int) and meta["Timestamp"] > 1.7e12
-    assert meta["CloudWatchMetrics"]
-    for directive in meta["CloudWatchMetrics"]:
-        assert isinstance(directive["Namespace"], str) and directive["Namespace"]
-        for dimension_set in directive["Dimensions"]:
-            assert 1 <= len(dimension_set) <= 30
-            assert all(isinstance(doc[key], str) for key in dimension_set)
-        assert directive["Metrics"] and len(directive["Metrics"]) <= 100
-        for metric in directive["Metrics"]:
-            assert isinstance(doc[metric["Name"]], (int, float, list))
+
 
 
 def test_psi_and_js_distance():

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DOG_PHOTOS, ROOT, Server, free_port, start_server
-from tests.serve.test_server import call, load, predict, save_artifact
+from tests.helpers.serving import call, load, predict, save_artifact
 from tests.serve.worst_images import worst_cases
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 PING_LIMIT_MS = 2000  # SageMaker's bound on a /ping answer
 

@@ -12,13 +12,11 @@ import time
 import pytest
 from PIL import Image, ImageEnhance
 
-from tests.conftest import ROOT, start_server
-from tests.serve.test_drift_and_metrics import emf_ok
-from tests.serve.test_server import call
+from tests.conftest import ARTIFACTS, ROOT, start_server
+from tests.helpers.serving import call, emf_ok
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
-ARTIFACTS = ROOT / "out" / "test-artifacts"
 
 
 def emf_docs(log: str) -> list[dict]:
@@ -115,7 +113,7 @@ def test_metrics_and_drift_from_a_real_server(trained_model_dir, digits_dir, tmp
     (ARTIFACTS / "serve-with-metrics.log").write_text(log)
 
     # The local page of the same metrics, as a person opens it.
-    from tests.train.test_rules import _chromium
+    from tests.helpers.serving import chromium
 
     page = tmp_path / "metrics.html"
     run = __import__("subprocess").run(
@@ -125,6 +123,6 @@ def test_metrics_and_drift_from_a_real_server(trained_model_dir, digits_dir, tmp
     text = page.read_text()
     assert "drift-brightness" in text and "would fire" in text
     shot = ARTIFACTS / "metrics-page.png"
-    console = _chromium(page.as_uri(), shot, tmp_path / "profile")
+    console = chromium(page.as_uri(), shot, tmp_path / "profile")
     assert not re.findall(r"INFO:CONSOLE.*", console), console
     assert shot.stat().st_size > 20_000

@@ -122,7 +122,7 @@ def _predict(model_dir, choice: Choice, bodies: list[bytes]) -> np.ndarray:
                            for i in range(0, len(images), 8)])
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_serve_reproduces_the_accuracy_the_training_job_recorded(trained_job, digits_dir):
     from tests.conftest import DOG_PHOTOS
 
@@ -159,7 +159,7 @@ def test_serve_reproduces_the_accuracy_the_training_job_recorded(trained_job, di
         assert (predicted[len(paths):] == reference[len(paths):]).all(), precision  # the dogs
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_a_worker_serves_fp32_when_the_record_is_corrupt(trained_model_dir, tmp_path, monkeypatch):
     import gc
     import time
@@ -185,7 +185,7 @@ def test_a_worker_serves_fp32_when_the_record_is_corrupt(trained_model_dir, tmp_
         gc.unfreeze()
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_serve_precision_int8_from_the_environment_runs_the_int8_program(trained_model_dir):
     """SERVE_PRECISION=int8 passes the settings, and the worker loads model-int8.pt2 and
     answers with it."""

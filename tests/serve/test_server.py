@@ -4,7 +4,6 @@ photos as uploads. Every bad request is followed by a good one, with the workers
 from __future__ import annotations
 
 import base64
-import io
 import json
 import shutil
 import signal
@@ -14,56 +13,10 @@ import time
 import pytest
 from PIL import Image
 
-from tests.conftest import DOG_PHOTOS, ROOT, start_server
+from tests.conftest import DOG_PHOTOS, start_server
+from tests.helpers.serving import access_lines, call, jpeg_bytes, load, png_bytes, predict, save_artifact
 
-pytestmark = pytest.mark.slow
-ARTIFACTS = ROOT / "out" / "test-artifacts"
-
-
-def call(url: str, body: bytes | None = None, headers: dict | None = None, method: str = "POST",
-         timeout: float = 60) -> tuple[int, dict, float]:
-    """One HTTP request; returns (status, JSON body, latency in ms). A server that answers
-    before reading the whole body (413) may close the socket under the sender: the answer is
-    still read."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    start = time.perf_counter()
-    try:
-        conn.putrequest(method, parts.path + (f"?{parts.query}" if parts.query else ""))
-        for key, value in (headers or {}).items():
-            conn.putheader(key, value)
-        conn.putheader("Content-Length", str(len(body or b"")))
-        conn.endheaders()
-        try:
-            if body:
-                conn.send(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        response = conn.getresponse()
-        status, raw = response.status, response.read()
-    finally:
-        conn.close()
-    return status, json.loads(raw), (time.perf_counter() - start) * 1000
-
-
-def predict(server, path=DOG_PHOTOS[0], **headers):
-    return call(server.url + "/invocations", path.read_bytes(),
-                {"Content-Type": "image/jpeg", **headers})
-
-
-def jpeg_bytes(img: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", **kw)
-    return buf.getvalue()
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
+pytestmark = pytest.mark.model
 
 
 def test_ping_and_a_dog_photo(server, trained_model_dir):
@@ -234,11 +187,6 @@ def test_execution_parameters(server):
                     "MaxPayloadInMB": 6}
 
 
-def access_lines(server) -> list[dict]:
-    return [json.loads(line.split(" INFO ", 1)[1]) for line in server.log.splitlines()
-            if "serve.access" in line]
-
-
 def test_access_log_is_structured_and_never_holds_the_image(server):
     predict(server)
     lines = access_lines(server)
@@ -311,38 +259,6 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path, trained_model_dir):
 
 
 # ------------------------------------------------------------------ batching, load, faults
-def save_artifact(name: str, doc: dict) -> None:
-    """Numbers a person reads after the run (out/test-artifacts/, kept with the test output)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / name).write_text(json.dumps(doc))
-
-
-def load(url: str, seconds: float, concurrency: int, body: bytes = None,
-         headers: dict | None = None) -> list:
-    """``concurrency`` threads POSTing for ``seconds``, a new connection per request (a request
-    that fails is one that was in flight). Returns each request's status, or the exception's
-    name."""
-    import threading
-
-    body = body or DOG_PHOTOS[0].read_bytes()
-    headers = headers or {"Content-Type": "image/jpeg"}
-    results, stop_at = [], time.monotonic() + seconds
-
-    def worker():
-        while time.monotonic() < stop_at:
-            try:
-                results.append(call(url + "/invocations", body, headers, timeout=90)[0])
-            except (OSError, ValueError) as exc:
-                results.append(type(exc).__name__)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(seconds + 120)
-    return results
-
-
 def test_concurrent_requests_share_batches(server):
     before = len(access_lines(server))
     results = load(server.url, 6, 8)

@@ -16,9 +16,9 @@ from PIL import Image
 
 from tests.conftest import start_server
 from tests.serve import transform_agent
-from tests.serve.test_server import access_lines, call, save_artifact
+from tests.helpers.serving import access_lines, call, save_artifact
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 PHOTOS_PER_CLASS = 5
 # What a transform job with MaxPayloadInMB 20 and neither MaxConcurrentTransforms nor

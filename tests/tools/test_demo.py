@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import DOG_PHOTOS, ROOT
+from tests.conftest import ARTIFACTS, DOG_PHOTOS, ROOT
 from tests.tools.archive import ArchiveServer, make_archive
 
 DEMO = ROOT / "tools" / "demo.py"
@@ -31,7 +31,7 @@ def plant_resnet50_weights(torch_home) -> None:
                checkpoints / url.rsplit("/", 1)[1])
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_the_demo_downloads_trains_serves_and_names_a_breed_per_photo(tmp_path):
     server = ArchiveServer(make_archive(tmp_path / "dogImages.zip").read_bytes())
     plant_resnet50_weights(tmp_path / "torch")
@@ -44,8 +44,8 @@ def test_the_demo_downloads_trains_serves_and_names_a_breed_per_photo(tmp_path):
     finally:
         server.close()
     out = run.stdout
-    (ROOT / "out" / "test-artifacts").mkdir(parents=True, exist_ok=True)
-    (ROOT / "out" / "test-artifacts" / "demo-loopback.log").write_text(out)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "demo-loopback.log").write_text(out)
     assert run.returncode == 0, out[-4000:]
     assert "FALLBACK" not in out
     assert re.search(r"dogImages\.zip: 100%\|", out)  # tqdm's bar

@@ -165,7 +165,7 @@ def _ddp_rank(rank: int, port: int, job: loop.Job, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_ddp_finds_unused_parameters_only_while_frozen_and_the_ranks_stay_equal(tmp_path):
     import torchvision
 

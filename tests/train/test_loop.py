@@ -39,6 +39,7 @@ def test_workers_start_before_the_hook_and_the_first_step(tmp_path, digits_dir, 
     assert set(trainer.feed.first_pass) == {"train", "valid", "test"}
 
 
+@pytest.mark.model  # trains a few steps in-process
 def test_each_split_s_first_pass_reads_the_whole_split(tmp_path, digits_dir, monkeypatch):
     trainer = make_trainer(tmp_path, digits_dir)
     images = []
@@ -56,6 +57,7 @@ def test_each_split_s_first_pass_reads_the_whole_split(tmp_path, digits_dir, mon
     assert first == pytest.approx(again)
 
 
+@pytest.mark.model  # trains a few steps in-process
 def test_a_resumed_job_spreads_the_hook_saves_over_the_epochs_left(tmp_path, digits_dir,
                                                                     monkeypatch):
     make_trainer(tmp_path, digits_dir, epochs=1).fit()  # leaves the checkpoint of epoch 1
@@ -67,6 +69,7 @@ def test_a_resumed_job_spreads_the_hook_saves_over_the_epochs_left(tmp_path, dig
     assert planned == [len(trainer.feed.loaders["train"]) * 2] == [trainer.planned_steps()]
 
 
+@pytest.mark.model  # trains a few steps in-process
 def test_a_checkpoint_for_another_arch_fails_clearly_and_is_kept(tmp_path, digits_dir):
     make_trainer(tmp_path, digits_dir).fit()  # resnet18, checkpoint of epoch 1
     kept = sorted((tmp_path / "ckpt").iterdir())

@@ -27,7 +27,7 @@ from tests.conftest import (FAST_HYPERPARAMETERS, ROOT, TRAIN_ENTRY, TrainingRun
                             full_disk, make_job)
 from train import post_training
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 # container/train with a log handler that sends this process SIGTERM as a pass logs its start.
 STOP_AT_PASS = """

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from tests.conftest import digit_channels, make_job, profiled_steps, run_train
+from tests.helpers.serving import ARTIFACTS, chromium
 from train.debugger import rules
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 SMALL = {"arch": "resnet18", "batch-size": 16, "lr": 0.05, "image-size": 16,
          "pretrained": False, "num-workers": 0}
-ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "test-artifacts"
 
 
 def summary(run) -> dict:
@@ -141,7 +141,7 @@ def test_diverging_learning_rate_fails_with_a_report(tmp_path, digits_dir):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report-diverging-lr.png"
     report_html = run.output_dir / "data" / "report" / "report.html"
-    log = _chromium(report_html.as_uri(), shot, tmp_path / "profile")
+    log = chromium(report_html.as_uri(), shot, tmp_path / "profile")
     assert not re.findall(r"INFO:CONSOLE.*", log), log
     assert shot.stat().st_size > 20_000
 
@@ -249,24 +249,16 @@ def test_sampler_reads_utilisation_and_memory_through_nvml(monkeypatch):
     assert stats["gpu_percent_mean"] == 60.0 and stats["gpu_memory_bytes_max"] == 3 * 2**30
 
 
-def _chromium(url: str, screenshot: Path, profile: Path) -> str:
-    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=1",
-           f"--screenshot={screenshot}", "--window-size=1200,2400", url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stderr
-
-
 def test_report_renders_in_chromium_without_console_errors(trained_job, tmp_path):
     # The check can fail: a page with a console error is seen as one.
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><script>console.error('boom')</script></body></html>")
-    assert "INFO:CONSOLE" in _chromium(bad.as_uri(), tmp_path / "bad.png", tmp_path / "p1")
+    assert "INFO:CONSOLE" in chromium(bad.as_uri(), tmp_path / "bad.png", tmp_path / "p1")
 
     report_html = trained_job.output_dir / "data" / "report" / "report.html"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report-healthy.png"
-    log = _chromium(report_html.as_uri(), shot, tmp_path / "p2")
+    log = chromium(report_html.as_uri(), shot, tmp_path / "p2")
     assert not re.findall(r"INFO:CONSOLE.*", log), log
     assert shot.stat().st_size > 20_000  # a rendered page with plots, not a blank one
 

@@ -19,7 +19,7 @@ import torch
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 # 8 photos per class: 80 training photos, 5 steps of 16 per epoch, 3 epochs.
 HP = {"arch": "resnet18", "epochs": 3, "batch-size": 16, "lr": 0.05, "image-size": 16,

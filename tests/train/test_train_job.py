@@ -25,7 +25,7 @@ from tests.conftest import (DOG_PHOTOS, FAST_HYPERPARAMETERS, ROOT, TRAIN_ENTRY,
                             make_job, run_train)
 from train import metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 TINY = {"arch": "resnet18", "epochs": 1, "batch-size": 16, "lr": 0.05, "image-size": 16,
         "pretrained": False, "num-workers": 0, "max-images-per-class": 4}

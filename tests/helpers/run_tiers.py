@@ -1,0 +1,106 @@
+"""Run the suite's steps in order, stop at the first that fails, and end with what each cost.
+
+    python -m tests.helpers.run_tiers lint unit system-deps model system   # `make test`
+    python -m tests.helpers.run_tiers lint unit                            # `make test-unit`
+
+Each tier is one pytest run (``-m TIER``); PYTEST_ADDOPTS reaches each. The run ends, passed
+or failed, with the 25 slowest tests and each step's wall time against its budget
+(tests/helpers/tiers.py BUDGETS_S), printed and written to ``out/test-costs/summary.json``.
+Exit status: the failing step's, else 0.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+from tests.helpers.tiers import BUDGETS_S, COSTS_DIR, ROOT, TIERS
+
+VENV_BIN = ROOT / ".venv" / "bin"
+# Checked before any test: a syntax error or an undefined name fails here in seconds.
+RUFF_PATHS = ["contract", "train", "serve", "container", "tests", "tools", "deployment",
+              "benchmarks", "deploy.py"]
+SLOWEST = 25
+
+
+def tool(name: str) -> str:
+    """The virtual environment's copy of ``name`` where there is one, else the PATH's."""
+    local = VENV_BIN / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def commands(step: str) -> list[list[str]]:
+    """The commands one step runs."""
+    if step == "lint":
+        return [[tool("hadolint"), "Dockerfile"],
+                [tool("ruff"), "check", "--select", "F,E9", *RUFF_PATHS]]
+    if step == "system-deps":  # after the unit tier: a broken unit test is reported first
+        return [["make", "--no-print-directory", "system-deps"]]
+    if step in TIERS:
+        return [[sys.executable, "-m", "pytest", "-m", step]]
+    raise SystemExit(f"unknown step {step!r}: the steps are {', '.join(BUDGETS_S)}")
+
+
+def run(steps: list[str]) -> int:
+    """Runs ``steps`` in order until one fails; returns that step's exit status, else 0."""
+    for step in steps:
+        commands(step)  # an unknown step is refused before anything runs
+    for old in COSTS_DIR.glob("tier-*.json"):
+        old.unlink()
+    walls: dict[str, float] = {}
+    status = 0
+    for step in steps:
+        print(f"==== {step}", flush=True)
+        started = time.monotonic()
+        for command in commands(step):
+            status = subprocess.call(command, cwd=ROOT)
+            if status != 0:
+                break
+        walls[step] = time.monotonic() - started
+        if status != 0:
+            print(f"==== {step} failed (exit {status}): later steps not run", flush=True)
+            break
+    report(walls, failed=status != 0)
+    return status
+
+
+def report(walls: dict[str, float], failed: bool) -> None:
+    """Prints and writes the run's costs: the slowest tests of every tier that ran, and each
+    step's wall time against its budget."""
+    tests, tiers = [], {}
+    for path in COSTS_DIR.glob("tier-*.json"):
+        doc = json.loads(path.read_text())
+        tests.extend(doc["tests"])
+        tiers.update(doc["tiers"])
+    tests.sort(key=lambda t: -t["seconds"])
+    if tests:
+        print(f"\n==== the {min(SLOWEST, len(tests))} slowest tests")
+    for t in tests[:SLOWEST]:
+        print(f"{t['seconds']:8.1f} s  {t['tier']:<6}  {t['test']}")
+    print("\n==== each step against its budget (wall time, pytest's start included)")
+    steps = {}
+    for step, wall in walls.items():
+        budget = BUDGETS_S[step]
+        counted = tiers.get(step, {})
+        steps[step] = {"wall_s": round(wall, 1), "budget_s": budget, **counted}
+        flag = "OVER BUDGET" if wall > budget else "ok"
+        count = f"{counted['tests']} tests" if counted else ""
+        print(f"{step:<7} {wall:7.0f} s of {budget:5d} s  {flag:<11}  {count}")
+    total = sum(walls.values())
+    print(f"{'total':<7} {total:7.0f} s of {sum(BUDGETS_S[s] for s in walls):5d} s"
+          + ("  (stopped at a failing step)" if failed else ""))
+    COSTS_DIR.mkdir(parents=True, exist_ok=True)
+    (COSTS_DIR / "summary.json").write_text(json.dumps(
+        {"steps": steps, "total_s": round(total, 1), "failed": failed,
+         "slowest": tests[:SLOWEST]}, indent=1))
+
+
+def main(argv: list[str]) -> int:
+    return run(argv or list(BUDGETS_S))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
