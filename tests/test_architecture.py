@@ -227,9 +227,16 @@ def test_container_holds_what_the_image_runs_and_the_local_test_shell_scripts():
 
 
 def test_tests_mirror_the_packages():
+    """One test folder per package, and tests/helpers/ for what the folders share (the tiers'
+    plugin, the HTTP helpers): helpers live there or in a conftest, never in a test module."""
     folders = {p.name for p in (ROOT / "tests").iterdir()
-               if p.is_dir() and (p / "__init__.py").is_file()}
+               if p.is_dir() and (p / "__init__.py").is_file()} - {"helpers"}
     assert folders <= set(PACKAGES), folders - set(PACKAGES)
+    assert not list((ROOT / "tests" / "helpers").glob("test_*.py"))
+    for module in (ROOT / "tests").rglob("test_*.py"):
+        imported = re.findall(r"^\s*from (tests\.\S+) import", module.read_text(), re.M)
+        helpers = [name for name in imported if name.rsplit(".", 1)[-1].startswith("test_")]
+        assert not helpers, f"{module.relative_to(ROOT)} imports helpers from test modules: {helpers}"
     assert {"contract", "train", "serve", "deployment", "tools", "container"} <= folders
 
 

@@ -41,8 +41,9 @@ DATA = Path(os.environ.get("DEMO_DATA_DIR") or ROOT / "data")
 OUT = Path(os.environ.get("DEMO_OUT_DIR") or ROOT / "out" / "demo")
 PHOTOS = sorted((ROOT / "tests" / "data" / "dogs").glob("*.jpg"))
 PER_CLASS = int(os.environ.get("DEMO_IMAGES_PER_CLASS", "4"))
+EPOCHS = int(os.environ.get("DEMO_EPOCHS", "3"))
 
-DOGS = {"arch": "resnet50", "epochs": 3, "freeze-epochs": 3, "batch-size": 32, "lr": 0.05,
+DOGS = {"arch": "resnet50", "epochs": EPOCHS, "freeze-epochs": EPOCHS, "batch-size": 32, "lr": 0.05,
         "image-size": 224, "pretrained": True, "max-images-per-class": PER_CLASS}
 DIGITS = datasets.DIGITS_RECIPE
 

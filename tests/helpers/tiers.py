@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -172,11 +173,35 @@ def pytest_runtest_call(item):
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """Times each shared fixture (module or session scope): its cost is the run's, listed on
+    its own, and not charged to the test that happened to come first."""
+    config = request.config
+    if fixturedef.scope == "function" or getattr(config, "_tier_in_shared", False):
+        return (yield)  # a shared fixture's own fixtures are in its time
+    config._tier_in_shared = True
+    started = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        config._tier_in_shared = False
+        seconds = time.perf_counter() - started
+        item = getattr(request, "_pyfuncitem", None)
+        if item is not None:
+            item._tier_shared_seconds = getattr(item, "_tier_shared_seconds", 0.0) + seconds
+            config._tier_costs.append({
+                "test": f"{fixturedef.scope} fixture {fixturedef.argname} (first used by "
+                        f"{item.nodeid})", "tier": tier_of(item), "seconds": round(seconds, 3),
+                "fixture": True})
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Adds up each test's setup, call and teardown; fails a unit test whose setup and call
-    took over ``UNIT_TEST_LIMIT_S``."""
+    """Adds up each test's setup, call and teardown, less the shared fixtures it set up; fails a
+    unit test whose own setup and call took over ``UNIT_TEST_LIMIT_S``."""
     report = yield
-    item._tier_seconds = getattr(item, "_tier_seconds", 0.0) + call.duration
+    shared = getattr(item, "_tier_shared_seconds", 0.0) if call.when == "setup" else 0.0
+    item._tier_seconds = getattr(item, "_tier_seconds", 0.0) + call.duration - shared
     tier = tier_of(item)
     limit = float(item.config.getini("tier_unit_limit_s"))
     if call.when == "call" and tier == "unit" and report.passed and item._tier_seconds > limit:
@@ -197,7 +222,7 @@ def pytest_sessionfinish(session, exitstatus):
     if not costs or hasattr(session.config, "workerinput"):
         return
     tiers = sorted({c["tier"] for c in costs}, key=TIERS.index)
-    totals = {t: {"tests": sum(c["tier"] == t for c in costs),
+    totals = {t: {"tests": sum(c["tier"] == t and not c.get("fixture") for c in costs),
                   "seconds": round(sum(c["seconds"] for c in costs if c["tier"] == t), 1)}
               for t in tiers}
     folder = Path(session.config.getini("tier_costs_dir"))
@@ -212,6 +237,9 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("what the tests cost")
     for tier in TIERS:
-        mine = [c["seconds"] for c in costs if c["tier"] == tier]
+        mine = [c for c in costs if c["tier"] == tier]
         if mine:
-            terminalreporter.write_line(f"{tier}: {len(mine)} tests, {sum(mine):.0f} s in tests")
+            tests = sum(not c.get("fixture") for c in mine)
+            seconds = sum(c["seconds"] for c in mine)
+            terminalreporter.write_line(f"{tier}: {tests} tests, {seconds:.0f} s in tests and "
+                                        f"their shared fixtures")

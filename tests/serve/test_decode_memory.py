@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tests.serve.worst_images import NAMES, worst_cases
+from tests.serve.worst_images import NAMES
 
 CHILD = r"""
 import ctypes, io, json, sys
@@ -51,8 +51,8 @@ def _decode_in_child(body: bytes) -> dict:
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "60 MB of PNG text"])
-def test_a_decode_holds_no_more_than_its_estimate(name):
-    result = _decode_in_child(worst_cases()[name][0])
+def test_a_decode_holds_no_more_than_its_estimate(name, worst_images):
+    result = _decode_in_child(worst_images[name][0])
     assert result.get("shape") == [224, 224, 3], result
     # The estimate is what the worker's memory budget counts: the real peak must stay under it.
     assert result["peak"] <= result["estimate"], result
@@ -60,8 +60,8 @@ def test_a_decode_holds_no_more_than_its_estimate(name):
     assert result["estimate"] <= 1.5 * result["peak"] + 16 * 2**20, result
 
 
-def test_text_chunks_are_capped_before_they_fill_memory():
-    result = _decode_in_child(worst_cases()["60 MB of PNG text"][0])
+def test_text_chunks_are_capped_before_they_fill_memory(worst_images):
+    result = _decode_in_child(worst_images["60 MB of PNG text"][0])
     assert "text chunks" in result["refused"]
     assert result["peak"] < 8 * 2**20, result  # 60 MB of text was never unpacked
 

@@ -19,7 +19,6 @@ import pytest
 
 from tests.conftest import DOG_PHOTOS, ROOT, Server, free_port, start_server
 from tests.helpers.serving import call, load, predict, save_artifact
-from tests.serve.worst_images import worst_cases
 
 pytestmark = pytest.mark.model
 
@@ -72,10 +71,10 @@ def assert_pings_fast(pings: list, name: str) -> None:
 
 # ------------------------------------------------------------------ memory
 def test_the_worst_image_of_every_path_at_once_stays_within_the_memory_bound(
-        tmp_path, trained_model_dir):
+        tmp_path, trained_model_dir, worst_images):
     """Every worst case, twice and all at once, plus a JSON request of eight: the worker's peak
     RSS stays within idle + 1.5 GB, and its RSS settles within 300 MB of idle afterwards."""
-    cases = worst_cases()
+    cases = worst_images
     s = start_server(trained_model_dir, tmp_path / "serve.log")
     try:
         pid = only_worker(s)

@@ -14,6 +14,10 @@ from tests.tools.archive import ArchiveServer, make_archive
 from tools import dogimages, fetch
 from tools.folders import DatasetError
 
+# Each test writes, checks or extracts the full-count archive (8,351 photos): seconds apiece,
+# too many for the unit tier's 5 s a test on a slow machine.
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def good_archive(tmp_path_factory) -> bytes:

@@ -21,8 +21,9 @@ from train.debugger import rules
 
 pytestmark = pytest.mark.model
 
+# The rules do not read the int8 program (its calibration is a quarter of a small job's time).
 SMALL = {"arch": "resnet18", "batch-size": 16, "lr": 0.05, "image-size": 16,
-         "pretrained": False, "num-workers": 0}
+         "pretrained": False, "num-workers": 0, "int8-calibration-images": 0}
 
 
 def summary(run) -> dict:
@@ -156,7 +157,8 @@ def slow(path, **kw):
 data.load_rgb = slow
 root, tmp = sys.argv[1], sys.argv[2]
 hp = hyperparameters.parse({"arch": "resnet18", "batch-size": 16, "lr": 0.05, "image-size": 16,
-                            "pretrained": False, "num-workers": 0, "epochs": 1})
+                            "pretrained": False, "num-workers": 0, "epochs": 1,
+                            "int8-calibration-images": 0})
 loop.run(loop.Job(channels={c: f"{root}/{c}" for c in ("train", "valid", "test")},
                   hyperparameters=hp, model_dir=f"{tmp}/model", output_data_dir=f"{tmp}/out",
                   checkpoint_dir=f"{tmp}/ckpt", input_config_dir=f"{tmp}/config"))
