@@ -38,10 +38,11 @@ system-deps:
 	@bash container/local_test/podman_setup.sh
 
 # Lint and the unit tier first (a broken unit test is reported within minutes), then the Debian
-# packages, the model tier and the system tier; it stops at the first step that fails and ends
-# with the 25 slowest tests and each step's time against its budget (out/test-costs/).
+# packages, the model tier (with the test image built beside it) and the system tier; it stops
+# at the first step that fails and ends with the 25 slowest tests and each step's time against
+# its budget (out/test-costs/).
 test: venv
-	$(PY) -m tests.helpers.run_tiers lint unit system-deps model system
+	$(PY) -m tests.helpers.run_tiers lint unit system-deps image model system
 
 # No model trained, no server process, no image.
 test-unit: venv

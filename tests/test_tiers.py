@@ -125,3 +125,45 @@ def test_a_unit_test_using_a_model_fixture_is_refused_at_collection(tmp_path):
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
     assert ("test_suite.py::test_needs_a_model uses the fixture trained_model_dir, which "
             "belongs to the model tier: mark it model") in run.stderr
+
+
+def test_the_runner_stops_at_the_first_failing_step_and_ends_with_the_costs(
+        tmp_path, monkeypatch, capsys):
+    from tests.helpers import run_tiers
+
+    steps = {"lint": [["true"]], "unit": [["sh", "-c", "exit 3"]], "model": [["true"]],
+             "image": [["sleep", "30"]]}
+    monkeypatch.setattr(run_tiers, "COSTS_DIR", tmp_path)
+    monkeypatch.setattr(run_tiers, "commands", lambda step: steps[step])
+    (tmp_path / "tier-unit.json").write_text(json.dumps({
+        "tiers": {"unit": {"tests": 2, "seconds": 1.5}},
+        "tests": [{"test": "t::slow", "tier": "unit", "seconds": 1.0},
+                  {"test": "t::fast", "tier": "unit", "seconds": 0.5}]}))
+    monkeypatch.setattr(run_tiers, "report", lambda walls, failed: seen.update(
+        walls=walls, failed=failed))
+    seen = {}
+    assert run_tiers.run(["lint", "image", "unit", "model"]) == 3
+    assert list(seen["walls"]) == ["lint", "unit"] and seen["failed"]  # model never ran
+    assert "==== unit failed (exit 3): later steps not run" in capsys.readouterr().out
+    assert not (tmp_path / "tier-unit.json").exists()  # an earlier run's costs are not reported
+
+
+def test_the_report_lists_the_slowest_tests_and_each_step_against_its_budget(
+        tmp_path, monkeypatch, capsys):
+    from tests.helpers import run_tiers
+
+    monkeypatch.setattr(run_tiers, "COSTS_DIR", tmp_path)
+    (tmp_path / "tier-unit.json").write_text(json.dumps({
+        "tiers": {"unit": {"tests": 2, "seconds": 1.5}},
+        "tests": [{"test": "t::fast", "tier": "unit", "seconds": 0.5},
+                  {"test": "t::slow", "tier": "unit", "seconds": 1.0}]}))
+    run_tiers.report({"lint": 2.0, "unit": 200.0}, failed=False)
+    out = capsys.readouterr().out
+    assert out.index("t::slow") < out.index("t::fast")
+    assert "unit            200 s of   180 s  OVER BUDGET  2 tests" in out
+    assert "lint              2 s of    60 s  ok" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"]["unit"] == {"wall_s": 200.0, "budget_s": 180, "tests": 2,
+                                        "seconds": 1.5}
+    assert summary["total_s"] == 202.0 and [t["test"] for t in summary["slowest"]] == [
+        "t::slow", "t::fast"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ARTIFACTS, DOG_PHOTOS, ROOT, digit_channels, free_port, make_job
-from tests.container.conftest import sh
+from tests.helpers.image import sh
 
 pytestmark = pytest.mark.system
 
@@ -29,13 +29,15 @@ def test_hadolint_passes_on_the_dockerfile():
 
 
 @contextlib.contextmanager
-def serving(image: str, model_dir: Path):
-    """`IMAGE serve` on a free host port with ``model_dir`` mounted at /opt/ml/model, ready
-    (/ping 200); yields (container name, base URL); removes the container after."""
+def serving(image: str, model_dir: Path, *env: str):
+    """`IMAGE serve` on a free host port with ``model_dir`` mounted at /opt/ml/model and the
+    ``NAME=VALUE`` settings ``env``, ready (/ping 200); yields (container name, base URL);
+    removes the container after."""
     port = free_port()
     name = f"serve-{port}"
+    settings = [arg for setting in env for arg in ("-e", setting)]
     sh("podman", "run", "-d", "--name", name, "--network", "host",
-       "-e", f"SAGEMAKER_BIND_TO_PORT={port}", "-v", f"{model_dir}:/opt/ml/model:ro",
+       "-e", f"SAGEMAKER_BIND_TO_PORT={port}", *settings, "-v", f"{model_dir}:/opt/ml/model:ro",
        image, "serve")
     try:
         url = f"http://127.0.0.1:{port}"
@@ -134,7 +136,9 @@ def test_sigterm_stops_training_in_the_container_with_a_servable_partial_model(i
     (ARTIFACTS / "container-stop.json").write_text(json.dumps(
         {"stop_seconds": round(seconds, 2), "failure": failure}))
 
-    with serving(image, base / "model") as (_, url):
+    # Served eagerly: that it loads and answers is the point here, and compiling in the image
+    # is test_train_then_serve_in_the_container's (each container starts with an empty store).
+    with serving(image, base / "model", "SERVE_COMPILE=off") as (_, url):
         body = classify(url)
     assert body["model_version"] == manifest["model_version"]
     assert body["predictions"][0]["top_k"][0]["label"] in manifest["classes"]

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ARTIFACTS, DOG_PHOTOS, ROOT, free_port
-from tests.container.conftest import sh
+from tests.helpers.image import sh
 
 pytestmark = pytest.mark.system
 
