@@ -59,7 +59,7 @@ def run_pytest(folder, *args) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.helpers.tiers", "-p",
                            "no:cacheprovider", *args], cwd=folder, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,16 @@ def test_the_report_lists_the_slowest_tests_and_each_step_against_its_budget(
                                         "seconds": 1.5}
     assert summary["total_s"] == 202.0 and [t["test"] for t in summary["slowest"]] == [
         "t::slow", "t::fast"]
+
+
+def test_the_background_build_is_timed_to_its_own_end(tmp_path, monkeypatch):
+    import time
+
+    from tests.helpers import run_tiers
+
+    monkeypatch.setattr(run_tiers, "COSTS_DIR", tmp_path)
+    build = run_tiers.Background(["sh", "-c", "echo built"])
+    time.sleep(1.0)  # the model tier, meanwhile
+    status, seconds = build.wait()
+    assert status == 0 and seconds < 0.9, seconds
+    assert (tmp_path / "image-build.log").read_text() == "built\n"

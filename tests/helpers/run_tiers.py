@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from tests.helpers.tiers import BUDGETS_S, COSTS_DIR, ROOT, TIERS
@@ -59,11 +60,19 @@ class Background:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(command, cwd=ROOT, stdout=self.log.open("wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.ended: float | None = None
+        self._watch = threading.Thread(target=self._note_end, daemon=True)
+        self._watch.start()
+
+    def _note_end(self) -> None:
+        self.proc.wait()
+        self.ended = time.monotonic()
 
     def wait(self) -> tuple[int, float]:
-        """(exit status, seconds from its start to its end)."""
-        status = self.proc.wait()
-        return status, time.monotonic() - self.started
+        """(exit status, seconds from its start to its end: the build's own time, however
+        long before this call it ended)."""
+        self._watch.join()
+        return self.proc.returncode, self.ended - self.started
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -88,8 +97,9 @@ def run(steps: list[str]) -> int:
             if step == "system" and background is not None:
                 built, walls["image"] = background.wait()
                 background = None
-                print(f"==== image: built in {walls['image']:.0f} s (exit {built}; the system "
-                      f"tier builds it again on failure, with its cause)", flush=True)
+                print(f"==== image: built in {walls['image']:.0f} s beside the model tier (exit "
+                      f"{built}; on a failure the system tier builds it again and says why)",
+                      flush=True)
             print(f"==== {step}", flush=True)
             started = time.monotonic()
             for command in commands(step):

@@ -31,10 +31,11 @@ COSTS_DIR = ROOT / "out" / "test-costs"
 TEMP = Path(tempfile.gettempdir()).resolve()
 
 # Wall-clock budgets of each step of `make test`, in seconds, on a 2-vCPU machine of our kind
-# (the README gives the measured figures). A step includes pytest's start and collection; the
-# image is built in the background while the model tier runs (tests/helpers/run_tiers.py).
-BUDGETS_S = {"lint": 60, "unit": 180, "system-deps": 300, "image": 900, "model": 1020,
-             "system": 720}
+# (the README gives the measured figures; CI has 90 minutes for all of it, venv included). A
+# step includes pytest's start and collection; the image is built in the background while the
+# model tier runs (tests/helpers/run_tiers.py), so its time is not added to the total.
+BUDGETS_S = {"lint": 60, "unit": 180, "system-deps": 300, "image": 900, "model": 1500,
+             "system": 480}
 TIERS = ("unit", "model", "system")
 UNIT_TEST_LIMIT_S = 5.0
 
