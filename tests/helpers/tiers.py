@@ -4,7 +4,7 @@ A pytest plugin (tests/conftest.py loads it). Every test belongs to exactly one 
 
 - ``unit``: no model trained, no server process, no image; unmarked tests are unit tests.
 - ``model`` (``pytestmark = pytest.mark.model``): trains or serves small models, in-process or
-  under gunicorn.
+  under gunicorn, or needs seconds for another reason (a full-size data set).
 - ``system`` (``pytest.mark.system``): the image, podman, the SDK's local mode.
 
 A unit test that trains (a torch optimizer step, or the ``train`` entry), forks a server or
@@ -43,9 +43,6 @@ UNIT_TEST_LIMIT_S = 5.0
 # in the tier named.
 FIXTURE_TIERS = {"trained_job": "model", "trained_model_dir": "model", "server": "model",
                  "image": "system"}
-
-# What a unit test must not start (_engine): the train and serve entries, gunicorn, torchrun
-# and a container engine (podman, docker).
 
 
 def tier_of(item) -> str:
@@ -91,7 +88,8 @@ class TierViolation(Exception):
 
 
 def _engine(words: list[str], env: dict | None) -> str | None:
-    """What forbidden program the command ``words`` runs, or None. A stand-in the test wrote
+    """What a unit test must not start that the command ``words`` runs (the train and serve
+    entries, gunicorn, torchrun, podman, docker), or None. A stand-in the test wrote
     into a temporary folder (a fake ``docker`` on PATH) is not an engine."""
     program = Path(words[0]).name if words else ""
     if program in ("podman", "docker"):
