@@ -220,7 +220,7 @@ def pytest_sessionfinish(session, exitstatus):
     """Writes ``out/test-costs/tier-<tiers>.json``: each test's seconds (setup, call and teardown)
     and each tier's count and total."""
     costs = getattr(session.config, "_tier_costs", [])
-    if not costs or hasattr(session.config, "workerinput"):
+    if not costs:
         return
     tiers = sorted({c["tier"] for c in costs}, key=TIERS.index)
     totals = {t: {"tests": sum(c["tier"] == t and not c.get("fixture") for c in costs),
