@@ -21,7 +21,7 @@ from train.debugger import rules
 
 pytestmark = pytest.mark.model
 
-# The rules do not read the int8 program (its calibration is a quarter of a small job's time).
+# The rules do not read the int8 program, so the jobs calibrate none.
 SMALL = {"arch": "resnet18", "batch-size": 16, "lr": 0.05, "image-size": 16,
          "pretrained": False, "num-workers": 0, "int8-calibration-images": 0}
 

@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.model
 
 # 8 photos per class: 80 training photos, 5 steps of 16 per epoch, 3 epochs.
-# No int8 program: resuming is about the weights, and its calibration is a quarter of a run.
+# No int8 program: resuming is about the weights, and calibrating one is a large part of a run.
 HP = {"arch": "resnet18", "epochs": 3, "batch-size": 16, "lr": 0.05, "image-size": 16,
       "pretrained": False, "num-workers": 1, "debugger-rules": False,
       "int8-calibration-images": 0}

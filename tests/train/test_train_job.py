@@ -27,8 +27,8 @@ from train import metrics
 
 pytestmark = pytest.mark.model
 
-# No test here reads the int8 program, whose calibration is over a quarter of a tiny job's time:
-# trained_job and tests/train/test_post_training_stop.py check it.
+# No test here reads the int8 program, so these jobs calibrate none: trained_job and
+# tests/train/test_post_training_stop.py check it.
 TINY = {"arch": "resnet18", "epochs": 1, "batch-size": 16, "lr": 0.05, "image-size": 16,
         "pretrained": False, "num-workers": 0, "max-images-per-class": 4,
         "int8-calibration-images": 0}
