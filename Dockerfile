@@ -70,7 +70,7 @@ RUN pip install --no-deps /tmp/src \
       python -c "import sys, torchvision; torchvision.models.get_model_weights(sys.argv[1]).DEFAULT.get_state_dict(progress=False, check_hash=True)" "${PRETRAINED_ARCH}"; \
     fi
 
-COPY container/train container/serve container/gpu_check.py container/cuda_compat.py \
-     container/gpu_hosts.py /opt/program/
+COPY container/train container/serve container/compile container/gpu_check.py \
+     container/cuda_compat.py container/gpu_hosts.py /opt/program/
 WORKDIR /opt/program
 EXPOSE 8080

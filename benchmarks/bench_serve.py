@@ -124,6 +124,8 @@ def measure(model_dir: Path, log: Path, requests: int, env: dict) -> dict:
     _local.__dict__.pop("conn", None)  # this thread's connection to an earlier server
     start = time.monotonic()
     server = start_server(model_dir, log, env=env, wait_ready=600)
+    if env.get("SERVE_COMPILE") != "off":
+        server.wait_compiled(int(env.get("SAGEMAKER_MODEL_SERVER_WORKERS", "1")))
     startup_s = time.monotonic() - start
     try:
         bodies = [p.read_bytes() for p in DOG_PHOTOS]
@@ -138,7 +140,7 @@ def measure(model_dir: Path, log: Path, requests: int, env: dict) -> dict:
         torch.set_num_threads(settings.threads_per_worker)
         cpu = torch.device("cpu")
         bare = Classifier(model_dir, cpu, choose_precision(settings, cpu))
-        bare.warm_up(max_batch)
+        bare.warm_up(max_batch, compile_here=True)
         one = decode(bodies[0], bare.geometry, 50_000_000, 2_000_000)[None].copy()
         full = np.repeat(one, max_batch, axis=0)
 

@@ -130,7 +130,8 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
         reason = holder.status()
         if reason is not None:
             return _error(503, reason)
-        return jsonify({"status": "ok", "model_version": holder.classifier.version})
+        return jsonify({"status": "ok", "model_version": holder.classifier.version,
+                        **holder.classifier.describe()})
 
     @app.get("/execution-parameters")
     def execution_parameters():

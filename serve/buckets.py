@@ -31,6 +31,12 @@ def sizes_to_compile(max_batch: int) -> list[int]:
     return sizes if len(sizes) <= MAX_SIZES else [1] + sizes[1 - MAX_SIZES:]
 
 
+def compiled_size(n: int, sizes: list[int]) -> int:
+    """The compiled size that runs a batch of ``n`` images: the smallest of ``sizes``
+    (ascending) that holds it, else the largest."""
+    return next((size for size in sizes if size >= n), sizes[-1])
+
+
 @dataclass(frozen=True)
 class Plan:
     """How each batch size runs. ``costs``: the measured forward time (ms) of each size the

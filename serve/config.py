@@ -63,17 +63,30 @@ REFUSAL_DRAIN_S = 1.0
 # client sending a byte a second holds a place and a thread no longer than that.
 DEFAULT_BODY_TIMEOUT_S = 20
 METRICS_NAMESPACE = "SageMakerDogBreeds"  # CloudWatch namespace of serve's EMF metrics
-# Shared by a container's workers and kept across a worker's death; /opt/ml/model may be
-# read-only on SageMaker, /tmp is writable.
-COMPILE_CACHE_DIR = "/tmp/serve-compiled"
 CPU_THREADS_PER_WORKER = 4  # ResNet50 on CPU scales poorly past ~4 intra-op threads
+# Cores per compile helper on a CPU host (a compile is mostly one thread of Python and the C++
+# compiler); a GPU host's helpers share its one device, so one.
+CPU_CORES_PER_COMPILE = 2
 
 
 def compile_cache_dir(environ: dict | None = None) -> str:
     """SERVE_COMPILE_CACHE_DIR: where a host's workers keep the compiled programs
-    (serve/compiled.py); COMPILE_CACHE_DIR by default."""
+    (serve/compiled.py). By default a folder in the user's own cache (XDG_CACHE_HOME, else
+    ~/.cache), never a fixed path under /tmp that another user could make first: shared by a
+    container's workers, kept across a worker's death, and writable (/opt/ml/model may be
+    read-only on SageMaker)."""
     env = os.environ if environ is None else environ
-    return env.get("SERVE_COMPILE_CACHE_DIR") or COMPILE_CACHE_DIR
+    if env.get("SERVE_COMPILE_CACHE_DIR"):
+        return env["SERVE_COMPILE_CACHE_DIR"]
+    cache = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"),
+                                                      ".cache")
+    return os.path.join(cache, "sagemaker-dog-breeds", "compiled")
+
+
+def default_compile_processes(gpus: int, cpus: int) -> int:
+    """Compile helpers at once: one per CPU_CORES_PER_COMPILE cores (at least 1), one on a
+    GPU host."""
+    return 1 if gpus else max(1, cpus // CPU_CORES_PER_COMPILE)
 
 
 def _cpu_count() -> int:
@@ -146,7 +159,9 @@ class Settings:
     batch: bool = False  # SAGEMAKER_BATCH=true: a batch transform job's container
     body_memory_bytes: int = DEFAULT_BODY_MEMORY_MB * 1024 * 1024  # SERVE_BODY_MEMORY_MB
     max_lines_per_request: int = DEFAULT_MAX_LINES  # SERVE_MAX_LINES_PER_REQUEST
-    compile_cache_dir: str = COMPILE_CACHE_DIR  # SERVE_COMPILE_CACHE_DIR (compile_cache_dir)
+    compile_cache_dir: str = ""  # SERVE_COMPILE_CACHE_DIR (compile_cache_dir)
+    compile_processes: int = 1  # SERVE_COMPILE_PROCESSES: compile helpers at once
+    compile_retry_s: int = 60  # SERVE_COMPILE_RETRY_S: first back-off after a failed compile
 
     @property
     def threads(self) -> int:
@@ -252,4 +267,7 @@ class Settings:
                 DEFAULT_BODY_MEMORY_MB, BODY_COPIES["json"] * payload_mb)) * 1024 * 1024,
             max_lines_per_request=positive("SERVE_MAX_LINES_PER_REQUEST", DEFAULT_MAX_LINES),
             compile_cache_dir=compile_cache_dir(env),
+            compile_processes=positive("SERVE_COMPILE_PROCESSES",
+                                       default_compile_processes(gpus, cpus)),
+            compile_retry_s=positive("SERVE_COMPILE_RETRY_S", 60),
         )

@@ -61,11 +61,14 @@ def when_ready(server):
 
 def post_fork(server, worker):
     """In the worker, before it loads the app: logging (the model's loader thread logs its
-    precision choice as the app is built), and, before it touches CUDA, its GPU as the only one
+    precision choice as the app is built), the master's pid for the compile helpers
+    (serve/compiling.py), and, before it touches CUDA, its GPU as the only one
     it sees (so no worker creates a context on another GPU by accident)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
                                                    "%(message)s")
     logging.getLogger("serve").setLevel(logging.INFO)
+    # Compile helpers outlive a worker that dies (its replacement needs them), not the master.
+    os.environ["SERVE_MASTER_PID"] = str(server.pid)
     if _settings.gpus:
         visible = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), _settings.gpus)
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[worker.gpu_index]

@@ -10,9 +10,11 @@ The artifact is validated once, before anything of it runs (contract/artifact.py
 manifest field and the program's sha256; serve/model.py: its output width). An artifact that
 is not there yet (no manifest.json) is looked for every ``RETRY_LOAD_S``; one that is there
 and wrong fails the load with one line naming the field, reported by /ping and the invocations,
-and is not loaded again until its files change. A program that cannot be compiled, or whose
-compiled form does not load (serve/compiled.py), is served eagerly, with one warning. A model
-thread that dies, or a device that fails even blank images (serve/scheduler.py), ends the
+and is not loaded again until its files change. On a host whose compile store lacks the
+compiled programs (a fresh host), the worker serves the eager program at once while helper
+processes compile them, and each compiled batch size takes over as it is ready
+(serve/compiling.py); a failed compile keeps the eager program serving and is tried again
+later. A model thread that dies, or a device that fails even blank images (serve/scheduler.py), ends the
 worker: /ping stops answering 200 and gunicorn starts a fresh worker.
 """
 
@@ -37,6 +39,7 @@ from serve.drift import DriftWindow, load_baseline
 from serve.metrics import EndpointMetrics
 from contract.artifact import ArtifactError, ArtifactMissing, read_manifest
 from serve.compiled import CompileUnavailable
+from serve.compiling import Watcher
 from serve.model import Classifier
 from serve.scheduler import Scheduler
 
@@ -49,11 +52,12 @@ atexit.register(gc.unfreeze)
 _holders: list["ModelHolder"] = []  # this worker's, for close_all() at its exit
 
 
-def choose_precision(settings: Settings, device: torch.device,
-                     manifest: dict | None = None) -> precision.Choice:
+def choose_precision(settings: Settings, device: torch.device, manifest: dict | None = None,
+                     compile_mode: str | None = None) -> precision.Choice:
     """The precision and mode a worker on ``device`` runs the artifact in ``settings.model_dir``
     (serve/precision.py), from its manifest's record (``manifest``, read when None) and this
     host. A ``precisions`` record that is not an object counts as none (fp32).
+    ``compile_mode`` "off" asks for the best uncompiled choice (what serves while compiling).
 
     Raises:
         ArtifactError: the manifest is missing or invalid.
@@ -65,7 +69,7 @@ def choose_precision(settings: Settings, device: torch.device,
         record = None
     record = precision.present(record, settings.model_dir)
     host = precision.Host.detect(device.type, device.index or 0)
-    return precision.choose(record, host, settings.precision, settings.compile,
+    return precision.choose(record, host, settings.precision, compile_mode or settings.compile,
                             settings.precision_tolerance_points)
 
 
@@ -87,6 +91,7 @@ class ModelHolder:
         self.scheduler: Scheduler | None = None
         self.metrics: EndpointMetrics | None = None
         self.drift: DriftWindow | None = None
+        self.watcher: Watcher | None = None  # while compiled programs are being built
         self.error: str | None = None
         self.failed = False  # the artifact is there and cannot be served: no retry
         self.ready = threading.Event()
@@ -161,20 +166,17 @@ class ModelHolder:
                                 f"field 'input.max_batch')")
         choice = choose_precision(s, self.device, manifest)
         logger.info("precision %s", choice.reason)
-        classifier = Classifier(s.model_dir, self.device, choice, manifest)
-        store = Path(s.compile_cache_dir)
+        eager = choose_precision(s, self.device, manifest, compile_mode="off") \
+            if choice.compile else choice
+        classifier = Classifier(s.model_dir, self.device, choice, manifest, eager.precision)
         try:
-            ms_per_image = classifier.warm_up(s.max_batch_size, store)
-        except ArtifactError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - inductor and its C++ toolchain fail many ways
-            if not classifier.choice.compile:
-                raise
-            reason = (str(exc) if isinstance(exc, CompileUnavailable) else
-                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            logger.warning("no compiled program (%s); serving it eagerly", reason)
-            classifier.use_eager(reason)
-            ms_per_image = classifier.warm_up(s.max_batch_size, store)
+            missing = classifier.warm_up(s.max_batch_size, Path(s.compile_cache_dir))
+        except CompileUnavailable as exc:  # the store is refused: one line, then eager
+            logger.warning("no compiled program (%s); serving %s uncompiled", exc,
+                           classifier.eager_precision)
+            classifier.use_eager(str(exc))
+            missing = classifier.warm_up(s.max_batch_size)
+        ms_per_image = classifier.plan.ms(classifier.plan.max_batch) / classifier.plan.max_batch
         crop = classifier.geometry.crop
         # The scheduler forms no batch larger than the largest one worth forming (cheaper per
         # image than every smaller one, as the warm-up timed them: serve/buckets.py).
@@ -191,11 +193,21 @@ class ModelHolder:
         gc.freeze()
         self._start_metrics(classifier)
         self.classifier, self.scheduler, self.error, self.failed = classifier, scheduler, None, False
+        if missing:
+            self.watcher = Watcher(classifier, scheduler, missing, s.compile_processes,
+                                   s.compile_retry_s, on_failure=self._compile_failed,
+                                   on_complete=lambda: _log_compiled(classifier)).start()
         self.ready.set()
         logger.info("model %s loaded on %s in %.0f ms (%.1f ms per image at batch %d)",
                     classifier.version, self.device, (time.perf_counter() - start) * 1000,
                     ms_per_image, classifier.plan.max_batch)
+        if classifier.choice.compile and not missing:
+            _log_compiled(classifier)
         self._warn_if_partial(classifier)
+
+    def _compile_failed(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.compile_failed()
 
     def _start_metrics(self, classifier: Classifier) -> None:
         s = self.settings
@@ -218,6 +230,13 @@ class ModelHolder:
                            "of %s epochs; the weights are from %s", classifier.version,
                            training.get("stopped_by"), training.get("epochs_completed"),
                            training.get("epochs"), training.get("weights_from"))
+
+
+def _log_compiled(classifier: Classifier) -> None:
+    """The line that says a worker runs compiled programs only (tests and benchmarks wait for
+    it)."""
+    logger.info("all compiled programs in use (%s, batch sizes %s)", classifier.choice.precision,
+                sorted(classifier.compiled))
 
 
 def _artifact_signature(model_dir: Path) -> tuple:

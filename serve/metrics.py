@@ -1,5 +1,5 @@
 """CloudWatch metrics from the container: the endpoint's invocations, errors, latency and its
-parts, batching, decode failures, model confidence and drift scores, as Embedded Metric Format
+parts, batching, decode failures, failed compiles, model confidence and drift scores, as Embedded Metric Format
 (EMF) lines on stdout.
 
 An endpoint's stdout goes to CloudWatch Logs, and CloudWatch turns EMF lines there into metrics
@@ -66,6 +66,7 @@ class EndpointMetrics:
         self._images: list[int] = []
         self._confidences: list[float] = []
         self._decode_failures: Counter = Counter()
+        self._compile_failures = 0
 
     def record(self, status: int, fields: dict, confidences: list[float] = (),
                decode_failure: str | None = None) -> None:
@@ -84,6 +85,12 @@ class EndpointMetrics:
             self._confidences.extend(float(c) for c in confidences)
             if decode_failure:
                 self._decode_failures[decode_failure] += 1
+
+    def compile_failed(self) -> None:
+        """A compile of the worker's programs failed (it serves uncompiled meanwhile): counted
+        in the CompileFailures metric, to alarm on."""
+        with self._lock:
+            self._compile_failures += 1
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -104,6 +111,7 @@ class EndpointMetrics:
             statuses, parts = self._statuses, self._parts
             batches, images = self._batch_sizes, self._images
             confidences, failures = self._confidences, self._decode_failures
+            compile_failures = self._compile_failures
             self._reset()
         metrics: list[tuple[str, float, str]] = []
         if statuses:
@@ -126,6 +134,8 @@ class EndpointMetrics:
                             ("ConfidenceP10", float(np.percentile(confidences, 10)), "None")]
             for kind, n in failures.items():
                 metrics.append((f"DecodeFailures_{kind}", n, "Count"))
+        if compile_failures:
+            metrics.append(("CompileFailures", compile_failures, "Count"))
         drift = self.window.scores() if self.window is not None else {}
         metrics += [(name, value, "None") for name, value in drift.items()]
         for name, value in drift.items():

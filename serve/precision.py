@@ -134,17 +134,21 @@ def choose(record: dict | None, host: Host, precision: str = "auto", compile_mod
     compiled = compile_mode == "on" or (compile_mode == "auto" and
                                         (host.device == "cuda" or host.compiler))
     mode = "compiled" if compiled else "eager"
+    rejected = []
     if precision != "auto":
-        return Choice(precision, compiled, f"{precision}, {mode}: forced by SERVE_PRECISION")
+        if compiled or not precisions.get(precision).compiled_only:
+            return Choice(precision, compiled, f"{precision}, {mode}: forced by SERVE_PRECISION")
+        # Never served uncompiled (slower than fp32): the best uncompiled precision instead.
+        rejected.append(f"SERVE_PRECISION={precision} runs fast only compiled")
     fast = host.fast_precisions()
     if not fast:
         return Choice("fp32", compiled, f"fp32, {mode}: this {host.device} has no faster "
-                                        f"precision")
+                                        f"precision" + "".join(f"; {r}" for r in rejected))
     reference = _accuracy(record, "fp32")
     if reference is None:
         return Choice("fp32", compiled, f"fp32, {mode}: the model records no valid fp32 "
-                                        f"accuracy to check a reduced precision against")
-    rejected = []
+                                        f"accuracy to check a reduced precision against"
+                      + "".join(f"; {r}" for r in rejected))
     for candidate in fast:
         table = precisions.get(candidate)
         if table.compiled_only and not compiled:

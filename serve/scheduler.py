@@ -116,6 +116,7 @@ class Scheduler:
         self._last_done = 0.0  # when the model thread last finished a batch (clock)
         self._cond = threading.Condition()
         self._closed = False
+        self._tasks: deque[Callable[[], None]] = deque()  # run on the model thread (``between``)
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
         self._thread.start()
 
@@ -202,6 +203,14 @@ class Scheduler:
             return {"admitted": self._admitted, "queued_images": self._queued_images,
                     "ms_per_image": self.ms_per_image}
 
+    def between(self, task: Callable[[], None]) -> None:
+        """Run ``task`` on the model thread before its next batch (at once when idle): a change
+        of the model (a compiled program taking over) then never meets a batch halfway. A task
+        that raises is logged; the thread goes on."""
+        with self._cond:
+            self._tasks.append(task)
+            self._cond.notify_all()
+
     # ------------------------------------------------------------------ the model thread
     def close(self) -> None:
         """Stop the model thread: it takes no more batches (worker exit)."""
@@ -210,15 +219,18 @@ class Scheduler:
             self._cond.notify_all()
 
     def _take_batch(self, wait: bool = True) -> list[Job]:
-        """Wait for work, then for more while requests are still decoding (up to the delay
-        since the first job queued) and the batch is not full; take up to max_batch_size images
-        of whole jobs (a larger job alone). Expired and abandoned jobs are failed, not run.
-        With ``wait`` False (a batch is in flight), take only what is queued now, at once
-        (nothing: [])."""
-        with self._cond:
-            while True:
-                while not self._queue and not self._closed and wait:
+        """Run the tasks handed to ``between``; wait for work, then for more while requests are
+        still decoding (up to the delay since the first job queued) and the batch is not full;
+        take up to max_batch_size images of whole jobs (a larger job alone). Expired and
+        abandoned jobs are failed, not run. With ``wait`` False (a batch is in flight), take
+        only what is queued now, at once (nothing: [])."""
+        while True:
+            self._run_tasks()
+            with self._cond:
+                while not self._queue and not self._closed and not self._tasks and wait:
                     self._cond.wait()
+                if self._tasks and not self._closed:
+                    continue
                 if self._closed or not self._queue:
                     return []
                 until = self._queue[0].enqueued + self.max_batch_delay_s
@@ -248,6 +260,17 @@ class Scheduler:
                     return batch
                 if not wait:
                     return []
+
+    def _run_tasks(self) -> None:
+        while True:
+            with self._cond:
+                if not self._tasks:
+                    return
+                task = self._tasks.popleft()
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - a task's failure is its own, not the model's
+                logger.exception("a task on the model thread failed")
 
     def _run(self) -> None:
         try:

@@ -221,6 +221,22 @@ class Server:
 
         return {c.pid for c in psutil.Process(self.proc.pid).children()}
 
+    def wait_compiled(self, workers: int = 1, timeout: float = 600) -> None:
+        """Wait until ``workers`` workers said they run compiled programs only (a fresh compile
+        store is filled by helpers while the workers serve: serve/compiling.py).
+
+        Raises:
+            RuntimeError: not within ``timeout`` s, or the server exited.
+        """
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.log.count("all compiled programs in use") < workers:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{workers} worker(s) not compiled in {timeout} s:\n"
+                                   f"{self.log[-3000:]}")
+            time.sleep(0.2)
+
     def stop(self, timeout: float = 30) -> int:
         import signal
 

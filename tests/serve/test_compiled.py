@@ -1,17 +1,17 @@
 """Compiled programs made once per host (serve/compiled.py) and the batch sizes a worker runs
 and forms (serve/buckets.py).
 
-The store's rules are checked with a stand-in compiler (no C++ build: fast), two real processes
-racing for the same sizes included; AOTInductor itself compiles a small network for real, fp32
-and bf16, and tests/serve/test_precision.py serves the trained model's int8 and bf16 programs
-through it.
+The store's rules are checked with a stand-in compiler (no C++ build: fast); AOTInductor itself
+compiles a small network for real, fp32 and bf16, and tests/serve/test_precision.py serves the
+trained model's int8 and bf16 programs through it; tests/serve/test_compiling.py serves while
+compiling.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from serve import buckets, compiled
-from tests.conftest import ROOT
 
 
 # ------------------------------------------------------------------ buckets
@@ -95,14 +94,47 @@ class StandIn:
         self.produced.append(program)
 
 
-def test_the_first_worker_compiles_and_the_next_ones_load(tmp_path, monkeypatch):
+def test_sizes_compile_in_the_order_the_workers_want_then_one_large_to_small(tmp_path,
+                                                                             monkeypatch):
     stand_in = StandIn(monkeypatch)
-    cpu = torch.device("cpu")
-    first = compiled.obtain(tmp_path, "key", [1, 2, 4], lambda size: size, cpu)
-    assert first == {1: "b1", 2: "b2", 4: "b4"} and stand_in.produced == [1, 2, 4]
-    again = compiled.obtain(tmp_path, "key", [1, 2, 4], lambda size: pytest.fail("compiled"), cpu)
-    assert again == first and stand_in.produced == [1, 2, 4]
-    assert (tmp_path / "key" / compiled.USED).exists()
+    entry = compiled.Entry(tmp_path, "key")
+    assert compiled.default_order([1, 2, 4, 8]) == [1, 8, 4, 2]
+    assert compiled.compile_sizes(entry, [1, 2, 4, 8], lambda size: size) == [1, 8, 4, 2]
+    assert entry.ready([1, 2, 4, 8, 16]) == [1, 2, 4, 8]
+    assert compiled.compile_sizes(entry, [1, 2, 4, 8], pytest.fail) == []  # all there
+    other = compiled.Entry(tmp_path, "other")
+    other.want([4, 2])  # the workers' batches needed 4, then 2
+    compiled.compile_sizes(other, [1, 2, 4, 8], lambda size: size)
+    assert stand_in.produced[4:] == [4, 2, 1, 8]
+
+
+def test_a_size_another_helper_holds_is_left_to_it(tmp_path, monkeypatch):
+    stand_in = StandIn(monkeypatch)
+    entry = compiled.Entry(tmp_path, "key")
+    with open(entry.path / "b8.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another helper compiling size 8
+        assert compiled.compile_sizes(entry, [1, 2, 4, 8], lambda size: size) == [1, 4, 2]
+    assert stand_in.produced == [1, 4, 2]
+
+
+def test_a_failed_compile_is_noted_with_a_back_off_that_doubles(tmp_path, monkeypatch):
+    StandIn(monkeypatch, fail_on=8)
+    entry = compiled.Entry(tmp_path, "key")
+    with pytest.raises(compiled.CompileUnavailable) as first:
+        compiled.compile_sizes(entry, [1, 2, 4, 8], lambda size: size)
+    assert str(first.value) == "batch size 8: RuntimeError: C++ compile error at 8"
+    assert entry.ready([1, 2, 4, 8]) == [1]  # what compiled before it stays
+    failure = entry.failure()
+    assert failure.attempts == 1 and failure.retry_at(10) == pytest.approx(failure.at + 10)
+    with pytest.raises(compiled.CompileUnavailable):
+        compiled.compile_sizes(entry, [1, 2, 4, 8], lambda size: size)
+    assert entry.failure().attempts == 2
+    assert entry.failure().retry_at(10) == pytest.approx(entry.failure().at + 20)
+    assert entry.failure().retry_at() == pytest.approx(entry.failure().at + 120)  # 60 s first
+    entry.clear_failure()
+    assert entry.failure() is None
+    (entry.path / compiled.FAILED).write_text("{not json")
+    assert entry.failure().attempts == 1  # an unreadable note is one failure, not a crash
 
 
 def test_the_first_workers_timings_are_kept_per_thread_count(tmp_path):
@@ -115,77 +147,77 @@ def test_the_first_workers_timings_are_kept_per_thread_count(tmp_path):
     assert compiled.saved_costs(tmp_path, "key", 2) is None
 
 
-def test_a_failed_compile_is_noted_and_later_workers_serve_eagerly_at_once(tmp_path,
-                                                                          monkeypatch):
-    StandIn(monkeypatch, fail_on=2)
-    cpu = torch.device("cpu")
-    with pytest.raises(compiled.CompileUnavailable) as first:
-        compiled.obtain(tmp_path, "key", [1, 2, 4], lambda size: size, cpu)
-    assert str(first.value) == "batch size 2: RuntimeError: C++ compile error at 2"
-    start = time.monotonic()
-    with pytest.raises(compiled.CompileUnavailable) as later:
-        compiled.obtain(tmp_path, "key", [1, 2, 4], lambda size: pytest.fail("compiled"), cpu)
-    assert time.monotonic() - start < 5
-    assert str(later.value).startswith("batch size 2: RuntimeError: C++ compile error at 2; "
-                                       f"noted in {tmp_path / 'key' / 'failed'}")
+def test_the_store_is_private_and_refused_when_others_can_write_or_own_it(tmp_path):
+    store = compiled.open_store(tmp_path / "cache" / "compiled")
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # what another user could make first at a fixed /tmp path
+    with pytest.raises(compiled.CompileUnavailable, match=r"mode 0777 lets other users"):
+        compiled.open_store(shared)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(compiled.CompileUnavailable, match="symbolic link"):
+        compiled.open_store(tmp_path / "link")
+    if os.geteuid() == 0:  # root can hand a folder to another user
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 12345, 12345)
+        with pytest.raises(compiled.CompileUnavailable, match="owned by uid 12345"):
+            compiled.open_store(theirs)
 
 
-def test_a_worker_waits_for_a_size_another_holds_then_gives_up(tmp_path, monkeypatch):
-    stand_in = StandIn(monkeypatch)
-    (tmp_path / "key").mkdir()
-    with open(tmp_path / "key" / "b2.lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # another worker compiling size 2
-        with pytest.raises(compiled.CompileUnavailable, match=r"compiling batch sizes \[2\]"):
-            compiled.obtain(tmp_path, "key", [1, 2], lambda size: size, torch.device("cpu"),
-                            wait_s=0.5)
-    assert stand_in.produced == [1]  # it compiled what nobody held meanwhile
+def test_the_default_store_is_in_the_users_own_cache_not_a_fixed_tmp_path():
+    from serve.config import compile_cache_dir
+
+    assert compile_cache_dir({"HOME": "/home/ml"}).startswith("/home/ml/.cache/")
+    assert compile_cache_dir({"XDG_CACHE_HOME": "/c"}) == "/c/sagemaker-dog-breeds/compiled"
+    assert compile_cache_dir({"SERVE_COMPILE_CACHE_DIR": "/x"}) == "/x"
 
 
-RACER = """
-import json, os, sys, time
-from pathlib import Path
-sys.path.insert(0, {root!r})
-import torch
-from serve import compiled
-
-def produce(program, folder):
-    time.sleep(0.5)
-    folder.mkdir()
-    with open({log!r}, "a") as f:
-        f.write(json.dumps([os.getpid(), program]) + "\\n")
-
-compiled.produce = produce
-compiled.load = lambda folder, device: folder.name
-got = compiled.obtain(Path({store!r}), "key", [1, 2, 4, 8], lambda size: size,
-                      torch.device("cpu"))
-print(json.dumps(sorted(got)))
-"""
+def test_shipped_packages_are_copied_into_the_store_and_never_over_one_there(tmp_path):
+    shipped = tmp_path / "model" / "compiled" / "key"
+    for size in (1, 8):
+        (shipped / f"b{size}").mkdir(parents=True)
+        (shipped / f"b{size}" / "package").write_text(f"shipped {size}")
+    entry = compiled.Entry(compiled.open_store(tmp_path / "store"), "key")
+    (entry.package(8)).mkdir()
+    (entry.package(8) / "package").write_text("built here")
+    assert entry.import_shipped(shipped, [1, 2, 4, 8]) == [1]
+    assert (entry.package(1) / "package").read_text() == "shipped 1"
+    assert (entry.package(8) / "package").read_text() == "built here"
+    assert not list(entry.path.glob(".b*"))
 
 
-@pytest.mark.model  # two processes compile a model
-def test_two_workers_starting_together_compile_each_size_once_and_both_load_all(tmp_path):
-    log = tmp_path / "produced.jsonl"
-    script = RACER.format(root=str(ROOT), log=str(log), store=str(tmp_path / "store"))
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert [json.loads(out) for out, _ in outs] == [[1, 2, 4, 8]] * 2
-    produced = [json.loads(line) for line in log.read_text().splitlines()]
-    assert sorted(size for _, size in produced) == [1, 2, 4, 8]
-
-
-def test_packages_no_worker_loaded_for_a_day_are_removed_when_another_is_made(tmp_path,
+def test_old_packages_go_when_another_is_made_unless_a_live_process_holds_them(tmp_path,
                                                                              monkeypatch):
     StandIn(monkeypatch)
-    old, recent = tmp_path / "old", tmp_path / "recent"
-    for entry in (old, recent):
-        (entry / "b1").mkdir(parents=True)
-        (entry / compiled.USED).touch()
+    old, held, recent = (compiled.Entry(tmp_path, name) for name in ("old", "held", "recent"))
+    for entry in (old, held, recent):
+        entry.package(1).mkdir()
+    lock = held.hold()  # a live worker of another model uses it
     day_ago = time.time() - compiled.EVICT_AFTER_S - 60
-    os.utime(old / compiled.USED, (day_ago, day_ago))
-    compiled.obtain(tmp_path, "key", [1], lambda size: size, torch.device("cpu"))
-    assert not old.exists() and recent.exists() and (tmp_path / "key" / "b1").exists()
+    for entry in (old, held):
+        os.utime(entry.path / compiled.USED if (entry.path / compiled.USED).exists()
+                 else entry.path, (day_ago, day_ago))
+    compiled.evict_unused(tmp_path, keep="recent")
+    lock.close()
+    assert not old.path.exists() and held.path.exists() and recent.path.exists()
+
+
+def test_helpers_running_is_seen_through_the_lock_they_inherit(tmp_path):
+    entry = compiled.Entry(tmp_path, "key")
+    assert not entry.helpers_running()
+    lock = entry.helpers_lock()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                             pass_fds=(lock.file.fileno(),))
+    lock.close()  # the worker's copy: the child holds the lock now
+    try:
+        assert entry.helpers_running() and entry.helpers_lock() is None
+    finally:
+        child.kill()
+        child.wait()
+    assert not entry.helpers_running()
 
 
 # ------------------------------------------------------------------ AOTInductor for real

@@ -119,8 +119,7 @@ def test_the_worst_image_of_every_path_at_once_stays_within_the_memory_bound(
 
 # ------------------------------------------------------------------ /ping in every state
 def test_ping_answers_within_2_s_while_the_model_loads_and_compiles(tmp_path, trained_model_dir):
-    # On a store of its own it compiles; batch sizes 1 and 2 only keep /ping as busy as four do
-    # (the sizes compile one after another in the worker), in less time.
+    # On a store of its own: the worker loads its eager program while a helper compiles.
     s = start_server(trained_model_dir, tmp_path / "serve.log", wait_ready=0,
                      env={"SERVE_COMPILE": "on", "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": "2",
                           "SERVE_COMPILE_CACHE_DIR": str(tmp_path / "compiled")})

@@ -98,6 +98,11 @@ def test_forcing_and_bad_settings():
     assert choose(RECORD, HASWELL, "bf16", "off") == Choice(
         "bf16", False, "bf16, eager: forced by SERVE_PRECISION")
     assert choose(RECORD, ZEN4, "fp32", "off").precision == "fp32"
+    # int8 is never served uncompiled (slower than fp32): the best uncompiled precision is.
+    forced = choose(RECORD, ZEN4, "int8", "off")
+    assert (forced.precision, forced.compile) == ("bf16", False), forced.reason
+    assert "SERVE_PRECISION=int8 runs fast only compiled" in forced.reason
+    assert choose(RECORD, HASWELL, "int8", "off").precision == "fp32"
     with pytest.raises(ValueError, match="SERVE_PRECISION='int4'"):
         choose(RECORD, ZEN4, "int4")
     with pytest.raises(ValueError, match="SERVE_COMPILE='maybe'"):
@@ -116,7 +121,7 @@ def _predict(model_dir, choice: Choice, bodies: list[bytes]) -> np.ndarray:
     from serve.model import Classifier
 
     classifier = Classifier(model_dir, torch.device("cpu"), choice)
-    classifier.warm_up(8)
+    classifier.warm_up(8, compile_here=True)
     images = np.stack([decode(b, classifier.geometry, 50_000_000, 2_000_000) for b in bodies])
     return np.concatenate([classifier.forward(images[i:i + 8]).argmax(1)
                            for i in range(0, len(images), 8)])
@@ -181,6 +186,8 @@ def test_a_worker_serves_fp32_when_the_record_is_corrupt(trained_model_dir, tmp_
         assert "no valid" in holder.classifier.choice.reason or \
             "not recorded" in holder.classifier.choice.reason
     finally:
+        if holder.watcher is not None:
+            holder.watcher.close()
         holder.scheduler.close()
         gc.unfreeze()
 
@@ -205,13 +212,19 @@ def test_serve_precision_int8_from_the_environment_runs_the_int8_program(trained
         classifier = holder.classifier
         assert classifier.choice.precision == "int8"
         assert "forced by SERVE_PRECISION" in classifier.choice.reason
-        ops = {str(n.target) for n in classifier.eager.graph.nodes}
+        assert classifier.target_program.name == "model-int8.pt2"
+        program = torch.export.load(str(classifier.target_program))
+        ops = {str(n.target) for n in program.graph.nodes}
         assert "quantized_decomposed.dequantize_per_tensor.default" in ops
+        assert classifier.eager_precision != "int8"  # what serves while it compiles
+        assert holder.watcher is None or holder.watcher.join(300)
         assert classifier.choice.compile and sorted(classifier.compiled) == [1, 2, 4, 8]
         crop = classifier.geometry.crop
         probabilities = classifier.forward(np.zeros((3, crop, crop, 3), np.uint8))
         assert probabilities.shape == (3, len(classifier.classes))
         assert np.allclose(probabilities.sum(1), 1.0, atol=1e-4)
     finally:
+        if holder.watcher is not None:
+            holder.watcher.close()
         holder.scheduler.close()
         gc.unfreeze()

@@ -271,3 +271,34 @@ def test_an_asynchronous_model_runs_a_request_larger_than_the_batch_in_chunks():
     assert request(s, 5, n=10).tolist() == [[5.0]] * 10
     assert [n for kind, n in device.events if kind == "launch"] == [4, 4, 2]
     s.close()
+
+
+def test_a_task_handed_over_runs_on_the_model_thread_between_batches_never_during_one():
+    gate = threading.Event()
+    model = FakeModel(gate)
+    s = Scheduler(model, 4, 0.0, 16, 1.0)
+    try:
+        ran = []
+        running = threading.Thread(target=request, args=(s, 1))
+        running.start()
+        deadline = time.monotonic() + 10
+        while not model.starts:  # the first batch is in the model
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        s.between(lambda: ran.append(("task", threading.current_thread().name,
+                                      len(model.batches))))
+        s.between(lambda: 1 / 0)  # a failing task is logged; the thread goes on
+        time.sleep(0.2)
+        assert ran == []  # not while the batch runs
+        gate.set()
+        running.join(10)
+        assert request(s, 2)[0, 0] == 2.0
+        assert ran == [("task", "model", 1)]  # after the first batch, before the second
+        assert s.healthy
+        s.between(lambda: ran.append("idle"))  # an idle model thread runs it at once
+        deadline = time.monotonic() + 10
+        while len(ran) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        s.close()
