@@ -14,6 +14,14 @@ from serve.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, MAX_TIME
 # Applied when an endpoint is created; an update keeps the endpoint's own values.
 DEFAULT_INSTANCE_COUNT = 1
 DEFAULT_STARTUP_TIMEOUT_S = 600
+# What a new instance does before /ping turns 200, at rates below what SageMaker instances
+# reach, so that a timeout derived from them is never the reason a healthy endpoint fails:
+# pull the image (ECR's compressed size), download and unpack model.tar.gz, then start (import
+# torch, load the model uncompiled; compiling runs after /ping is 200: serve/compiling.py).
+PULL_BYTES_PER_S = 40 * 1024**2
+DOWNLOAD_BYTES_PER_S = 40 * 1024**2
+START_S = {"cpu": 120, "gpu": 240}  # a GPU adds its driver, CUDA context and cuDNN set-up
+MIN_TIMEOUT_S, MAX_STARTUP_TIMEOUT_S = 60, 3600  # both fields' range (API reference)
 DEFAULT_MEMORY_MB = 6144
 DEFAULT_MAX_CONCURRENCY = 5
 
@@ -44,7 +52,7 @@ def add_model_arguments(p) -> None:
                    help=f"instances (new endpoint: {DEFAULT_INSTANCE_COUNT})")
     p.add_argument("--startup-timeout", type=int,
                    help="container startup health-check timeout, 60-3600 s (new endpoint: "
-                        f"{DEFAULT_STARTUP_TIMEOUT_S})")
+                        "from the image's size in ECR)")
     p.add_argument("--serverless", action="store_true")
     p.add_argument("--memory-mb", type=int,
                    help=f"serverless memory (new endpoint: {DEFAULT_MEMORY_MB})")
@@ -78,6 +86,41 @@ def model_data_uri(ctx: Context, args) -> str:
         raise UserError(f"training job {job} is {status}, not Completed: no model to deploy yet"
                         + (f" ({desc['FailureReason']})" if desc.get("FailureReason") else ""))
     return uri
+
+
+def startup_timeouts(boto, image: str, model_data: str, gpu: bool) -> tuple[int, int]:
+    """(ContainerStartupHealthCheckTimeoutInSeconds, ModelDataDownloadTimeoutInSeconds) for a
+    new instance of ``image`` serving ``model_data`` (an s3:// model.tar.gz), from their sizes
+    (ECR's and S3's) at the rates above, 60 to 3600 s each; DEFAULT_STARTUP_TIMEOUT_S and 600 s
+    where a size cannot be read. A model that carries compiled programs is larger: its download
+    gets the time it needs, and no compile happens before /ping.
+    """
+    import math
+
+    from deployment import ecr
+
+    def clamp(seconds: float) -> int:
+        return int(min(MAX_STARTUP_TIMEOUT_S, max(MIN_TIMEOUT_S, math.ceil(seconds))))
+
+    image_bytes = ecr.image_size_bytes(boto, image)
+    model_bytes = _s3_size(boto, model_data)
+    startup = (DEFAULT_STARTUP_TIMEOUT_S if image_bytes is None else
+               clamp(START_S["gpu" if gpu else "cpu"] + image_bytes / PULL_BYTES_PER_S))
+    download = 600 if model_bytes is None else clamp(60 + 2 * model_bytes / DOWNLOAD_BYTES_PER_S)
+    return startup, download
+
+
+def _s3_size(boto, uri: str) -> int | None:
+    """The size of the S3 object at ``uri``, or None (not s3://, no access, no object)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        return None
+    bucket, key = uri[5:].split("/", 1)
+    try:
+        return int(boto.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except (BotoCoreError, ClientError, KeyError, ValueError):
+        return None
 
 
 def data_capture(ctx: Context, endpoint: str, percent: int):

@@ -306,6 +306,14 @@ def update_model(ctx: Context, args) -> int:
     name = versions.new_name(endpoint)
     variant = desired_variant(sm, current, args, name)
     model, digest = desired_model(ctx, current, args, endpoint, name)
+    if "InstanceType" in variant:
+        # A model that carries compiled programs is larger: give its download the time it needs.
+        container = model["PrimaryContainer"]
+        _, download = models.startup_timeouts(ctx.boto, container["Image"],
+                                              container["ModelDataUrl"],
+                                              gpu="InferenceAmiVersion" in variant)
+        if download > variant.get("ModelDataDownloadTimeoutInSeconds", 600):
+            variant["ModelDataDownloadTimeoutInSeconds"] = download
     config = desired_config(ctx, current, args, endpoint, name, variant)
     serverless = "ServerlessConfig" in variant
     plan = guardrails.plan(options, variant.get("InitialInstanceCount"), serverless)

@@ -95,9 +95,11 @@ def run(ctx: Context, args) -> int:
             memory_size_in_mb=args.memory_mb or models.DEFAULT_MEMORY_MB,
             max_concurrency=args.max_concurrency or models.DEFAULT_MAX_CONCURRENCY)
     else:
+        startup, download = models.startup_timeouts(ctx.boto, image, model_data,
+                                                    gpu=ami is not None)
         kwargs.update(initial_instance_count=instance_count, instance_type=instance_type,
-                      container_startup_health_check_timeout=args.startup_timeout
-                      or models.DEFAULT_STARTUP_TIMEOUT_S)
+                      container_startup_health_check_timeout=args.startup_timeout or startup,
+                      model_data_download_timeout=download)
         if args.asynchronous:
             kwargs["async_inference_config"] = async_config(ctx, args, endpoint)
     if args.capture is not None:

@@ -245,3 +245,28 @@ def test_deploy_serverless_warns_before_creating_anything_when_ecr_says_the_imag
     code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
                        "--endpoint", "dogs-small", "--serverless")
     assert code == 0 and "warning" not in err, err  # the fixture's image: 50 MiB
+
+
+def test_deploy_sets_the_start_up_and_download_timeouts_from_the_image_and_the_model(aws, capsys):
+    """A new instance pulls the image and downloads the model before /ping: their sizes (ECR's,
+    S3's) give the variant's two timeouts, so a model that carries compiled programs (larger)
+    is not cut off; --startup-timeout still wins."""
+    from deployment import models
+
+    key = "dog-breeds/compiled/model.tar.gz"
+    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=key,
+                                                      Body=b"\0" * (3 * 1024**2))
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", f"s3://{BUCKET}/{key}",
+                       "--endpoint", "dogs-sized", "--instance-type", "ml.m5.xlarge")
+    assert code == 0, err
+    (variant,) = aws.one("CreateEndpointConfig")["ProductionVariants"]
+    image = boto3.client("ecr", region_name=REGION).describe_images(
+        repositoryName=REPO)["imageDetails"][0]["imageSizeInBytes"]
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == min(3600, max(60, int(
+        -(-(models.START_S["cpu"] + image / models.PULL_BYTES_PER_S) // 1))))
+    assert variant["ModelDataDownloadTimeoutInSeconds"] == int(
+        -(-(60 + 2 * 3 * 1024**2 / models.DOWNLOAD_BYTES_PER_S) // 1))
+    # Sizes that cannot be read (no such object): the defaults, not a failure.
+    assert models.startup_timeouts(aws.session, IMAGE, f"s3://{BUCKET}/nothing", True)[1] == 600
+    gib = 6 * 1024**3  # the real image's size: 6 GiB at 40 MiB/s, and a GPU's start
+    assert models.MIN_TIMEOUT_S <= models.START_S["gpu"] + gib / models.PULL_BYTES_PER_S <= 3600

@@ -122,7 +122,8 @@ def test_each_strategy_sends_its_deployment_config_and_keeps_the_endpoints_shape
     (before,) = first["ProductionVariants"]
     assert variant["InstanceType"] == "ml.m5.xlarge" and variant["InitialInstanceCount"] == count
     assert variant["VariantName"] == before["VariantName"] == "AllTraffic"
-    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 600
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == before[
+        "ContainerStartupHealthCheckTimeoutInSeconds"]  # kept
     assert second["DataCaptureConfig"]["InitialSamplingPercentage"] == 10  # kept
     model = aws.calls[("sagemaker", "CreateModel")][1]
     assert model["PrimaryContainer"]["ModelDataUrl"] == M2 and model["ExecutionRoleArn"] == ROLE
