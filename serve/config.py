@@ -64,9 +64,10 @@ REFUSAL_DRAIN_S = 1.0
 DEFAULT_BODY_TIMEOUT_S = 20
 METRICS_NAMESPACE = "SageMakerDogBreeds"  # CloudWatch namespace of serve's EMF metrics
 CPU_THREADS_PER_WORKER = 4  # ResNet50 on CPU scales poorly past ~4 intra-op threads
-# Cores per compile helper on a CPU host (a compile is mostly one thread of Python and the C++
-# compiler); a GPU host's helpers share its one device, so one.
-CPU_CORES_PER_COMPILE = 2
+# Cores per compile helper on a CPU host: a compile is mostly one thread of Python and the C++
+# compiler, and helpers yield to serving (nice), so one per core; a GPU host's helpers share
+# its one device, so one there.
+CPU_CORES_PER_COMPILE = 1
 
 
 def compile_cache_dir(environ: dict | None = None) -> str:

@@ -316,6 +316,7 @@ def test_sigkill_of_one_of_two_workers_loses_only_its_requests_in_flight(tmp_pat
 
     s = start_server(trained_model_dir, tmp_path / "serve.log",
                      env={"SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SERVE_COMPILE": "on",
+                          "SERVE_COMPILE_PROCESSES": "2",  # one per core: the test waits for them
                           "SERVE_COMPILE_CACHE_DIR": str(tmp_path / "compiled")})
     try:
         outcome = {}
