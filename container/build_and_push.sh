@@ -13,12 +13,16 @@ docker="${DOCKER:-docker}"
 cd "$(dirname "$0")/.."
 
 die() { echo "build_and_push: $*" >&2; exit 1; }
+# A file of this run's own for the AWS CLI's errors: a fixed path under /tmp belongs to whoever
+# made it first on a shared host.
+err=$(mktemp "${TMPDIR:-/tmp}/build_and_push.XXXXXX")
+trap 'rm -f "$err"' EXIT
 
 command -v aws >/dev/null || die "the AWS CLI is not installed (pip install awscli, or see the AWS docs)"
 command -v "$docker" >/dev/null || die "$docker is not installed; set DOCKER=podman to use podman"
 
-account=$(aws sts get-caller-identity --query Account --output text 2>/tmp/build_and_push.err) \
-  || die "no usable AWS credentials: $(tail -n1 /tmp/build_and_push.err) (run 'aws configure' or set AWS_PROFILE)"
+account=$(aws sts get-caller-identity --query Account --output text 2>"$err") \
+  || die "no usable AWS credentials: $(tail -n1 "$err") (run 'aws configure' or set AWS_PROFILE)"
 region="${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region || true)}}"
 [ -n "$region" ] || die "no AWS region: set AWS_REGION or run 'aws configure set region eu-west-1'"
 registry="${account}.dkr.ecr.${region}.amazonaws.com"
@@ -27,13 +31,13 @@ image="${registry}/${repository}:${tag}"
 if ! aws ecr describe-repositories --repository-names "$repository" --region "$region" >/dev/null 2>&1; then
   echo "creating ECR repository $repository in $region"
   aws ecr create-repository --repository-name "$repository" --region "$region" \
-      --image-scanning-configuration scanOnPush=true >/dev/null 2>/tmp/build_and_push.err \
-    || die "cannot create ECR repository $repository: $(tail -n1 /tmp/build_and_push.err) (needs ecr:CreateRepository)"
+      --image-scanning-configuration scanOnPush=true >/dev/null 2>"$err" \
+    || die "cannot create ECR repository $repository: $(tail -n1 "$err") (needs ecr:CreateRepository)"
 fi
 
-aws ecr get-login-password --region "$region" 2>/tmp/build_and_push.err \
+aws ecr get-login-password --region "$region" 2>"$err" \
   | "$docker" login --username AWS --password-stdin "$registry" >/dev/null \
-  || die "cannot log in to $registry: $(tail -n1 /tmp/build_and_push.err) (needs ecr:GetAuthorizationToken)"
+  || die "cannot log in to $registry: $(tail -n1 "$err") (needs ecr:GetAuthorizationToken)"
 
 "$docker" build -t "${repository}:${tag}" .
 "$docker" tag "${repository}:${tag}" "$image"

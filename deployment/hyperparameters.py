@@ -27,3 +27,16 @@ def parse_hyperparameters(pairs: list[str]) -> dict[str, str]:
             raise UserError(f"--hp {pair}: {exc}") from None
         out[name] = value
     return out
+
+
+def check_value(option: str, name: str, value) -> None:
+    """A value an option sends the job for hyperparameter ``name`` (a tuning range's end, a
+    categorical choice), checked with the job's own schema.
+
+    Raises:
+        UserError: the job would refuse it (``option`` and the accepted values named).
+    """
+    try:
+        schema.validate({name: str(value)})
+    except schema.HyperparameterError as exc:
+        raise UserError(f"{option}: {exc}") from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from deployment.errors import UserError
-from deployment.hyperparameters import parse_hyperparameters
+from deployment.hyperparameters import check_value, parse_hyperparameters
 from deployment.output import print_table
 from deployment.settings import Context, save_state, timestamp
 from deployment.training import data_channels, make_estimator, training_instance_warning
@@ -45,15 +45,27 @@ def hyperparameter_ranges(args) -> dict:
     sizes = [s.strip() for s in args.batch_sizes.split(",") if s.strip()]
     if not sizes or not all(s.isdigit() and int(s) > 0 for s in sizes):
         raise UserError(f"--batch-sizes {args.batch_sizes!r}: write positive integers, e.g. 32,64")
+    # Every value a job of the tuner may get, checked with the job's own schema (a size or a
+    # range end it refuses would fail every training job of the tuner in the container).
+    for size in sizes:
+        check_value(f"--batch-sizes {args.batch_sizes}", "batch-size", size)
+    for option, name, ends in (("--lr-range", "lr", lr), ("--epochs-range", "epochs", epochs)):
+        for end in ends:
+            check_value(f"{option} {getattr(args, option[2:].replace('-', '_'))}", name, end)
     ranges = {
         "lr": ContinuousParameter(*lr, scaling_type="Logarithmic"),
         "batch-size": CategoricalParameter(sizes),
         "epochs": IntegerParameter(*epochs),
     }
     if args.momentum_range:
-        ranges["momentum"] = ContinuousParameter(*parse_range(args.momentum_range))
+        momentum = parse_range(args.momentum_range)
+        for end in momentum:
+            check_value(f"--momentum-range {args.momentum_range}", "momentum", end)
+        ranges["momentum"] = ContinuousParameter(*momentum)
     if args.weight_decay_range:
         lo, hi = parse_range(args.weight_decay_range)
+        for end in (lo, hi):
+            check_value(f"--weight-decay-range {args.weight_decay_range}", "weight-decay", end)
         if lo <= 0:
             raise UserError("--weight-decay-range: searched on a log scale, MIN must be > 0")
         ranges["weight-decay"] = ContinuousParameter(lo, hi, scaling_type="Logarithmic")

@@ -36,14 +36,15 @@ esac
 """
 
 
-def push(tmp_path: Path, local_size: int, ecr_size: str) -> subprocess.CompletedProcess:
+def push(tmp_path: Path, local_size: int, ecr_size: str, **extra: str
+         ) -> subprocess.CompletedProcess:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name, text in (("aws", AWS), ("docker", DOCKER)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(tmp_path / "calls"),
-               LOCAL_SIZE=str(local_size), ECR_SIZE=ecr_size, AWS_REGION="eu-west-1")
+               LOCAL_SIZE=str(local_size), ECR_SIZE=ecr_size, AWS_REGION="eu-west-1", **extra)
     return subprocess.run(["bash", str(ROOT / "container" / "build_and_push.sh"), "dogs", "v1"],
                           env=env, capture_output=True, text=True, timeout=60)
 
@@ -67,3 +68,15 @@ def test_the_pushed_image_size_is_printed_and_over_10_gib_warned(tmp_path, local
     calls = (tmp_path / "calls").read_text()
     assert f"docker push {image}" in calls
     assert "aws ecr describe-images --repository-name dogs --image-ids imageTag=v1" in calls
+
+
+def test_the_aws_clis_errors_go_to_a_file_of_the_runs_own_not_a_fixed_tmp_path(tmp_path):
+    """Another user's run on a shared host made the fixed /tmp/build_and_push.err first: ours
+    could not write it and died saying "no usable AWS credentials". Each run now has its own
+    file, removed at exit."""
+    tmp = tmp_path / "tmp"
+    (tmp / "build_and_push.err").mkdir(parents=True)  # in the way, as another user's file was
+    assert "/tmp/build_and_push.err" not in (ROOT / "container" / "build_and_push.sh").read_text()
+    done = push(tmp_path, GIB, str(GIB), TMPDIR=str(tmp))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp.iterdir()) == ["build_and_push.err"]  # ours is gone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import boto3
+import pytest
 from botocore.stub import Stubber
 
 from deployment.commands import tune
@@ -40,6 +41,29 @@ def test_tune_sends_bayesian_job_with_ranges_and_metrics(aws, capsys):
     assert job["EnableManagedSpotTraining"] is True
     assert set(channels(job)) == {"train", "valid", "test"}
     assert "started tuning job dogs-tune-1" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-sizes", "64,8192"], "--batch-sizes 64,8192: hyperparameter 'batch-size' = '8192' "
+                                   "is not valid: expected an integer from 1 to 4096"),
+    (["--lr-range", "0.01,20"], "--lr-range 0.01,20: hyperparameter 'lr' = '20.0' is not valid: "
+                                "expected a number > 0 and <= 10"),
+    (["--epochs-range", "5,20000"], "--epochs-range 5,20000: hyperparameter 'epochs' = '20000' "
+                                    "is not valid: expected an integer from 1 to 10000"),
+    (["--momentum-range", "0.5,1"], "--momentum-range 0.5,1: hyperparameter 'momentum' = '1.0' "
+                                    "is not valid: expected a number in [0, 1)"),
+    (["--weight-decay-range", "1e-5,2"], "--weight-decay-range 1e-5,2: hyperparameter "
+                                         "'weight-decay' = '2.0' is not valid: expected a "
+                                         "number in [0, 1]"),
+])
+def test_tune_refuses_a_range_or_size_the_jobs_schema_refuses_before_any_aws_call(
+        aws, capsys, argv, message):
+    """Each value a tuner may hand a training job is checked with the job's own schema: one
+    the container would refuse fails every job of the tuner minutes later (8192 passed the
+    positive-integer check before)."""
+    code, _, err = run(capsys, "tune", "--no-wait", *argv)
+    assert code == 1 and message in err, err
+    assert ("sagemaker", "CreateHyperParameterTuningJob") not in aws.calls
 
 
 def summary(name, lr, value):
