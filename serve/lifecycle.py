@@ -253,5 +253,8 @@ def _artifact_signature(model_dir: Path) -> tuple:
 def _stop_this_worker(reason: str) -> None:
     """End this gunicorn worker gracefully (SIGTERM: requests in flight are answered, then it
     exits and the master starts a new one)."""
+    from serve.worker import stopping_on_its_own
+
     logger.error("worker %d exits so that gunicorn replaces it: %s", os.getpid(), reason)
+    stopping_on_its_own()  # the queued connections are the siblings' (serve/worker.py)
     os.kill(os.getpid(), signal.SIGTERM)

@@ -15,16 +15,29 @@ usual, answered with ``Connection: close``) and then closes its listener, so a c
 later is refused at once (when no other process holds the listener: the master closed its copy,
 and each worker closes its own as it stops). A connection that arrives in the microseconds
 between the last accept and the close is still reset: Linux cannot close a listener atomically
-with an empty queue. When the master lives on (a worker restarted after ``max_requests``, or one
-whose model stopped, serve/lifecycle.py), closing the worker's copy changes nothing for clients:
-the master's copy keeps the port open and the next worker accepts from the same queue.
+with an empty queue.
+
+Only a stop the master started drains: a worker that stops on its own while the master lives on
+(its model stopped, serve/lifecycle.py, which calls ``stopping_on_its_own`` first; or a restart
+after ``max_requests``) only closes its copy of the listener. The connections queued there are
+the whole server's: a healthy sibling, or the worker that replaces this one, serves them, where
+this worker would answer them 503.
 """
 
 from __future__ import annotations
 
 import select
+import threading
 
 from gunicorn.workers.gthread import ThreadWorker
+
+_on_its_own = threading.Event()  # this worker process is stopping by its own decision
+
+
+def stopping_on_its_own() -> None:
+    """Say, before this worker sends itself SIGTERM, that the stop is its own: the master and
+    its siblings go on, so the queued connections are left to them (see the module docstring)."""
+    _on_its_own.set()
 
 
 class DrainingThreadWorker(ThreadWorker):
@@ -38,7 +51,14 @@ class DrainingThreadWorker(ThreadWorker):
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive and not self._listeners_closed:
             self._listeners_closed = True
-            self.accept_queued_then_close()
+            restarting = bool(self.max_requests) and self.nr >= self.max_requests
+            if _on_its_own.is_set() or restarting:
+                for listener in self.sockets:
+                    listener.close()
+                self.log.info("stopping on its own: listener closed; queued connections are "
+                              "left to the other workers")
+            else:
+                self.accept_queued_then_close()
 
     def accept_queued_then_close(self) -> int:
         """Accept every connection waiting on this worker's listeners (each goes to the thread
