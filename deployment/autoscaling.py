@@ -19,7 +19,8 @@ BACKLOG_TARGET = 5.0  # queued requests per instance: AWS's example value
 SCALE_IN_COOLDOWN_S, SCALE_OUT_COOLDOWN_S = 600, 300
 
 
-def _resource(endpoint: str) -> str:
+def resource_id(endpoint: str) -> str:
+    """The variant's Application Auto Scaling resource id."""
     return f"endpoint/{endpoint}/variant/AllTraffic"
 
 
@@ -34,7 +35,7 @@ def _track(boto, endpoint: str, min_count: int, max_count: int, suffix: str, tar
     ``metric`` (a predefined or customized metric specification); ``cooldowns``: scale in,
     scale out (s). Returns the Application Auto Scaling client."""
     aas = boto.client("application-autoscaling")
-    aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=_resource(endpoint),
+    aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id(endpoint),
                                  ScalableDimension=DIMENSION, MinCapacity=min_count,
                                  MaxCapacity=max_count)
     _put_policy(aas, endpoint, suffix, PolicyType="TargetTrackingScaling",
@@ -48,7 +49,7 @@ def _put_policy(aas, endpoint: str, suffix: str, **policy) -> dict:
     """PutScalingPolicy ``ENDPOINT-suffix`` on the endpoint's variant (replaces one of that
     name); ``policy``: PolicyType and its configuration."""
     return aas.put_scaling_policy(PolicyName=f"{endpoint}-{suffix}", ServiceNamespace="sagemaker",
-                                  ResourceId=_resource(endpoint), ScalableDimension=DIMENSION,
+                                  ResourceId=resource_id(endpoint), ScalableDimension=DIMENSION,
                                   **policy)
 
 
@@ -64,7 +65,7 @@ def configure_autoscaling(boto, endpoint: str, min_count: int, max_count: int,
     _track(boto, endpoint, min_count, max_count, "invocations", target, {
         "PredefinedMetricSpecification": {
             "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}}, (300, 60))
-    print(f"autoscaling {_resource(endpoint)}: {min_count} to {max_count} instances, target "
+    print(f"autoscaling {resource_id(endpoint)}: {min_count} to {max_count} instances, target "
           f"{target:g} invocations per instance per minute")
 
 
@@ -96,8 +97,17 @@ def configure_async_autoscaling(boto, endpoint: str, min_count: int, max_count: 
             ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="missing",
             AlarmActions=[policy["PolicyARN"]])
         woken = f"; from zero on alarm {wake_alarm_name(endpoint)}"
-    print(f"autoscaling {_resource(endpoint)}: {min_count} to {max_count} instances, target "
+    print(f"autoscaling {resource_id(endpoint)}: {min_count} to {max_count} instances, target "
           f"{backlog:g} queued requests per instance{woken}")
+
+
+def registered(boto, endpoint: str) -> bool:
+    """Whether the endpoint's variant has autoscaling (a scalable target) registered."""
+    aas = boto.client("application-autoscaling")
+    targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker",
+                                            ResourceIds=[resource_id(endpoint)],
+                                            ScalableDimension=DIMENSION)
+    return bool(targets.get("ScalableTargets"))
 
 
 def deregister_autoscaling(boto, endpoint: str) -> None:
@@ -108,7 +118,7 @@ def deregister_autoscaling(boto, endpoint: str) -> None:
     aas = boto.client("application-autoscaling")
     try:
         aas.deregister_scalable_target(
-            ServiceNamespace="sagemaker", ResourceId=_resource(endpoint),
+            ServiceNamespace="sagemaker", ResourceId=resource_id(endpoint),
             ScalableDimension=DIMENSION)
         print(f"removed autoscaling of {endpoint}")
     except ClientError as exc:

@@ -106,6 +106,31 @@ def check_options(args) -> guardrails.StrategyOptions:
     return options
 
 
+def check_autoscaled_instance_type(ctx: Context, current: Current, args, endpoint: str) -> None:
+    """Refuse, before anything is created, an update that changes the instance type of a
+    variant with autoscaling registered: SageMaker refuses that UpdateEndpoint until the
+    variant is deregistered as a scalable target (SageMaker Developer Guide, "Update or delete
+    an endpoint that uses auto scaling"), and the model and config would be made for nothing.
+
+    Raises:
+        UserError: the instance type changes and autoscaling is registered (with the commands
+            that deregister it and register it again).
+    """
+    wanted = args.endpoint_instance_type
+    if not wanted or wanted == current.variant.get("InstanceType"):
+        return
+    from deployment.autoscaling import DIMENSION, registered, resource_id
+
+    if registered(ctx.boto, endpoint):
+        raise UserError(
+            f"--instance-type {wanted}: endpoint {endpoint} has autoscaling, and SageMaker "
+            "refuses to change an autoscaled variant's instance type. Remove it first (aws "
+            "application-autoscaling deregister-scalable-target --service-namespace sagemaker "
+            f"--resource-id {resource_id(endpoint)} --scalable-dimension {DIMENSION}), then run "
+            "python deploy.py deploy --update with --instance-type, --instance-count and "
+            "--autoscale-max to update and register it again")
+
+
 def desired_variant(sm, current: Current, args, model_name: str) -> dict:
     """The new production variant: the current one with the new model and the options given.
 
@@ -303,6 +328,7 @@ def update_model(ctx: Context, args) -> int:
     endpoint = ctx.get("endpoint")
     sm = ctx.session.sagemaker_client
     current = read_current(sm, endpoint)
+    check_autoscaled_instance_type(ctx, current, args, endpoint)
     name = versions.new_name(endpoint)
     variant = desired_variant(sm, current, args, name)
     model, digest = desired_model(ctx, current, args, endpoint, name)

@@ -461,3 +461,31 @@ def test_a_long_endpoint_name_still_finds_all_its_versions(fake, aws, capsys):
     assert run(capsys, "delete", "--endpoint", name)[0] == 0
     assert sm().list_models()["Models"] == [] and sm().list_endpoint_configs()[
         "EndpointConfigs"] == []
+
+
+def test_an_instance_type_change_on_an_autoscaled_endpoint_is_refused_before_anything_is_made(
+        fake, aws, capsys):
+    """SageMaker refuses to change an autoscaled variant's instance type; the README promised
+    the autoscaling stays. Refused in one line with the commands to use, nothing created; the
+    same type updates."""
+    endpoint(capsys, "--instance-type", "ml.m5.xlarge", "--instance-count", "2",
+             "--autoscale-max", "4")
+    models_before = len(aws.calls[("sagemaker", "CreateModel")])
+    code, _, err = run(capsys, "update", "--model-data", M2, "--endpoint", "dogs-ep",
+                       "--instance-type", "ml.m5.2xlarge")
+    assert code == 1, err
+    assert ("--instance-type ml.m5.2xlarge: endpoint dogs-ep has autoscaling, and SageMaker "
+            "refuses to change an autoscaled variant's instance type") in err
+    assert "deregister-scalable-target --service-namespace sagemaker --resource-id " \
+           "endpoint/dogs-ep/variant/AllTraffic" in err
+    assert len(aws.calls[("sagemaker", "CreateModel")]) == models_before
+    code, _, err = run(capsys, "update", "--model-data", M2, "--endpoint", "dogs-ep",
+                       "--instance-type", "ml.m5.xlarge", "--no-wait")
+    assert code == 0, err  # the same type: autoscaling stays
+
+
+def test_an_instance_type_change_without_autoscaling_updates(fake, aws, capsys):
+    endpoint(capsys, "--instance-type", "ml.m5.xlarge", name="plain", monitor=False)
+    code, _, err = run(capsys, "update", "--model-data", M2, "--endpoint", "plain",
+                       "--instance-type", "ml.m5.2xlarge", "--no-wait", "--no-rollback")
+    assert code == 0, err
