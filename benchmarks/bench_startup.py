@@ -185,6 +185,7 @@ def ship(tree: Path, model_dir: Path, tmp: Path) -> Path | None:
     start = time.monotonic()
     done = subprocess.run([sys.executable, str(entry), "--input", str(shipped)], cwd=tree,
                           env=dict(os.environ, PYTHONPATH=str(tree),
+                                   SERVE_COMPILE_CACHE_DIR=str(tmp / "ship-store"),
                                    TORCHINDUCTOR_CACHE_DIR=str(tmp / "ship-inductor")),
                           capture_output=True, text=True)
     if done.returncode != 0:

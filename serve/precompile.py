@@ -10,7 +10,9 @@ the GPU, as the server's store is (serve/compiled.py): a server on another kind 
 key of its own and compiles as usual, beside its workers. Running it again on another kind adds
 that kind's packages; the model's other files are untouched.
 
-The precision and batch sizes are the server's for this host and these variables
+Packages are built in, or taken from, the host's compile store (SERVE_COMPILE_CACHE_DIR, as a
+server here would). The precision and batch sizes are the server's for this host and these
+variables
 (SERVE_PRECISION, SERVE_PRECISION_TOLERANCE, SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE): pass the
 endpoint's values.
 
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=PROCESSING_OUTPUT)
     args = parser.parse_args(argv)
     from contract.artifact import ArtifactError
+    from serve.config import compile_cache_dir
 
     with tempfile.TemporaryDirectory(prefix="compile-") as work:
         work = Path(work)
@@ -135,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             with tarfile.open(archive) as tar:
                 tar.extractall(model_dir, filter="data")  # no absolute paths, links out, devices
         try:
-            about = compile_model(model_dir, work / "store")
+            # The host's store (SERVE_COMPILE_CACHE_DIR): what a server here compiled already is
+            # shipped as it is, and what this step compiles serves this host too.
+            about = compile_model(model_dir, Path(compile_cache_dir()))
         except (CompileStepError, ArtifactError) as exc:
             print(f"compile: {exc}", file=sys.stderr)
             return 1

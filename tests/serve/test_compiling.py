@@ -131,7 +131,8 @@ def test_a_fresh_host_answers_uncompiled_at_once_and_each_compiled_size_takes_ov
 
 @pytest.fixture(scope="module")
 def helper_built(trained_model_dir, tmp_path_factory) -> compiled.Entry:
-    """The trained model's fp32 package of batch size 1, built by a compile helper."""
+    """The trained model's fp32 package of batch size 1, built by a compile helper process (its
+    command line, as a worker's watcher starts it)."""
     return _compile_in_a_helper(trained_model_dir, tmp_path_factory.mktemp("built"), [1])
 
 
@@ -186,10 +187,10 @@ def test_a_package_that_does_not_load_is_removed_and_a_failed_rebuild_is_retried
 
 
 def test_the_compile_step_ships_packages_that_a_fresh_host_serves_with_nothing_compiled(
-        trained_model_dir, tmp_path):
+        trained_model_dir, helper_built, tmp_path):
     """`compile` (a Processing job's entry) on a model.tar.gz writes a new one that carries this
-    host's packages; a worker on an empty store copies them and starts compiled, with no
-    helper, and a host of another kind would find no key of its own."""
+    host's packages (here from the host's store, which a helper filled: nothing is compiled
+    twice); a worker on an empty store copies them and starts compiled, with no helper."""
     import json
     import subprocess
     import sys
@@ -203,7 +204,7 @@ def test_the_compile_step_ships_packages_that_a_fresh_host_serves_with_nothing_c
         for item in trained_model_dir.iterdir():
             tar.add(item, arcname=item.name)
     env = dict(os.environ, SERVE_PRECISION="fp32", SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE="1",
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=str(ROOT), SERVE_COMPILE_CACHE_DIR=str(helper_built.store))
     done = subprocess.run([sys.executable, str(ROOT / "container" / "compile"), "--input",
                            str(archive.parent), "--output", str(tmp_path / "out")], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -224,7 +225,7 @@ def test_the_compile_step_ships_packages_that_a_fresh_host_serves_with_nothing_c
         assert holder.watcher is None
         assert holder.classifier.describe() == {"precision": "fp32",
                                                 "compiled_batch_sizes": [1]}
-        assert holder.classifier.entry.key == shipped.name
+        assert holder.classifier.entry.key == shipped.name == helper_built.key
     finally:
         _close(holder)
     refused = subprocess.run([sys.executable, str(ROOT / "container" / "compile"), "--input",
