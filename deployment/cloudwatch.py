@@ -1,10 +1,10 @@
-"""Amazon CloudWatch: the endpoint's alarms and dashboard (deployment/monitoring.py says which),
+"""Amazon CloudWatch: the endpoint's alarms and dashboard (tools/monitoring.py says which),
 put and deleted idempotently: PutMetricAlarm and PutDashboard replace what has the same name, so
 a second run changes nothing it does not have to."""
 
 from __future__ import annotations
 
-from deployment import monitoring
+from tools import monitoring
 from deployment.errors import UserError, is_not_found
 
 
@@ -77,7 +77,7 @@ def put_alarms(cw, endpoint: str, variant: str, latency_p99_ms: float, error_rat
 
 
 def dashboard_body(endpoint: str, variant: str, region: str) -> dict:
-    """The dashboard: one metric widget per panel of deployment/monitoring.py."""
+    """The dashboard: one metric widget per panel of tools/monitoring.py."""
     widgets = []
     for i, (title, metrics) in enumerate(monitoring.PANELS):
         widgets.append({

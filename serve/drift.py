@@ -24,7 +24,7 @@ PSI_ALERT = 0.25
 EPSILON = 1e-4  # floor for empty bins: PSI and JS are undefined on a zero share
 STATISTICS = ("predicted_class", "confidence", "brightness", "aspect_ratio", "megapixels")
 # Each statistic's name in the metrics' names (DriftPSIAspectRatio): what deploy.py's alarms and
-# dashboard read (deployment/monitoring.py).
+# dashboard read (tools/monitoring.py).
 METRIC_NAMES = {name: "".join(part.title() for part in name.split("_")) for name in STATISTICS}
 
 

@@ -1,7 +1,7 @@
 """The project's layout, read from its source with ``ast`` (no import, no model): the packages'
 import graph has no circle and runs one way (contract at the bottom; train and serve on it and
-never on each other; tools, deployment and the workstation programs above), and no module or
-class grows past its size or reaches into torch's private attributes."""
+never on each other; tools, then deployment and deploy.py, and the benchmarks above), and no
+module or class grows past its size or reaches into torch's private attributes."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ ALLOWED = {
     "train": {"contract", "train"},
     "serve": {"contract", "serve"},
     "container": {"container", "train", "serve"},
+    # The workstation's floors (docs/architecture.md): tools never imports deployment.
+    "tools": {"contract", "train", "serve", "tools"},
+    "deployment": {"contract", "train", "serve", "container", "tools", "deployment"},
+    "benchmarks": {"contract", "train", "serve", "container", "tools", "benchmarks"},
+    "deploy": {"deployment"},
 }
 
 

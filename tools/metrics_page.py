@@ -5,7 +5,7 @@ CloudWatch dashboard will show, on a laptop, before any AWS.
     python -m tools.metrics_page out/demo/serve.log [out/metrics.html]
 
 It reads the Embedded Metric Format lines serve writes (serve/metrics.py), draws the dashboard's
-panels (deployment/monitoring.py) over time, and lists each alarm with its threshold, the worst
+panels (tools/monitoring.py) over time, and lists each alarm with its threshold, the worst
 value the log holds and whether it would have fired. One self-contained page: plots embedded
 as PNG, no scripts, no network.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployment import monitoring  # noqa: E402
+from tools import monitoring  # noqa: E402
 
 STAT = {"Sum": sum, "Maximum": max, "Average": lambda v: sum(v) / len(v)}
 

@@ -1,5 +1,5 @@
 """``deploy.py monitor``: CloudWatch alarms on the endpoint's latency, error rate and drift scores,
-and a dashboard of its metrics (deployment/monitoring.py says which); ``--delete`` removes them.
+and a dashboard of its metrics (tools/monitoring.py says which); ``--delete`` removes them.
 
 Both are idempotent (deployment/cloudwatch.py). The metrics come from the container itself (EMF
 lines on stdout, serve/metrics.py): SageMaker Model Monitor is closed to new customers.
