@@ -10,12 +10,11 @@ from pathlib import Path
 
 from deployment.errors import UserError, is_not_found
 from deployment.models import check_seconds
+from deployment.options import AsyncOptions
 from serve.config import MAX_PAYLOAD_MB
 
 # InvokeEndpointAsync's InvocationTimeoutSeconds default (API reference): 15 minutes.
 ASYNC_TIMEOUT_S = 900
-ASYNC_OPTIONS = ("output_path", "failure_path", "sns_success", "sns_error",
-                 "max_concurrent_invocations", "invocation_timeout")
 MAX_CONCURRENT_INVOCATIONS = 1000  # AsyncInferenceClientConfig's bound
 
 
@@ -31,56 +30,56 @@ def endpoint_status(sm, name: str) -> str | None:
         raise
 
 
-def check_async_options(args) -> None:
+def check_async_options(options: AsyncOptions) -> None:
     """The asynchronous options are given only with --async, and within SageMaker's bounds.
 
     Raises:
         UserError: one line naming the option.
     """
-    given = [name for name in ASYNC_OPTIONS if getattr(args, name, None) is not None]
-    if not args.asynchronous:
+    given = options.given()
+    if not options.enabled:
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} is for asynchronous endpoints: "
                             "add --async")
         return
-    if args.invocation_timeout is not None:
-        check_seconds("--invocation-timeout", args.invocation_timeout)
-    n = args.max_concurrent_invocations
+    if options.invocation_timeout is not None:
+        check_seconds("--invocation-timeout", options.invocation_timeout)
+    n = options.max_concurrent_invocations
     if n is not None and not 1 <= n <= MAX_CONCURRENT_INVOCATIONS:
         raise UserError(f"--max-concurrent-invocations {n}: from 1 to "
                         f"{MAX_CONCURRENT_INVOCATIONS} (MaxConcurrentInvocationsPerInstance)")
     for option in ("sns_success", "sns_error"):
-        topic = getattr(args, option)
+        topic = getattr(options, option)
         if topic is not None and not topic.startswith("arn:aws:sns:"):
             raise UserError(f"--{option.replace('_', '-')} {topic}: an SNS topic ARN, "
                             "arn:aws:sns:REGION:ACCOUNT:NAME")
 
 
-def async_environment(args) -> dict[str, str]:
+def async_environment(options: AsyncOptions) -> dict[str, str]:
     """What an asynchronous endpoint's container needs beside the real-time environment: the
     1 GB payload cap, the invocation's timeout as its deadline, and a queue per worker that holds
     every request SageMaker may send an instance at once (one worker may be sent all of them, and
     more never come).
     The per-image budgets (pixels, decode memory, images per request) stay as they are."""
     env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(MAX_PAYLOAD_MB),
-           "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.invocation_timeout or ASYNC_TIMEOUT_S)}
-    if args.max_concurrent_invocations:
-        env["SAGEMAKER_MODEL_SERVER_MAX_QUEUE"] = str(args.max_concurrent_invocations)
+           "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(options.invocation_timeout or ASYNC_TIMEOUT_S)}
+    if options.max_concurrent_invocations:
+        env["SAGEMAKER_MODEL_SERVER_MAX_QUEUE"] = str(options.max_concurrent_invocations)
     return env
 
 
-def async_config(ctx, args, endpoint: str):
+def async_config(ctx, options: AsyncOptions, endpoint: str):
     """The SDK's AsyncInferenceConfig: answers and errors under S3 prefixes of the endpoint's
     name (or --output-path, --failure-path), SNS topics when given, and
     MaxConcurrentInvocationsPerInstance when given (else SageMaker chooses)."""
     from sagemaker.async_inference import AsyncInferenceConfig
 
-    topics = {key: value for key, value in (("SuccessTopic", args.sns_success),
-                                            ("ErrorTopic", args.sns_error)) if value}
+    topics = {key: value for key, value in (("SuccessTopic", options.sns_success),
+                                            ("ErrorTopic", options.sns_error)) if value}
     return AsyncInferenceConfig(
-        output_path=args.output_path or f"{ctx.s3_prefix()}/async-output/{endpoint}",
-        failure_path=args.failure_path or f"{ctx.s3_prefix()}/async-failures/{endpoint}",
-        max_concurrent_invocations_per_instance=args.max_concurrent_invocations,
+        output_path=options.output_path or f"{ctx.s3_prefix()}/async-output/{endpoint}",
+        failure_path=options.failure_path or f"{ctx.s3_prefix()}/async-failures/{endpoint}",
+        max_concurrent_invocations_per_instance=options.max_concurrent_invocations,
         notification_config=topics or None)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from container import gpu_hosts
 from contract.artifact import MAX_BATCH
 from deployment.errors import UserError
+from deployment.options import ArtifactOptions, ServingOptions
 from deployment.settings import Context, load_state
 from serve.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, MAX_TIMEOUT_S, Settings
 
@@ -68,15 +69,15 @@ def add_model_arguments(p) -> None:
                         f"{', '.join(gpu_hosts.INFERENCE_AMIS)}")
 
 
-def model_data_uri(ctx: Context, args) -> str:
+def model_data_uri(ctx: Context, artifact: ArtifactOptions) -> str:
     """The model.tar.gz to deploy: --model-data, else the training job's (the last one).
 
     Raises:
         UserError: no job named or remembered, or the job has not completed.
     """
-    if args.model_data:
-        return args.model_data
-    job = args.training_job or load_state().get("training_job")
+    if artifact.model_data:
+        return artifact.model_data
+    job = artifact.training_job or load_state().get("training_job")
     if not job:
         raise UserError("no model: pass --training-job NAME or --model-data s3://.../model.tar.gz")
     desc = ctx.session.sagemaker_client.describe_training_job(TrainingJobName=job)
@@ -164,7 +165,8 @@ def base_environment(endpoint: str, variant: str = "AllTraffic") -> dict[str, st
             "SERVE_VARIANT_NAME": variant}
 
 
-def serving_environment(args, base: dict[str, str], extra: dict[str, str] | None = None,
+def serving_environment(serving: ServingOptions, base: dict[str, str],
+                        extra: dict[str, str] | None = None,
                         container: str = "the endpoint's container") -> dict[str, str]:
     """``base`` (a new model's, or the endpoint's current model's) with the workers and
     batching options given and ``extra`` (a transform job's or an asynchronous endpoint's
@@ -176,10 +178,7 @@ def serving_environment(args, base: dict[str, str], extra: dict[str, str] | None
         UserError: a value serve would refuse (``container`` names whose).
     """
     env = dict(base)
-    options = {"SAGEMAKER_MODEL_SERVER_WORKERS": ("--workers", args.workers),
-               "SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE": ("--max-batch-size", args.max_batch_size),
-               "SAGEMAKER_MODEL_SERVER_MAX_BATCH_DELAY_MS": ("--max-batch-delay-ms",
-                                                             args.max_batch_delay_ms)}
+    options = serving.variables()
     options.update({name: (name, value) for name, value in (extra or {}).items()})
     for name, (option, value) in options.items():
         if value is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from container import gpu_hosts
 from deployment.errors import UserError
+from deployment.options import TrainingLimits
 from deployment.settings import SPLITS, Context
 from train.hyperparameters import IGNORED_PREFIXES
 from train.metrics import METRIC_DEFINITIONS
@@ -64,7 +65,7 @@ def training_instance_warning(instance_type: str) -> str | None:
         raise UserError(str(exc)) from exc
 
 
-def make_estimator(ctx: Context, args, hyperparameters: dict, *, session=None,
+def make_estimator(ctx: Context, limits: TrainingLimits, hyperparameters: dict, *, session=None,
                    image: str | None = None, role: str | None = None,
                    checkpoints: str | None = None, output_path: str | None = None,
                    spot: bool | None = None):
@@ -77,17 +78,17 @@ def make_estimator(ctx: Context, args, hyperparameters: dict, *, session=None,
     """
     from sagemaker.estimator import Estimator
 
-    spot = getattr(args, "spot", False) if spot is None else spot
-    if spot and args.max_wait < args.max_run:
-        raise UserError(f"--max-wait ({args.max_wait}) must be at least --max-run "
-                        f"({args.max_run}) for spot training")
+    spot = limits.spot if spot is None else spot
+    if spot and (limits.max_wait or 0) < limits.max_run:
+        raise UserError(f"--max-wait ({limits.max_wait}) must be at least --max-run "
+                        f"({limits.max_run}) for spot training")
     kwargs = dict(
         image_uri=image or ctx.image(),
         role=role or ctx.role(),
         instance_count=int(ctx.get("instance_count")),
         instance_type=ctx.get("instance_type"),
-        volume_size=args.volume_size,
-        max_run=args.max_run,
+        volume_size=limits.volume_size,
+        max_run=limits.max_run,
         hyperparameters=hyperparameters,
         metric_definitions=METRIC_DEFINITIONS,
         output_path=output_path or f"{ctx.s3_prefix()}/output",
@@ -96,11 +97,11 @@ def make_estimator(ctx: Context, args, hyperparameters: dict, *, session=None,
         environment={"PYTHONUNBUFFERED": "1"},
     )
     if spot:
-        kwargs.update(use_spot_instances=True, max_wait=args.max_wait)
+        kwargs.update(use_spot_instances=True, max_wait=limits.max_wait)
     if checkpoints:
         kwargs["checkpoint_s3_uri"] = checkpoints
-    if getattr(args, "debugger_service", False):
-        kwargs.update(debugger_settings(ctx, args.job_name or "train"))
+    if limits.debugger_service:
+        kwargs.update(debugger_settings(ctx, limits.job_name or "train"))
     else:  # our container writes its own reports; the SDK would add a hook and profiler
         kwargs.update(disable_profiler=True, debugger_hook_config=False)
     return Estimator(**kwargs)

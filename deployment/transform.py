@@ -49,12 +49,14 @@ THREADS = 16  # S3 requests in flight when packing and reading answers
 @dataclass
 class Inputs:
     """What a transform job reads: ``uri`` (an S3 prefix ending in /), its ``keys`` relative to
-    it with their sizes (bytes), and for packed JSON Lines the photos of each file
-    (``index``: file key -> photo keys, line by line)."""
+    it with their sizes (bytes), for packed JSON Lines the photos of each file (``index``: file
+    key -> photo keys, line by line), and the ``manifest`` (an S3 URI) that lists the keys when
+    the job reads one instead of the whole prefix."""
 
     uri: str
     keys: dict[str, int]
     index: dict[str, list[str]] | None = None
+    manifest: str | None = None
 
     @property
     def photos(self) -> list[str]:
@@ -113,6 +115,25 @@ def list_photos(s3, uri: str) -> Inputs:
         print(f"{uri}: {len(objects) - len(photos)} objects that are not photos are left out",
               file=sys.stderr)
     return Inputs(uri, photos)
+
+
+def write_manifest(s3, photos: Inputs, manifest_uri: str) -> Inputs:
+    """A manifest of the photos' keys at ``manifest_uri``, for S3DataType ManifestFile: the
+    job then reads the photos only. With S3Prefix it would read every object under the
+    prefix, and one that is no image (a README.txt, a macOS ``._photo.jpg``) gets a 400 from
+    serve, which fails its object and so the whole job. The format is the API reference's
+    (TransformS3DataSource): ``[{"prefix": PREFIX}, KEY, ...]``, keys relative to PREFIX."""
+    bucket, key = split_uri(manifest_uri)
+    body = json.dumps([{"prefix": photos.uri}] + sorted(photos.keys)).encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    return Inputs(photos.uri, photos.keys, manifest=manifest_uri)
+
+
+def read_manifest(s3, manifest_uri: str) -> Inputs:
+    """The inputs a manifest that ``write_manifest`` wrote lists (sizes unknown: 0)."""
+    bucket, key = split_uri(manifest_uri)
+    prefix, *keys = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return Inputs(prefix["prefix"], dict.fromkeys(keys, 0), manifest=manifest_uri)
 
 
 def content_type(keys) -> str:
@@ -192,8 +213,9 @@ def request(job: str, model: str, inputs: Inputs, output_uri: str, instance_type
             instance_count: int, timeout_s: int, ami: str | None, jsonlines: bool,
             payload: int) -> dict:
     """CreateTransformJob's parameters: one image a request (SplitType None, SingleRecord) or
-    JSON Lines (SplitType Line, MultiRecord, the answers assembled a line each); the
-    invocation timeout; MaxConcurrentTransforms left to the container (module docstring)."""
+    JSON Lines (SplitType Line, MultiRecord, the answers assembled a line each); the inputs'
+    manifest when they have one, else their prefix; the invocation timeout;
+    MaxConcurrentTransforms left to the container (module docstring)."""
     resources = {"InstanceType": instance_type, "InstanceCount": instance_count}
     if ami:
         resources["TransformAmiVersion"] = ami
@@ -204,7 +226,9 @@ def request(job: str, model: str, inputs: Inputs, output_uri: str, instance_type
         "ModelClientConfig": {"InvocationsTimeoutInSeconds": timeout_s,
                               "InvocationsMaxRetries": 1},
         "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": inputs.uri}},
+            "DataSource": {"S3DataSource": {
+                "S3DataType": "ManifestFile" if inputs.manifest else "S3Prefix",
+                "S3Uri": inputs.manifest or inputs.uri}},
             "ContentType": JSONLINES if jsonlines else content_type(inputs.keys),
             "SplitType": "Line" if jsonlines else "None", "CompressionType": "None"},
         "TransformOutput": {"S3OutputPath": output_uri,
@@ -259,9 +283,17 @@ def answers(s3, inputs: Inputs, output_uri: str, failure: str | None) -> list[An
     failed input: the job's ``failure`` reason says why)."""
     output_uri = folder_uri(output_uri)
     names = sorted(inputs.keys)
+    # Each input's .out is at its key under the output path; the developer guide's example
+    # (TransformOutput) puts the input's prefix in between, so that place is looked at too.
+    written = set(list_objects(s3, output_uri))
+    _, input_prefix = split_uri(inputs.uri)
+
+    def out_of(name: str) -> bytes | None:
+        found = [k for k in (f"{name}.out", f"{input_prefix}{name}.out") if k in written]
+        return _read(s3, f"{output_uri}{found[0]}") if found else None
+
     with ThreadPoolExecutor(THREADS) as pool:
-        outs = dict(zip(names, pool.map(lambda name: _read(s3, f"{output_uri}{name}.out"),
-                                        names)))
+        outs = dict(zip(names, pool.map(out_of, names)))
     missing = "no answer: the job failed on it" + (f" ({failure})" if failure else "")
     result = []
     for name in names:

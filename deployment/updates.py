@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from deployment import cloudwatch, ecr, guardrails, models, rollout, versions
 from deployment.errors import UserError, is_not_found
+from deployment.options import RollbackOptions, UpdateOptions, VariantOptions
 from deployment.settings import Context, save_state
 
 # ProductionVariant fields a serverless variant keeps; the others are about instances.
@@ -71,7 +72,7 @@ def read_current(sm, endpoint: str) -> Current:
     return Current(desc, config, variants[0], model)
 
 
-def check_options(args) -> guardrails.StrategyOptions:
+def check_options(o: UpdateOptions) -> guardrails.StrategyOptions:
     """Every rule the options alone decide, before any AWS call: the strategy's, the count
     dependent ones when --instance-count or --serverless states the shape, the instance type's
     and AMI's, and serve's for the serving options.
@@ -79,34 +80,34 @@ def check_options(args) -> guardrails.StrategyOptions:
     Raises:
         UserError: one line naming the option and the rule.
     """
-    options = guardrails.StrategyOptions.from_args(args)
-    alarms = getattr(args, "alarm", None) or []
-    guardrails.check_values(options, alarms)
-    if alarms and getattr(args, "no_rollback", False):
+    options, v = o.strategy, o.variant
+    guardrails.check_values(options, list(o.rollback.alarms))
+    if o.rollback.alarms and o.rollback.no_rollback:
         raise UserError("--alarm and --no-rollback exclude each other: pick one")
-    if getattr(args, "asynchronous", False):
+    if o.asynchronous:
         raise UserError("--async: an update keeps the endpoint's kind (real-time or "
                         "asynchronous); create an asynchronous endpoint with deploy --async")
-    if args.serverless:
-        for option, value in (("--instance-type", args.endpoint_instance_type),
-                              ("--instance-count", args.instance_count),
-                              ("--startup-timeout", args.startup_timeout)):
+    if v.serverless:
+        for option, value in (("--instance-type", v.instance_type),
+                              ("--instance-count", v.instance_count),
+                              ("--startup-timeout", v.startup_timeout)):
             if value is not None:
                 raise UserError(f"{option} and --serverless exclude each other: a serverless "
                                 "endpoint has no instances")
-    if args.instance_count is not None and args.instance_count < 1:
-        raise UserError(f"--instance-count {args.instance_count}: at least 1")
-    if args.serverless or args.instance_count is not None:
-        guardrails.plan(options, args.instance_count, args.serverless)
-    if args.endpoint_instance_type or args.serverless:
-        models.inference_ami(None if args.serverless else args.endpoint_instance_type,
-                             args.inference_ami_version or "auto")
-    models.check_capture(args.capture)
-    models.serving_environment(args, {})
+    if v.instance_count is not None and v.instance_count < 1:
+        raise UserError(f"--instance-count {v.instance_count}: at least 1")
+    if v.serverless or v.instance_count is not None:
+        guardrails.plan(options, v.instance_count, v.serverless)
+    if v.instance_type or v.serverless:
+        models.inference_ami(None if v.serverless else v.instance_type,
+                             v.inference_ami_version or "auto")
+    models.check_capture(v.capture)
+    models.serving_environment(o.serving, {})
     return options
 
 
-def check_autoscaled_instance_type(ctx: Context, current: Current, args, endpoint: str) -> None:
+def check_autoscaled_instance_type(ctx: Context, current: Current, variant: VariantOptions,
+                                   endpoint: str) -> None:
     """Refuse, before anything is created, an update that changes the instance type of a
     variant with autoscaling registered: SageMaker refuses that UpdateEndpoint until the
     variant is deregistered as a scalable target (SageMaker Developer Guide, "Update or delete
@@ -116,7 +117,7 @@ def check_autoscaled_instance_type(ctx: Context, current: Current, args, endpoin
         UserError: the instance type changes and autoscaling is registered (with the commands
             that deregister it and register it again).
     """
-    wanted = args.endpoint_instance_type
+    wanted = variant.instance_type
     if not wanted or wanted == current.variant.get("InstanceType"):
         return
     from deployment.autoscaling import DIMENSION, registered, resource_id
@@ -131,7 +132,7 @@ def check_autoscaled_instance_type(ctx: Context, current: Current, args, endpoin
             "--autoscale-max to update and register it again")
 
 
-def desired_variant(sm, current: Current, args, model_name: str) -> dict:
+def desired_variant(sm, current: Current, shape: VariantOptions, model_name: str) -> dict:
     """The new production variant: the current one with the new model and the options given.
 
     Raises:
@@ -140,47 +141,47 @@ def desired_variant(sm, current: Current, args, model_name: str) -> dict:
     members = sm.meta.service_model.shape_for("ProductionVariant").members
     v = {k: value for k, value in current.variant.items() if k in members}
     v["ModelName"] = model_name
-    to_instances = current.serverless and args.endpoint_instance_type
-    if args.serverless or (current.serverless and not to_instances):
-        for option, value in (("--instance-count", args.instance_count),
-                              ("--startup-timeout", args.startup_timeout)):
+    to_instances = current.serverless and shape.instance_type
+    if shape.serverless or (current.serverless and not to_instances):
+        for option, value in (("--instance-count", shape.instance_count),
+                              ("--startup-timeout", shape.startup_timeout)):
             if value is not None:
                 raise UserError(f"{option}: endpoint {current.desc['EndpointName']} is "
                                 "serverless; pass --instance-type to move it to instances")
         config = dict(v.get("ServerlessConfig") or {
             "MemorySizeInMB": models.DEFAULT_MEMORY_MB,
             "MaxConcurrency": models.DEFAULT_MAX_CONCURRENCY})
-        if args.memory_mb is not None:
-            config["MemorySizeInMB"] = args.memory_mb
-        if args.max_concurrency is not None:
-            config["MaxConcurrency"] = args.max_concurrency
+        if shape.memory_mb is not None:
+            config["MemorySizeInMB"] = shape.memory_mb
+        if shape.max_concurrency is not None:
+            config["MaxConcurrency"] = shape.max_concurrency
         v = {k: value for k, value in v.items() if k in SERVERLESS_FIELDS}
         v["ServerlessConfig"] = config
-        if args.inference_ami_version:
-            models.inference_ami(None, args.inference_ami_version)  # refused: no GPU
+        if shape.inference_ami_version:
+            models.inference_ami(None, shape.inference_ami_version)  # refused: no GPU
         return v
     for option in ("memory_mb", "max_concurrency"):
-        if getattr(args, option) is not None:
+        if getattr(shape, option) is not None:
             raise UserError(f"--{option.replace('_', '-')}: applies to serverless endpoints; "
                             f"endpoint {current.desc['EndpointName']} runs instances (add "
                             "--serverless to move it)")
     v.pop("ServerlessConfig", None)
-    instance_type = args.endpoint_instance_type or v["InstanceType"]
+    instance_type = shape.instance_type or v["InstanceType"]
     v["InstanceType"] = instance_type
-    v["InitialInstanceCount"] = (args.instance_count or current.instance_count
+    v["InitialInstanceCount"] = (shape.instance_count or current.instance_count
                                  or models.DEFAULT_INSTANCE_COUNT)
-    if args.startup_timeout is not None or to_instances:
-        v["ContainerStartupHealthCheckTimeoutInSeconds"] = (args.startup_timeout or
+    if shape.startup_timeout is not None or to_instances:
+        v["ContainerStartupHealthCheckTimeoutInSeconds"] = (shape.startup_timeout or
                                                             models.DEFAULT_STARTUP_TIMEOUT_S)
-    if args.endpoint_instance_type or args.inference_ami_version:
-        ami = models.inference_ami(instance_type, args.inference_ami_version or "auto")
+    if shape.instance_type or shape.inference_ami_version:
+        ami = models.inference_ami(instance_type, shape.inference_ami_version or "auto")
         v.pop("InferenceAmiVersion", None)
         if ami:
             v["InferenceAmiVersion"] = ami
     return v
 
 
-def desired_model(ctx: Context, current: Current, args, endpoint: str, name: str
+def desired_model(ctx: Context, current: Current, o: UpdateOptions, endpoint: str, name: str
                   ) -> tuple[dict, str | None]:
     """CreateModel's request for the new version (the current model's container with the new
     image, model data and environment) and the image's ECR digest."""
@@ -190,9 +191,9 @@ def desired_model(ctx: Context, current: Current, args, endpoint: str, name: str
     members = sm.meta.service_model.shape_for("ContainerDefinition").members
     container = {k: v for k, v in current.model.get("PrimaryContainer", {}).items()
                  if k in members and k != "ModelDataSource"}
-    container.update(Image=image, ModelDataUrl=models.model_data_uri(ctx, args),
+    container.update(Image=image, ModelDataUrl=models.model_data_uri(ctx, o.artifact),
                      Environment=models.serving_environment(
-                         args, current.model.get("PrimaryContainer", {}).get("Environment")
+                         o.serving, current.model.get("PrimaryContainer", {}).get("Environment")
                          or models.base_environment(endpoint, current.variant["VariantName"])))
     request = {"ModelName": name, "PrimaryContainer": container,
                "ExecutionRoleArn": ctx.role() if ctx.get("role") else
@@ -203,8 +204,8 @@ def desired_model(ctx: Context, current: Current, args, endpoint: str, name: str
     return request, digest
 
 
-def desired_config(ctx: Context, current: Current, args, endpoint: str, name: str,
-                   variant: dict) -> dict:
+def desired_config(ctx: Context, current: Current, capture: int | None, endpoint: str,
+                   name: str, variant: dict) -> dict:
     """CreateEndpointConfig's request: the current config's settings with the new variant and
     data capture (--capture), tagged with the endpoint and the config it replaces."""
     sm = ctx.session.sagemaker_client
@@ -214,9 +215,9 @@ def desired_config(ctx: Context, current: Current, args, endpoint: str, name: st
                                     "ShadowProductionVariants", "Tags")}
     request.update(EndpointConfigName=name, ProductionVariants=[variant],
                    Tags=versions.tags(endpoint, previous=current.config["EndpointConfigName"]))
-    if args.capture is not None:
+    if capture is not None:
         request["DataCaptureConfig"] = models.data_capture(ctx, endpoint,
-                                                           args.capture)._to_request_dict()
+                                                           capture)._to_request_dict()
     return request
 
 
@@ -240,16 +241,16 @@ def unchanged(current: Current, model: dict, config: dict, digest: str | None) -
     return not (digest and deployed and not all(d.endswith(digest) for d in deployed))
 
 
-def rollback_alarms(ctx: Context, endpoint: str, args) -> list[str]:
+def rollback_alarms(ctx: Context, endpoint: str, rollback: RollbackOptions) -> list[str]:
     """The alarms the deployment rolls back on: the endpoint's error-rate and latency alarms
     from ``monitor`` that exist, and each --alarm ([] with --no-rollback).
 
     Raises:
         UserError: an --alarm that does not exist, more than 10, or none at all.
     """
-    if getattr(args, "no_rollback", False):
+    if rollback.no_rollback:
         return []
-    given = list(dict.fromkeys(getattr(args, "alarm", None) or []))
+    given = list(dict.fromkeys(rollback.alarms))
     defaults = cloudwatch.rollback_alarm_names(endpoint)
     existing = cloudwatch.existing_alarms(ctx.boto.client("cloudwatch"), defaults + given)
     for name in given:
@@ -292,6 +293,28 @@ def begin(ctx: Context, endpoint: str, left: str, target: str, plan: guardrails.
           + (f"rolls back on {', '.join(alarms)}" if alarms else "no automatic rollback"))
 
 
+def clean_up(sm, endpoint: str, name: str, configs: list[str], models: list[str], verb: str
+             ) -> bool:
+    """After UpdateEndpoint to config ``name`` failed or was interrupted: delete what this run
+    made (``configs``, ``models``) unless SageMaker took the update after all (a retried
+    request whose first answer was lost: the endpoint runs or deploys ``name``). Returns True
+    when it did take it (nothing deleted: the caller follows it as started)."""
+    try:
+        live = versions.in_use(sm, endpoint)
+    except Exception as exc:  # noqa: BLE001 - unknown: keeping a version loses nothing
+        print(f"{verb}: could not tell whether {endpoint} took {name} ({exc}); kept "
+              f"{', '.join(configs + models) or 'nothing'}: python deploy.py delete or the "
+              "next update removes them")
+        return False
+    if name in live:
+        print(f"{verb}: the request to SageMaker failed, but endpoint {endpoint} deploys {name}: "
+              "following it")
+        return True
+    for line in versions.remove(sm, configs, models):
+        print(f"{line} (this {verb} did not start)")
+    return False
+
+
 def follow(ctx: Context, endpoint: str, left: str, target: str, plan: guardrails.Plan,
            alarms: list[str], wait: bool) -> int:
     """Watch the deployment ``begin`` started (unless not ``wait``), then prune to the version
@@ -308,14 +331,15 @@ def follow(ctx: Context, endpoint: str, left: str, target: str, plan: guardrails
         serving = target if outcome == rollout.DONE else left
         before = left if outcome == rollout.DONE else versions.previous_config(sm, left)
         keep = [c for c in (serving, before) if c]
-        for line in versions.prune(sm, endpoint, keep):
+        own = (target,) if outcome == rollout.ROLLED_BACK else ()
+        for line in versions.prune(sm, endpoint, keep, replaced=left, own=own):
             print(line)
         print(f"kept {len(keep)} version(s) of {endpoint}: {serving} (serving)"
               + (f", {before} (python deploy.py rollback goes back to it)" if before else ""))
     return rollout.EXIT_CODES[outcome]
 
 
-def update_model(ctx: Context, args) -> int:
+def update_model(ctx: Context, o: UpdateOptions) -> int:
     """``deploy.py update``: a new version cloned from the current one, deployed with the
     strategy's guardrails, watched unless --no-wait, then pruned to ``versions.KEEP``.
 
@@ -324,14 +348,14 @@ def update_model(ctx: Context, args) -> int:
     Raises:
         UserError: a rule broken (before any AWS call when the options alone break it).
     """
-    options = check_options(args)
+    options = check_options(o)
     endpoint = ctx.get("endpoint")
     sm = ctx.session.sagemaker_client
     current = read_current(sm, endpoint)
-    check_autoscaled_instance_type(ctx, current, args, endpoint)
+    check_autoscaled_instance_type(ctx, current, o.variant, endpoint)
     name = versions.new_name(endpoint)
-    variant = desired_variant(sm, current, args, name)
-    model, digest = desired_model(ctx, current, args, endpoint, name)
+    variant = desired_variant(sm, current, o.variant, name)
+    model, digest = desired_model(ctx, current, o, endpoint, name)
     if "InstanceType" in variant:
         # A model that carries compiled programs is larger: give its download the time it needs.
         container = model["PrimaryContainer"]
@@ -340,7 +364,7 @@ def update_model(ctx: Context, args) -> int:
                                               gpu="InferenceAmiVersion" in variant)
         if download > variant.get("ModelDataDownloadTimeoutInSeconds", 600):
             variant["ModelDataDownloadTimeoutInSeconds"] = download
-    config = desired_config(ctx, current, args, endpoint, name, variant)
+    config = desired_config(ctx, current, o.variant.capture, endpoint, name, variant)
     serverless = "ServerlessConfig" in variant
     plan = guardrails.plan(options, variant.get("InitialInstanceCount"), serverless)
     old = current.config["EndpointConfigName"]
@@ -348,7 +372,7 @@ def update_model(ctx: Context, args) -> int:
         print(f"endpoint {endpoint} already runs {model['PrimaryContainer']['ModelDataUrl']} with "
               f"these settings ({old}); nothing done")
         return 0
-    alarms = rollback_alarms(ctx, endpoint, args)
+    alarms = rollback_alarms(ctx, endpoint, o.rollback)
     validate(sm, "CreateModel", model)
     validate(sm, "CreateEndpointConfig", config)
     made_models, made_configs = [], []
@@ -358,15 +382,14 @@ def update_model(ctx: Context, args) -> int:
         sm.create_endpoint_config(**config)
         made_configs.append(name)
         begin(ctx, endpoint, old, name, plan, alarms)
-    except BaseException:
-        # Until SageMaker has taken the update, nothing this run made may stay behind.
-        for line in versions.remove(sm, made_configs, made_models):
-            print(f"{line} (this update did not start)")
-        raise
+    except BaseException as exc:
+        if not clean_up(sm, endpoint, name, made_configs, made_models, "update") or \
+                not isinstance(exc, Exception):
+            raise
     save_state(endpoint=endpoint, model=name)
     print(f"model {name}: {model['PrimaryContainer']['ModelDataUrl']} ("
           + (f"serverless, {variant['ServerlessConfig']['MemorySizeInMB']} MB" if serverless else
              f"{variant['InitialInstanceCount']} x {variant['InstanceType']}"
              + (f", InferenceAmiVersion {variant['InferenceAmiVersion']}"
                 if variant.get("InferenceAmiVersion") else "")) + ")")
-    return follow(ctx, endpoint, old, name, plan, alarms, args.wait)
+    return follow(ctx, endpoint, old, name, plan, alarms, o.wait)

@@ -3,9 +3,10 @@ tags, and the pointer from each config to the one it replaced.
 
 Every model and endpoint config deploy.py creates carries ``TAG_ENDPOINT`` = the endpoint's name;
 a config made by ``update`` or ``rollback`` also carries ``TAG_PREVIOUS`` = the config the
-endpoint ran before it (``rollback``'s target). ``update`` keeps ``KEEP`` versions, the one
-serving and the one before it, and removes the other tagged ones; ``delete`` removes them all.
-Nothing untagged is listed or removed, so resources someone else named alike stay.
+endpoint ran before it (``rollback``'s target: a rollback deploys a clone of it). ``update``
+keeps ``KEEP`` versions, the one serving and the one before it, and removes the older tagged
+ones (``prune``); ``delete`` removes them all. Nothing untagged is listed or removed, so
+resources someone else named alike stay.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ def tag_values(sm, arn: str) -> dict[str, str]:
             return values
 
 
-def _listed(sm, kind: str, endpoint: str) -> list[tuple[str, str]]:
-    """(name, ARN) of the models or endpoint configs whose names contain ``endpoint``'s (as
-    ``new_name`` cuts it)."""
+def _listed(sm, kind: str, endpoint: str) -> list[tuple[str, str, object]]:
+    """(name, ARN, CreationTime) of the models or endpoint configs whose names contain
+    ``endpoint``'s (as ``new_name`` cuts it)."""
     call, key, name, arn = {
         "model": (sm.list_models, "Models", "ModelName", "ModelArn"),
         "endpoint config": (sm.list_endpoint_configs, "EndpointConfigs", "EndpointConfigName",
@@ -57,7 +58,7 @@ def _listed(sm, kind: str, endpoint: str) -> list[tuple[str, str]]:
     while True:
         page = call(NameContains=endpoint[:STEM], MaxResults=100,
                     **({"NextToken": token} if token else {}))
-        out += [(item[name], item[arn]) for item in page[key]]
+        out += [(item[name], item[arn], item["CreationTime"]) for item in page[key]]
         token = page.get("NextToken")
         if not token:
             return out
@@ -65,21 +66,19 @@ def _listed(sm, kind: str, endpoint: str) -> list[tuple[str, str]]:
 
 def tagged(sm, kind: str, endpoint: str) -> list[str]:
     """The names of the models or endpoint configs (``kind``) tagged as ``endpoint``'s."""
-    return [name for name, arn in _listed(sm, kind, endpoint)
-            if tag_values(sm, arn).get(TAG_ENDPOINT) == endpoint]
+    return list(_tagged(sm, kind, endpoint))
+
+
+def _tagged(sm, kind: str, endpoint: str) -> dict[str, object]:
+    """name -> CreationTime of the models or endpoint configs tagged as ``endpoint``'s."""
+    return {name: created for name, arn, created in _listed(sm, kind, endpoint)
+            if tag_values(sm, arn).get(TAG_ENDPOINT) == endpoint}
 
 
 def previous_config(sm, config: str) -> str | None:
     """The config ``config`` replaced (its TAG_PREVIOUS), or None when it records none."""
     arn = sm.describe_endpoint_config(EndpointConfigName=config)["EndpointConfigArn"]
     return tag_values(sm, arn).get(TAG_PREVIOUS)
-
-
-def set_previous(sm, config: str, previous: str) -> None:
-    """Make ``previous`` the config ``config`` replaced (after a rollback, the one left)."""
-    arn = sm.describe_endpoint_config(EndpointConfigName=config)["EndpointConfigArn"]
-    sm.delete_tags(ResourceArn=arn, TagKeys=[TAG_PREVIOUS])
-    sm.add_tags(ResourceArn=arn, Tags=[{"Key": TAG_PREVIOUS, "Value": previous}])
 
 
 def models_of(sm, config: str) -> list[str]:
@@ -116,10 +115,43 @@ def remove(sm, configs: list[str], models: list[str]) -> list[str]:
     return lines
 
 
-def prune(sm, endpoint: str, keep: list[str]) -> list[str]:
-    """Remove ``endpoint``'s tagged configs other than ``keep`` (the one serving and the one
-    before it), and the tagged models none of the kept configs runs. Returns the lines."""
-    kept_models = {m for config in keep for m in models_of(sm, config)}
-    configs = [c for c in tagged(sm, "endpoint config", endpoint) if c not in keep]
-    models = [m for m in tagged(sm, "model", endpoint) if m not in kept_models]
-    return remove(sm, configs, models)
+def in_use(sm, endpoint: str) -> set[str]:
+    """The endpoint configs ``endpoint`` runs or is deploying now: DescribeEndpoint's
+    EndpointConfigName and its PendingDeploymentSummary's (empty when the endpoint is gone).
+    SageMaker's API reference (UpdateEndpoint) says not to delete a config in use: it cannot be
+    told from the tags alone, so whoever deletes asks right before."""
+    from botocore.exceptions import ClientError
+
+    try:
+        desc = sm.describe_endpoint(EndpointName=endpoint)
+    except ClientError as exc:
+        if not is_not_found(exc):
+            raise
+        return set()
+    pending = (desc.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+    return {c for c in (desc.get("EndpointConfigName"), pending) if c}
+
+
+def prune(sm, endpoint: str, keep: list[str], replaced: str, own: tuple[str, ...] = ()
+          ) -> list[str]:
+    """Remove ``endpoint``'s old versions: its tagged configs made before ``replaced`` (the
+    config this run's update or rollback replaced) other than ``keep``, this run's ``own``
+    configs (a version rolled back), and the tagged models made before ``replaced`` or by
+    ``own`` that no remaining config runs. A config the endpoint runs or deploys now (asked
+    right before deleting, ``in_use``) and its model are never removed, and nothing made after
+    ``replaced`` by another run is either: a second update started meanwhile keeps its version.
+    Returns the lines."""
+    configs = _tagged(sm, "endpoint config", endpoint)
+    if replaced not in configs:
+        return [f"kept every version of {endpoint}: {replaced} is gone, so which are older "
+                "cannot be told"]
+    cutoff = configs[replaced]
+    models = _tagged(sm, "model", endpoint)
+    live = in_use(sm, endpoint)
+    protected = set(keep) | live
+    doomed = [c for c, created in configs.items()
+              if c not in protected and (created < cutoff or c in own)]
+    runs = {m for c in set(configs) - set(doomed) | live for m in models_of(sm, c)}
+    own_models = {m for c in own for m in models_of(sm, c)}
+    return remove(sm, doomed, [m for m, created in models.items() if m not in runs
+                               and (created < cutoff or m in own_models)])

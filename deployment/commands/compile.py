@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from deployment.errors import UserError
 from deployment.models import add_artifact_arguments, model_data_uri, serving_environment
+from deployment.options import ArtifactOptions, ServingOptions
 from deployment.settings import Context, save_state, timestamp
 
 NAME = "compile"
@@ -36,8 +37,9 @@ def run(ctx: Context, args) -> int:
         raise UserError(f"--instance-type {args.compile_instance_type}: a SageMaker instance "
                         "type such as ml.c7i.xlarge")
     # The endpoint's serving options pick the precision and batch sizes compiled.
-    env = serving_environment(args, {}, container="the compile job's container")
-    model_data = model_data_uri(ctx, args)
+    env = serving_environment(ServingOptions.from_args(args), {},
+                              container="the compile job's container")
+    model_data = model_data_uri(ctx, ArtifactOptions.from_args(args))
     name = args.job_name or f"dog-breeds-compile-{timestamp()}"
     output = (args.output or f"{ctx.s3_prefix()}/compiled/{name}").rstrip("/")
     processor = Processor(role=ctx.role(), image_uri=ctx.image(), instance_count=1,

@@ -12,6 +12,7 @@ from deployment.endpoints import (ASYNC_TIMEOUT_S, async_config, async_environme
                                   check_async_options, endpoint_status, make_predictor_cls)
 from deployment.errors import UserError
 from deployment.settings import Context, save_state
+from deployment.options import ArtifactOptions, AsyncOptions, ServingOptions, UpdateOptions
 from deployment.updates import update_model
 
 NAME = "deploy"
@@ -62,7 +63,7 @@ def run(ctx: Context, args) -> int:
         if args.autoscale_max and args.instance_count is None:
             raise UserError("--autoscale-max with --update: pass --instance-count too (the "
                             "autoscaling minimum); an update keeps the endpoint's autoscaling")
-        code = update_model(ctx, args)
+        code = update_model(ctx, UpdateOptions.from_args(args))
         if code == 0 and args.autoscale_max:
             configure_autoscaling(ctx.boto, ctx.get("endpoint"), args.instance_count,
                                   args.autoscale_max, args.autoscale_target or INVOCATIONS_TARGET)
@@ -70,11 +71,14 @@ def run(ctx: Context, args) -> int:
     instance_type = None if args.serverless else ctx.get("endpoint_instance_type")
     ami = models.inference_ami(instance_type, args.inference_ami_version or "auto")
     endpoint = ctx.get("endpoint")
-    check_async_options(args)
+    asynchronous = AsyncOptions.from_args(args)
+    check_async_options(asynchronous)
     instance_count = args.instance_count or models.DEFAULT_INSTANCE_COUNT
     scaling = autoscaling_range(args, instance_count)
-    env = models.serving_environment(args, models.base_environment(endpoint),
-                                     async_environment(args) if args.asynchronous else None)
+    env = models.serving_environment(ServingOptions.from_args(args),
+                                     models.base_environment(endpoint),
+                                     async_environment(asynchronous) if asynchronous.enabled
+                                     else None)
     models.check_capture(args.capture)
     sm = ctx.session.sagemaker_client
     status = endpoint_status(sm, endpoint)
@@ -82,7 +86,7 @@ def run(ctx: Context, args) -> int:
         print(f"endpoint {endpoint} already exists ({status}); nothing done. Put a new model "
               "behind it with python deploy.py update, or run python deploy.py delete first")
         return 0
-    model_data = models.model_data_uri(ctx, args)
+    model_data = models.model_data_uri(ctx, ArtifactOptions.from_args(args))
     image = ctx.image()
     if args.serverless and (warning := ecr.serverless_size_warning(ctx.boto, image)):
         print(warning, file=sys.stderr)
@@ -101,7 +105,7 @@ def run(ctx: Context, args) -> int:
                       container_startup_health_check_timeout=args.startup_timeout or startup,
                       model_data_download_timeout=download)
         if args.asynchronous:
-            kwargs["async_inference_config"] = async_config(ctx, args, endpoint)
+            kwargs["async_inference_config"] = async_config(ctx, asynchronous, endpoint)
     if args.capture is not None:
         kwargs["data_capture_config"] = models.data_capture(ctx, endpoint, args.capture)
     # The tag ties the model, the endpoint config and the endpoint to it (deployment/versions.py).

@@ -12,6 +12,7 @@ from deployment.errors import UserError
 from deployment.hyperparameters import parse_hyperparameters
 from deployment.output import print_table
 from deployment.settings import DEFAULT_REPOSITORY, ROOT, SPLITS, Context, timestamp
+from deployment.options import TrainingLimits
 from deployment.training import make_estimator
 
 NAME = "local"
@@ -76,7 +77,8 @@ def _train_deploy_classify(ctx: Context, args, inputs: dict, hyperparameters: di
     region = ctx.get("region") or "us-east-1"
     session = local_mode.make_session(sessions.make_boto_session(region), args.port, container_root)
     image = args.image_tag
-    estimator = make_estimator(ctx, args, hyperparameters, session=session, image=image,
+    estimator = make_estimator(ctx, TrainingLimits.from_args(args), hyperparameters,
+                               session=session, image=image,
                                role=LOCAL_ROLE, output_path=f"file://{out}", spot=False)
     estimator.instance_type = args.mode
     # Only the command line's count: deploy.toml's is for SageMaker's instances.

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from deployment import guardrails, versions
 from deployment.errors import UserError, is_not_found
+from deployment.options import RollbackOptions
 from deployment.settings import Context
-from deployment.updates import begin, follow, read_current, rollback_alarms
+from deployment.updates import (begin, clean_up, follow, read_current,
+                                rollback_alarms, validate)
 
 NAME = "rollback"
 HELP = "the endpoint back to its previous version (same strategies as update)"
@@ -21,11 +23,13 @@ def add_arguments(p) -> None:
 
 
 def run(ctx: Context, args) -> int:
-    """Deploy the previous endpoint config; once it serves, the config left becomes its
-    previous one, so a second rollback goes forward again."""
+    """Deploy the previous version again: a clone of its endpoint config at the instance count
+    the endpoint runs now (``clone_at_live_count``), recording the config left as its previous
+    one, so a second rollback goes forward again."""
     options = guardrails.StrategyOptions.from_args(args)
-    guardrails.check_values(options, args.alarm)
-    if args.alarm and args.no_rollback:
+    rollback = RollbackOptions.from_args(args)
+    guardrails.check_values(options, list(rollback.alarms))
+    if rollback.alarms and rollback.no_rollback:
         raise UserError("--alarm and --no-rollback exclude each other: pick one")
     endpoint = ctx.get("endpoint")
     sm = ctx.session.sagemaker_client
@@ -44,13 +48,45 @@ def run(ctx: Context, args) -> int:
             raise
         raise UserError(f"endpoint {endpoint}'s previous version {target} is gone (deleted "
                         "outside deploy.py): nothing to go back to") from exc
-    (variant,) = desc["ProductionVariants"]
+    name, request = clone_at_live_count(sm, desc, current, endpoint, left)
+    (variant,) = request["ProductionVariants"]
     serverless = "ServerlessConfig" in variant
     plan = guardrails.plan(options, None if serverless else variant["InitialInstanceCount"],
                            serverless)
-    alarms = rollback_alarms(ctx, endpoint, args)
-    begin(ctx, endpoint, left, target, plan, alarms)
-    # Once target serves, the config left is the one before it (whether or not this run waits;
-    # if the rollback is itself rolled back, left serves on and still records target).
-    versions.set_previous(sm, target, left)
-    return follow(ctx, endpoint, left, target, plan, alarms, args.wait)
+    alarms = rollback_alarms(ctx, endpoint, rollback)
+    validate(sm, "CreateEndpointConfig", request)
+    try:
+        sm.create_endpoint_config(**request)
+        begin(ctx, endpoint, left, name, plan, alarms)
+    except BaseException as exc:
+        # The model is the target's, the previous version's own: only the clone goes.
+        if not clean_up(sm, endpoint, name, [name], [], "rollback") or \
+                not isinstance(exc, Exception):
+            raise
+    print(f"{name}: {target}'s model and settings"
+          + ("" if serverless else f" on the {variant['InitialInstanceCount']} instance(s) the "
+             "endpoint runs now"))
+    return follow(ctx, endpoint, left, name, plan, alarms, args.wait)
+
+
+def clone_at_live_count(sm, target: dict, current, endpoint: str, left: str
+                        ) -> tuple[str, dict]:
+    """CreateEndpointConfig's request for a rollback: the ``target`` config (its description)
+    under a new name, tagged as replacing ``left``, with the instance count the endpoint runs
+    now (``current.instance_count``: autoscaling may have grown it since ``target`` ran).
+    Deploying ``target`` as stored would shrink the fleet to its old count in the middle of an
+    incident; UpdateEndpoint's RetainAllVariantProperties is not used, since the API reference
+    does not say how it combines with a DeploymentConfig."""
+    members = sm.meta.service_model.operation_model("CreateEndpointConfig").input_shape.members
+    variant_members = sm.meta.service_model.shape_for("ProductionVariant").members
+    name = versions.new_name(endpoint)
+    request = {k: v for k, v in target.items() if k in members and v not in (None, {}, [])
+               and k not in ("EndpointConfigName", "ProductionVariants",
+                             "ShadowProductionVariants", "Tags")}
+    (variant,) = target["ProductionVariants"]
+    variant = {k: v for k, v in variant.items() if k in variant_members}
+    if "ServerlessConfig" not in variant and current.instance_count:
+        variant["InitialInstanceCount"] = current.instance_count
+    request.update(EndpointConfigName=name, ProductionVariants=[variant],
+                   Tags=versions.tags(endpoint, previous=left))
+    return name, request

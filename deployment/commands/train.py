@@ -7,6 +7,7 @@ import sys
 from deployment import training
 from deployment.hyperparameters import parse_hyperparameters
 from deployment.settings import Context, save_state, timestamp
+from deployment.options import TrainingLimits
 from deployment.training import data_channels, make_estimator, training_instance_warning
 
 NAME = "train"
@@ -35,7 +36,8 @@ def run(ctx: Context, args) -> int:
     hyperparameters.update(parse_hyperparameters(args.hp))
     name = args.job_name or f"dog-breeds-{timestamp()}"
     checkpoints = f"{ctx.s3_prefix()}/checkpoints/{name}" if args.spot else None
-    estimator = make_estimator(ctx, args, hyperparameters, checkpoints=checkpoints)
+    estimator = make_estimator(ctx, TrainingLimits.from_args(args), hyperparameters,
+                               checkpoints=checkpoints)
     if warning:
         print(warning, file=sys.stderr)
     estimator.fit(data_channels(ctx, args.data, args.pretrained), job_name=name,

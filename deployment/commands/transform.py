@@ -11,6 +11,7 @@ from deployment import transform
 from deployment.errors import UserError
 from deployment.models import (add_artifact_arguments, base_environment, check_seconds,
                                model_data_uri, serving_environment)
+from deployment.options import ArtifactOptions, ServingOptions
 from deployment.output import print_table
 from deployment.settings import Context, save_state, timestamp
 from serve.config import DEFAULT_BATCH_TIMEOUT_S
@@ -72,24 +73,30 @@ def start(ctx: Context, args, job: str) -> tuple[transform.Inputs, str]:
         raise UserError(f"--instance-count {args.instance_count}: at least 1")
     check_seconds("--invocation-timeout", args.invocation_timeout)
     ami = transform_ami(args)
-    env = serving_environment(args, base_environment(job), {
+    env = serving_environment(ServingOptions.from_args(args), base_environment(job), {
         "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.invocation_timeout)},
         container="the transform job's container")
     s3 = ctx.boto.client("s3")
     photos = transform.list_photos(s3, args.input)
-    model_data = model_data_uri(ctx, args)
+    model_data = model_data_uri(ctx, ArtifactOptions.from_args(args))
     output = transform.folder_uri(args.output or f"{ctx.s3_prefix()}/transform-output/{job}")
     if args.jsonlines:
         inputs, longest = transform.pack_jsonlines(
             s3, photos, f"{ctx.s3_prefix()}/transform-input/{job}")
     else:
-        inputs, longest = photos, max(photos.keys.values())
+        inputs = transform.write_manifest(
+            s3, photos, f"{ctx.s3_prefix()}/transform-input/{job}.manifest")
+        longest = max(photos.keys.values())
     payload = transform.payload_mb(longest, args.jsonlines)
     Model(image_uri=ctx.image(), model_data=model_data, role=ctx.role(), env=env, name=job,
           sagemaker_session=ctx.session).create(instance_type=args.transform_instance_type)
-    ctx.session.sagemaker_client.create_transform_job(**transform.request(
-        job, job, inputs, output, args.transform_instance_type, args.instance_count,
-        args.invocation_timeout, ami, args.jsonlines, payload))
+    try:
+        ctx.session.sagemaker_client.create_transform_job(**transform.request(
+            job, job, inputs, output, args.transform_instance_type, args.instance_count,
+            args.invocation_timeout, ami, args.jsonlines, payload))
+    except BaseException:
+        _delete_model(ctx.session.sagemaker_client, job)  # no job will ever use it
+        raise
     save_state(transform_job=job)
     how = f"{len(inputs.keys)} JSON Lines files" if args.jsonlines else "one a request"
     print(f"started transform job {job}: {len(photos.keys)} photos from {photos.uri} ({how}, "
@@ -106,6 +113,8 @@ def attach(ctx: Context, job: str) -> tuple[transform.Inputs, str]:
     if desc["TransformInput"].get("SplitType") == "Line":
         index = transform.read_index(s3, uri)
         inputs = transform.Inputs(uri, {name: 0 for name in index}, index)
+    elif desc["TransformInput"]["DataSource"]["S3DataSource"]["S3DataType"] == "ManifestFile":
+        inputs = transform.read_manifest(s3, uri)
     else:
         inputs = transform.list_photos(s3, uri)
     return inputs, transform.folder_uri(desc["TransformOutput"]["S3OutputPath"])

@@ -9,6 +9,7 @@ from deployment.errors import UserError
 from deployment.hyperparameters import check_value, parse_hyperparameters
 from deployment.output import print_table
 from deployment.settings import Context, save_state, timestamp
+from deployment.options import TrainingLimits
 from deployment.training import data_channels, make_estimator, training_instance_warning
 from train.metrics import METRIC_DEFINITIONS, OBJECTIVES
 
@@ -99,7 +100,7 @@ def run(ctx: Context, args) -> int:
     clash = set(static) & set(ranges)
     if clash:
         raise UserError(f"--hp {', '.join(sorted(clash))}: tuned, so cannot be fixed as well")
-    estimator = make_estimator(ctx, args, static)
+    estimator = make_estimator(ctx, TrainingLimits.from_args(args), static)
     if warning:
         print(warning, file=sys.stderr)
     tuner = HyperparameterTuner(

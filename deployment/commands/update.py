@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from deployment import guardrails, models, versions
 from deployment.settings import Context
+from deployment.options import UpdateOptions
 from deployment.updates import update_model
 
 NAME = "update"
@@ -29,4 +30,4 @@ def add_arguments(p) -> None:
 
 def run(ctx: Context, args) -> int:
     """Update the endpoint's model; the same update twice changes nothing."""
-    return update_model(ctx, args)
+    return update_model(ctx, UpdateOptions.from_args(args))

@@ -110,6 +110,35 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
+def transform_objects(s3, request: dict) -> list[tuple[str, bytes]]:
+    """(key relative to the input prefix, body) of each object a CreateTransformJob request
+    makes SageMaker read, as the API reference's TransformS3DataSource says: every object under
+    an S3Prefix, or the keys a ManifestFile lists under its "prefix"."""
+    source = request["TransformInput"]["DataSource"]["S3DataSource"]
+    bucket, key = source["S3Uri"][5:].split("/", 1)
+    if source["S3DataType"] == "ManifestFile":
+        head, *keys = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        bucket, prefix = head["prefix"][5:].split("/", 1)
+    else:
+        prefix = key
+        keys = [o["Key"][len(prefix):] for o in s3.list_objects_v2(
+            Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    return [(k, s3.get_object(Bucket=bucket, Key=prefix + k)["Body"].read()) for k in keys]
+
+
+def is_image(body: bytes) -> bool:
+    """Whether serve could decode ``body`` (Pillow recognises it); it answers 400 otherwise."""
+    import io
+
+    from PIL import Image
+
+    try:
+        Image.open(io.BytesIO(body)).verify()
+        return True
+    except Exception:  # noqa: BLE001 - Pillow raises several types for a non-image
+        return False
+
+
 def channels(request: dict) -> dict[str, str]:
     return {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
             for c in request["InputDataConfig"]}

@@ -48,6 +48,9 @@ class FakeDeployments:
         self.ecr = boto3.client("ecr", region_name=REGION)
         self.resolved: dict[str, str] = {}  # config -> the image digest its fleet was given
         self.fail_next_update: str | None = None
+        # Start the next deployment, then answer with this error: a retried UpdateEndpoint
+        # whose first answer was lost (the retry finds the endpoint updating).
+        self.lose_next_answer = False
         self.stall = False  # never finish (a deployment past every limit)
         session.events.register("before-call.sagemaker.UpdateEndpoint", self.update)
         session.events.register("before-call.sagemaker.DescribeEndpoint", self.describe)
@@ -84,7 +87,16 @@ class FakeDeployments:
                            "rolling_back": False, "start": datetime.now(timezone.utc)}
         endpoint.endpoint_status = "Updating"
         self._resolve(new.endpoint_config_name)
+        if self.lose_next_answer:
+            self.lose_next_answer = False
+            raise _error("UpdateEndpoint", "Cannot update in-progress endpoint")
         return AWSResponse("https://sagemaker", 200, {}, None), {"EndpointArn": endpoint.arn}
+
+    def scale(self, name: str, count: int) -> None:
+        """Autoscaling at work: the endpoint's variant runs ``count`` instances now (its
+        config still says the count it was deployed with)."""
+        (variant,) = self.backend.endpoints[name].production_variants
+        variant.update(CurrentInstanceCount=count, DesiredInstanceCount=count)
 
     @staticmethod
     def _stages(config: dict, variant: dict) -> list[tuple[str, int, str]]:

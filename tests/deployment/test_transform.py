@@ -12,7 +12,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from tests.conftest import DOG_PHOTOS
-from tests.deployment.conftest import BUCKET, REGION, run
+from tests.deployment.conftest import BUCKET, REGION, is_image, run, transform_objects
 from tests.helpers.serving import cells
 
 # The sample photos in class folders of the dogImages layout, and one file that is no photo.
@@ -33,7 +33,10 @@ def photos(aws):
     s3 = boto3.client("s3", region_name=REGION)
     for path in DOG_PHOTOS:
         s3.put_object(Bucket=BUCKET, Key=f"photos/{photo_key(path)}", Body=path.read_bytes())
+    # What else lies in real folders: a note, and the resource fork a Mac copies beside a photo.
     s3.put_object(Bucket=BUCKET, Key="photos/README.txt", Body=b"not a photo")
+    s3.put_object(Bucket=BUCKET, Key="photos/037.Brittany/._Brittany_02625.jpg",
+                  Body=b"\x00\x05\x16\x07 Mac OS X resource fork")
     return s3
 
 
@@ -50,12 +53,15 @@ def label_of(key: str) -> str:
 
 class FakeService:
     """What SageMaker does after CreateTransformJob, as far as deploy.py sees it: the .out file
-    of each input object (all but ``fail``), and the job's status (InProgress on the first
-    describe, then Failed with a reason when an object failed, else Completed)."""
+    of each object the job reads (conftest.transform_objects), but for ``fail`` and any object
+    that is no image (serve answers it 400, which fails the object), and the job's status
+    (InProgress on the first describe, then Failed with a reason when an object failed, else
+    Completed)."""
 
     def __init__(self, aws, s3, fail: str | None = None):
         self.aws, self.s3, self.fail = aws, s3, fail
         self.describes = 0
+        self.failed: list[str] = []
         aws.session.events.register("after-call.sagemaker.CreateTransformJob", self.write)
         aws.session.events.register("before-call.sagemaker.DescribeTransformJob",
                                     self.describe)
@@ -65,15 +71,15 @@ class FakeService:
         return self.aws.one("CreateTransformJob")
 
     def write(self, **_):
-        source = self.request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
-        bucket, prefix = source[5:].split("/", 1)
+        lines_in = self.request["TransformInput"]["SplitType"] == "Line"
         out_bucket, out_prefix = self.request["TransformOutput"]["S3OutputPath"][5:].split("/", 1)
-        for obj in self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
-            key = obj["Key"][len(prefix):]
-            if key == self.fail:
+        source = self.request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+        for key, body in transform_objects(self.s3, self.request):
+            if key == self.fail or not (lines_in or is_image(body)):
+                self.failed.append(key)
                 continue
-            body = self.s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            if self.request["TransformInput"]["SplitType"] == "Line":
+            if lines_in:
+                bucket, prefix = source[5:].split("/", 1)
                 index = json.loads(self.s3.get_object(
                     Bucket=bucket, Key=prefix.rstrip("/") + ".index.json")["Body"].read())
                 lines = [json.dumps(answer(label_of(photo))["predictions"][0] |
@@ -88,7 +94,8 @@ class FakeService:
 
     def describe(self, **_):
         self.describes += 1
-        status = "InProgress" if self.describes == 1 else "Failed" if self.fail else "Completed"
+        status = ("InProgress" if self.describes == 1 else "Failed" if self.failed else
+                  "Completed")
         desc = {"TransformJobName": self.request["TransformJobName"],
                 "TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/x",
                 "TransformJobStatus": status, "ModelName": self.request["ModelName"],
@@ -125,14 +132,18 @@ def test_one_photo_a_request_over_class_folders(aws, photos, capsys):
     assert request["BatchStrategy"] == "SingleRecord"
     assert request["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600,
                                             "InvocationsMaxRetries": 1}
+    manifest = f"s3://{BUCKET}/dog-breeds/transform-input/dogs-t1.manifest"
     assert request["TransformInput"] == {
-        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": INPUT}},
+        "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest}},
         "ContentType": "image/jpeg", "SplitType": "None", "CompressionType": "None"}
+    assert json.loads(photos.get_object(Bucket=BUCKET, Key="dog-breeds/transform-input/"
+                                        "dogs-t1.manifest")["Body"].read()) == \
+        [{"prefix": INPUT}] + sorted(photo_key(p) for p in DOG_PHOTOS)
     assert request["TransformOutput"] == {
         "S3OutputPath": f"s3://{BUCKET}/dog-breeds/transform-output/dogs-t1/",
         "Accept": "application/json", "AssembleWith": "None"}
     assert request["TransformResources"] == {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1}
-    assert "1 objects that are not photos are left out" in err
+    assert "2 objects that are not photos are left out" in err
     assert "transform job dogs-t1: InProgress" in err and "transform job dogs-t1: Failed" in err
     rows = cells(out)
     for path in DOG_PHOTOS:
@@ -184,6 +195,34 @@ def test_attach_waits_for_a_job_started_without_waiting(aws, photos, capsys):
     code, out, err = run(capsys, "transform", "--attach", "dogs-t3")
     assert "7 photos, 0 failed" in out and code == 0  # wrong answers are no failures
     assert "deleted model dogs-t3" in out
+
+
+def test_files_that_are_no_photos_under_the_prefix_do_not_fail_the_job(aws, photos, capsys):
+    """Issue 36 (3): a README.txt and a ._photo.jpg under the input prefix. The job reads a
+    manifest of the photos only, so it completes; read as the whole prefix, the two non-images
+    would each get a 400 and fail the job."""
+    service = FakeService(aws, photos)
+    code, out, err = run(capsys, "transform", "--input", INPUT, "--model-data",
+                         f"s3://{BUCKET}/m.tar.gz", "--job-name", "dogs-t4")
+    assert service.failed == [] and code == 0, out + err
+    assert "transform job dogs-t4: Completed" in out and "7 photos, 0 failed" in out
+
+
+def test_a_job_that_does_not_start_takes_its_model_with_it(aws, photos, capsys):
+    """CreateTransformJob refused after the job's model was made: the model goes too."""
+    from botocore.exceptions import ClientError
+
+    def refuse(**_):
+        raise ClientError({"Error": {"Code": "ResourceLimitExceeded",
+                                     "Message": "transform jobs: 0 of ml.m5.xlarge left"}},
+                          "CreateTransformJob")
+
+    aws.session.events.register("before-call.sagemaker.CreateTransformJob", refuse)
+    code, out, err = run(capsys, "transform", "--input", INPUT, "--model-data",
+                         f"s3://{BUCKET}/m.tar.gz", "--job-name", "dogs-t5")
+    assert code == 1 and "ResourceLimitExceeded" in err, out + err
+    assert "deleted model dogs-t5" in out
+    assert boto3.client("sagemaker", region_name=REGION).list_models()["Models"] == []
 
 
 @pytest.mark.parametrize("options, line", [

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from tests.conftest import start_server
-from tests.deployment.conftest import BUCKET, REGION, run
+from tests.deployment.conftest import BUCKET, REGION, run, transform_objects
 from tests.helpers.serving import ARTIFACTS, cells
 from tests.serve import transform_agent
 from train.layout import readable_label
@@ -46,13 +46,11 @@ class RealService:
                "SERVE_COMPILE": "off", "SERVE_METRICS": "off"}  # a faster start here
         if "MaxConcurrentTransforms" in request:
             env["SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"] = str(request["MaxConcurrentTransforms"])
-        source = request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
-        bucket, prefix = source[5:].split("/", 1)
         inputs, outputs = self.work / "in", self.work / "out"
-        for obj in self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
-            path = inputs / obj["Key"][len(prefix):]
+        for key, body in transform_objects(self.s3, request):
+            path = inputs / key
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(self.s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+            path.write_bytes(body)
         job = transform_agent.Job(
             content_type=request["TransformInput"]["ContentType"],
             split_type=request["TransformInput"]["SplitType"],

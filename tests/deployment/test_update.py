@@ -66,6 +66,11 @@ def serving(name="dogs-ep") -> str:
     return sm().describe_endpoint(EndpointName=name)["EndpointConfigName"]
 
 
+def model_of(config: str) -> str:
+    (variant,) = sm().describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]
+    return variant["ModelName"]
+
+
 # ------------------------------------------------------------------ each strategy's payload
 def blue_green(routing: dict, timeout: int, baking: int = 300) -> dict:
     return {"BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing,
@@ -374,15 +379,20 @@ def test_update_keeps_two_versions_rollback_goes_back_and_forth_and_delete_remov
                          "--wait-interval", "60")
     assert code == 0, out + err
     rollback = aws.calls[("sagemaker", "UpdateEndpoint")][-1]
-    assert rollback["EndpointConfigName"] == made[-2] and rollback["DeploymentConfig"][
+    back = rollback["EndpointConfigName"]
+    assert back not in made and rollback["DeploymentConfig"][
         "BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"] == {
         "Type": "LINEAR", "WaitIntervalInSeconds": 60,
         "LinearStepSize": {"Type": "INSTANCE_COUNT", "Value": 1}}
-    assert serving() == made[-2]
-    assert f"kept 2 version(s) of dogs-ep: {made[-2]} (serving), {made[-1]} (python deploy.py " \
+    assert serving() == back and model_of(back) == made[-2]  # the previous version's model
+    assert f"kept 2 version(s) of dogs-ep: {back} (serving), {made[-1]} (python deploy.py " \
            "rollback goes back to it)" in out
     assert run(capsys, "rollback", "--endpoint", "dogs-ep")[0] == 0  # and forward again
-    assert serving() == made[-1]
+    forward = serving()
+    assert model_of(forward) == made[-1]
+    configs = {c["EndpointConfigName"] for c in sm().list_endpoint_configs()["EndpointConfigs"]}
+    assert configs == {back, forward}
+    assert {m["ModelName"] for m in sm().list_models()["Models"]} == set(made[-2:])
 
     # Resources deploy.py did not make, named alike: an untagged model, another endpoint's.
     client = sm()
@@ -393,13 +403,79 @@ def test_update_keeps_two_versions_rollback_goes_back_and_forth_and_delete_remov
                         ExecutionRoleArn=ROLE, Tags=versions.tags("dogs-ep-2"))
     code, out, err = run(capsys, "delete", "--endpoint", "dogs-ep")
     assert code == 0, err
-    for name in made[-2:]:
-        assert f"deleted endpoint config {name}" in out and f"deleted model {name}" in out
+    for config, model in ((back, made[-2]), (forward, made[-1])):
+        assert f"deleted endpoint config {config}" in out and f"deleted model {model}" in out
     assert {m["ModelName"] for m in client.list_models()["Models"]} == {"dogs-ep-by-hand",
                                                                          "dogs-ep-2-model"}
     assert client.list_endpoint_configs()["EndpointConfigs"] == []
     code, out, err = run(capsys, "delete", "--endpoint", "dogs-ep")
     assert code == 0 and "endpoint dogs-ep: already gone" in out
+
+
+def test_rollback_keeps_the_instances_autoscaling_added(fake, aws, capsys):
+    """Issue 36 (1): deployed on 2, updated, autoscaled to 6, updated again: the rollback
+    deploys the previous model on the 6 instances serving, not the 2 its config recorded."""
+    endpoint(capsys, "--instance-type", "ml.m5.xlarge", "--instance-count", "2")
+    assert run(capsys, "update", "--model-data", M2, "--endpoint", "dogs-ep")[0] == 0
+    previous = model_of(serving())
+    fake.scale("dogs-ep", 6)
+    code, out, err = run(capsys, "update", "--model-data", M2.replace("dogs-2", "dogs-3"),
+                         "--endpoint", "dogs-ep")
+    assert code == 0, out + err
+    fake.scale("dogs-ep", 6)
+    code, out, err = run(capsys, "rollback", "--endpoint", "dogs-ep")
+    assert code == 0, out + err
+    (live,) = sm().describe_endpoint(EndpointName="dogs-ep")["ProductionVariants"]
+    assert live["CurrentInstanceCount"] == 6  # 2 before the fix
+    clone = aws.calls[("sagemaker", "CreateEndpointConfig")][-1]
+    (variant,) = clone["ProductionVariants"]
+    assert variant["InitialInstanceCount"] == 6 and variant["ModelName"] == previous
+    assert serving() == clone["EndpointConfigName"]
+    assert "canary of 1 instance of 6" in out, out
+
+
+def test_a_second_update_started_before_the_first_prunes_keeps_its_version(fake, aws, capsys):
+    """Issue 36 (2): update A ends; before A prunes, update B starts (--no-wait). A removes
+    only versions older than the one it replaced: B's config and model stay while SageMaker
+    deploys them."""
+    import deploy
+
+    endpoint(capsys, "--instance-type", "ml.m5.xlarge", "--instance-count", "2")
+    first = serving()
+    assert run(capsys, "update", "--model-data", M2, "--endpoint", "dogs-ep")[0] == 0
+    replaced = serving()
+    started = []
+
+    def update_b(**_):
+        if not started:
+            started.append(True)
+            assert deploy.main(["update", "--model-data", M2.replace("dogs-2", "dogs-b"),
+                                "--endpoint", "dogs-ep", "--no-wait"]) == 0
+
+    aws.session.events.register("before-call.sagemaker.ListEndpointConfigs", update_b)
+    code, out, err = run(capsys, "update", "--model-data", M2.replace("dogs-2", "dogs-a"),
+                         "--endpoint", "dogs-ep")
+    assert code == 0 and started, out + err
+    a, b = [c["EndpointConfigName"] for c in aws.calls[("sagemaker", "UpdateEndpoint")][-2:]]
+    desc = aws.session.client("sagemaker").describe_endpoint(EndpointName="dogs-ep")
+    assert desc["PendingDeploymentSummary"]["EndpointConfigName"] == b  # B deploys
+    configs = {c["EndpointConfigName"] for c in sm().list_endpoint_configs()["EndpointConfigs"]}
+    models = {m["ModelName"] for m in sm().list_models()["Models"]}
+    assert configs == models == {replaced, a, b}  # first (older than replaced) went
+    assert f"deleted endpoint config {first}" in out
+
+
+def test_an_update_whose_answer_was_lost_follows_what_sagemaker_took(fake, aws, capsys):
+    """Issue 36 (2): UpdateEndpoint reached SageMaker but its answer was lost, and the retry
+    was refused: the new version is deployed, so it is followed, not deleted."""
+    endpoint(capsys)
+    fake.lose_next_answer = True
+    code, out, err = run(capsys, "update", "--model-data", M2, "--endpoint", "dogs-ep")
+    assert code == 0, out + err
+    new = aws.calls[("sagemaker", "UpdateEndpoint")][-1]["EndpointConfigName"]
+    assert f"endpoint dogs-ep deploys {new}: following it" in out
+    assert "did not start" not in out and serving() == new
+    assert model_of(new) == new
 
 
 def test_rollback_needs_a_recorded_previous_version(fake, aws, capsys):
