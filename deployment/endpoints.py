@@ -11,7 +11,7 @@ from pathlib import Path
 from deployment.errors import UserError, is_not_found
 from deployment.models import check_seconds
 from deployment.options import AsyncOptions
-from serve.config import MAX_PAYLOAD_MB
+from serve.config import ASYNC_MAX_PAYLOAD_MB
 
 # InvokeEndpointAsync's InvocationTimeoutSeconds default (API reference): 15 minutes.
 ASYNC_TIMEOUT_S = 900
@@ -61,7 +61,7 @@ def async_environment(options: AsyncOptions) -> dict[str, str]:
     every request SageMaker may send an instance at once (one worker may be sent all of them, and
     more never come).
     The per-image budgets (pixels, decode memory, images per request) stay as they are."""
-    env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(MAX_PAYLOAD_MB),
+    env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(ASYNC_MAX_PAYLOAD_MB),
            "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(options.invocation_timeout or ASYNC_TIMEOUT_S)}
     if options.max_concurrent_invocations:
         env["SAGEMAKER_MODEL_SERVER_MAX_QUEUE"] = str(options.max_concurrent_invocations)

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from deployment.errors import UserError
-from serve.batch import MAX_PAYLOAD_MB
+from serve.batch import TRANSFORM_MAX_PAYLOAD_MB
 from serve.config import DEFAULT_MAX_PAYLOAD_MB
 from train.layout import is_photo, readable_label
 
@@ -108,9 +108,9 @@ def list_photos(s3, uri: str) -> Inputs:
         raise UserError(f"no photos under {uri} ({len(objects)} objects, none with an image "
                         "extension such as .jpg or .png)")
     key, size = max(photos.items(), key=lambda item: item[1])
-    if size > MAX_PAYLOAD_MB * MB:
+    if size > TRANSFORM_MAX_PAYLOAD_MB * MB:
         raise UserError(f"{uri}{key} is {size / MB:.0f} MB: a transform job's requests carry at "
-                        f"most {MAX_PAYLOAD_MB} MB (MaxPayloadInMB); leave it out")
+                        f"most {TRANSFORM_MAX_PAYLOAD_MB} MB (MaxPayloadInMB); leave it out")
     if len(photos) < len(objects):
         print(f"{uri}: {len(objects) - len(photos)} objects that are not photos are left out",
               file=sys.stderr)
@@ -150,8 +150,9 @@ def payload_mb(largest_bytes: int, jsonlines: bool) -> int:
         UserError: one record over 100 MB.
     """
     needed = max(1, math.ceil(largest_bytes / MB))
-    if needed > MAX_PAYLOAD_MB:
-        raise UserError(f"a record of {largest_bytes / MB:.0f} MB is over the {MAX_PAYLOAD_MB} MB "
+    if needed > TRANSFORM_MAX_PAYLOAD_MB:
+        raise UserError(f"a record of {largest_bytes / MB:.0f} MB is over the "
+                        f"{TRANSFORM_MAX_PAYLOAD_MB} MB "
                         "a transform job's request may carry (MaxPayloadInMB)")
     return max(needed, DEFAULT_MAX_PAYLOAD_MB) if jsonlines else needed
 

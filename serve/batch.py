@@ -14,7 +14,7 @@ one, the real-time cap. Standard library only: deploy.py reads it too.
 from __future__ import annotations
 
 # CreateTransformJob's rules (API reference).
-MAX_PAYLOAD_MB = 100
+TRANSFORM_MAX_PAYLOAD_MB = 100
 MAX_PRODUCT_MB = 100
 # Requests in flight per worker, in max batches: one running, one decoding.
 BATCHES_IN_FLIGHT = 2
@@ -25,13 +25,14 @@ def suggested_concurrency(workers: int, max_batch_size: int, payload_mb: int) ->
     ``max_batch_size`` images, with bodies of up to ``payload_mb`` MB: two max batches per
     worker, at most 100 // payload (at least 1)."""
     wanted = BATCHES_IN_FLIGHT * workers * max_batch_size
-    return max(1, min(wanted, MAX_PRODUCT_MB // max(1, min(payload_mb, MAX_PAYLOAD_MB))))
+    return max(1, min(wanted, MAX_PRODUCT_MB // max(1, min(payload_mb,
+                                                          TRANSFORM_MAX_PAYLOAD_MB))))
 
 
 def execution_parameters(settings) -> dict:
     """The answer to GET /execution-parameters for ``settings`` (serve.config.Settings): the
     job's own values where it set them (SAGEMAKER_*), else the suggestion."""
-    payload_mb = min(settings.max_payload_bytes // (1024 * 1024), MAX_PAYLOAD_MB)
+    payload_mb = min(settings.max_payload_bytes // (1024 * 1024), TRANSFORM_MAX_PAYLOAD_MB)
     return {"MaxConcurrentTransforms": settings.max_concurrent_transforms,
             "BatchStrategy": settings.batch_strategy,
             "MaxPayloadInMB": payload_mb}

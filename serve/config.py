@@ -26,7 +26,7 @@ DEFAULT_TIMEOUT_S = 60  # an invocation must finish within 60 s
 # and asynchronous endpoints allow up to an hour and 1 GB (asynchronous inference's payload).
 DEFAULT_BATCH_TIMEOUT_S = 600
 MAX_TIMEOUT_S = 3600
-MAX_PAYLOAD_MB = 1024
+ASYNC_MAX_PAYLOAD_MB = 1024
 # Request bodies one worker holds at once, counted before each is read (JSON bodies three times:
 # the body, its parsed strings and their decoded images; JSON Lines twice), so large payloads
 # wait their turn instead of adding up. At least one largest body always fits.
@@ -224,7 +224,8 @@ class Settings:
         # worker may be sent every concurrent request.
         batch = (env.get("SAGEMAKER_BATCH") or "").strip().lower() == "true"
         payload_mb = positive("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB,
-                              maximum=MAX_PAYLOAD_MB, why="asynchronous inference's 1 GB")
+                              maximum=ASYNC_MAX_PAYLOAD_MB,
+                              why="asynchronous inference's 1 GB")
         concurrent = positive("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
                               suggested_concurrency(workers, max_batch_size, payload_mb))
         return cls(
