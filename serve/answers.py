@@ -17,21 +17,12 @@ import time
 import numpy as np
 
 from serve.config import DEFAULT_TOP_K
-from serve.scheduler import Overloaded
+from serve.errors import ClientError, Overloaded
 
 OPTION_NAMES = ("k", "probabilities")
 ERROR_NAMES = {400: "bad_request", 406: "not_acceptable", 408: "request_timeout",
                413: "payload_too_large", 415: "unsupported_media_type",
                500: "internal_server_error", 503: "service_unavailable"}
-
-
-class ClientError(Exception):
-    """A request the server cannot serve; becomes ``status`` with a JSON reason (and a
-    Retry-After header when ``retry_after_s`` is set)."""
-
-    def __init__(self, status: int, reason: str, retry_after_s: int | None = None):
-        super().__init__(reason)
-        self.status, self.reason, self.retry_after_s = status, reason, retry_after_s
 
 
 def error_body(status: int, reason: str) -> dict:
@@ -43,7 +34,7 @@ def check_deadline(deadline: float, done: int, count: int, what: str, fix: str) 
     """Before the next of ``count`` images or lines (``what``), ``done`` decoded so far.
 
     Raises:
-        serve.scheduler.Overloaded: ``deadline`` (time.monotonic()) has passed; the reason ends
+        serve.errors.Overloaded: ``deadline`` (time.monotonic()) has passed; the reason ends
             with ``fix``.
     """
     if time.monotonic() >= deadline:

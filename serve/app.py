@@ -21,12 +21,11 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from serve import batch, jsonlines
-from serve.answers import ClientError, error_body
-from serve.body import BodyTimeout
+from serve.answers import error_body
 from serve.config import REFUSAL_DRAIN_S, Settings
 from serve.invocation import InvocationHandler
 from serve.lifecycle import ModelHolder
-from serve.scheduler import ModelFailed, Overloaded
+from serve.errors import BodyTimeout, ClientError, ModelFailed, Overloaded
 
 access_log = logging.getLogger("serve.access")
 

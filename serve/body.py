@@ -18,17 +18,11 @@ import socket
 import threading
 import time
 
+from serve.errors import BodyTimeout
+
 logger = logging.getLogger("serve")
 
 DRAIN_CHUNK_BYTES = 64 * 1024
-
-
-class BodyTimeout(Exception):
-    """The body did not arrive by its deadline (``seconds`` after the request started)."""
-
-    def __init__(self, seconds: float):
-        super().__init__(f"the request body did not arrive within {seconds:.0f} s")
-        self.seconds = seconds
 
 
 class _Watch:

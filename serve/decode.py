@@ -31,6 +31,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from contract import preprocess
 from contract.preprocess import (HIGH_DEPTH_MODES, STRIP_PIXELS, TRANSPOSE, Geometry, draft,
                                  has_alpha, model_input, reduced_mode)
+from serve.errors import BadImage
 
 # What a photo arrives as; everything else Pillow could open (PSD, ICO, EPS...) is refused at
 # the header, so its decoder's memory and bugs are not ours to bound. Pillow's JPEG opener also
@@ -48,16 +49,6 @@ _WEBP_DECODE_BYTES_PER_PIXEL = 16
 # Decoder state, the Python objects around it and allocator rounding: what a 64x64 image costs.
 _DECODE_OVERHEAD_BYTES = 8 * 2**20
 _ESTIMATE_MARGIN = 1.1
-
-
-class BadImage(ValueError):
-    """The bytes are not an image we can use; the message says why (for a 400 answer) and
-    ``kind`` names the failure for the metrics: empty, not_an_image, corrupt, too_large,
-    too_many_pixels or resize_too_large."""
-
-    def __init__(self, message: str, kind: str = "corrupt"):
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass

@@ -34,13 +34,14 @@ import numpy as np
 
 from contract.preprocess import Geometry
 from serve import jsonlines
-from serve.answers import ClientError, check_deadline, load_json, options, predictions
+from serve.answers import check_deadline, load_json, options, predictions
 from serve.body import BodyReader
 from serve.config import BODY_COPIES, REQUEST_DEADLINE_SHARE, Settings
-from serve.decode import BadImage, Inspected, inspect, to_model_input
+from serve.decode import Inspected, inspect, to_model_input
 from serve.jsonlines import JSONLINES_TYPES
 from serve.lifecycle import ModelHolder
-from serve.scheduler import MemoryBudget, ModelFailed, Overloaded
+from serve.budget import MemoryBudget
+from serve.errors import BadImage, ClientError, ModelFailed, Overloaded
 
 logger = logging.getLogger("serve")
 
@@ -146,9 +147,9 @@ class InvocationHandler:
 
         Raises:
             ClientError: 4xx (or 503 while the model is missing or still loading).
-            serve.body.BodyTimeout: the body did not arrive in time (408).
-            serve.scheduler.Overloaded: 503, the request cannot be served by ``deadline``.
-            serve.scheduler.ModelFailed: 503, the worker's model stopped for good.
+            serve.errors.BodyTimeout: the body did not arrive in time (408).
+            serve.errors.Overloaded: 503, the request cannot be served by ``deadline``.
+            serve.errors.ModelFailed: 503, the worker's model stopped for good.
         """
         if request.mimetype not in CONTENT_TYPES:
             raise ClientError(415, f"Content-Type {request.mimetype or '(none)'!r} is not "
@@ -243,7 +244,7 @@ class InvocationHandler:
         invocation's; marks ``observed["body_read"]``.
 
         Raises:
-            serve.body.BodyTimeout: the body did not arrive in time.
+            serve.errors.BodyTimeout: the body did not arrive in time.
         """
         data = self.bodies.read(request, min(deadline, started + self.settings.body_timeout_s),
                                 started)
@@ -336,7 +337,7 @@ class InvocationHandler:
         worker's decoders under its memory budget.
 
         Raises:
-            serve.decode.BadImage: the image fails to decode.
+            serve.errors.BadImage: the image fails to decode.
             Overloaded: the decoders or the memory stayed in use until the deadline.
         """
         if not self._decoders.acquire(timeout=max(deadline - time.monotonic(), 0.0)):

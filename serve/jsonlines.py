@@ -34,7 +34,7 @@ import numpy as np
 
 from serve.answers import (ClientError, check_deadline, error_body, load_json, options,
                            predictions)
-from serve.decode import BadImage
+from serve.errors import BadImage
 
 # SageMaker's built-in algorithms name JSON Lines application/jsonlines; the others are common.
 JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
@@ -91,8 +91,8 @@ def serve(handler, request, started: float, deadline: float, log: dict, observed
 
     Raises:
         ClientError: 400 for a body refused as a whole (module docstring), else as ``handle``.
-        serve.scheduler.Overloaded: the deadline passed.
-        serve.scheduler.ModelFailed: the worker's model stopped for good.
+        serve.errors.Overloaded: the deadline passed.
+        serve.errors.ModelFailed: the worker's model stopped for good.
     """
     s = handler.settings
     data = handler.read_body(request, started, deadline, observed)

@@ -72,7 +72,7 @@ class EndpointMetrics:
                decode_failure: str | None = None) -> None:
         """One request: its HTTP ``status``, the access log's ``fields`` (latency_ms and, when it
         ran, images, batch_size, decode_ms, queue_ms, compute_ms), its images' top-1
-        probabilities, and the kind of decode failure that ended it (serve.decode.BadImage)."""
+        probabilities, and the kind of decode failure that ended it (serve.errors.BadImage)."""
         with self._lock:
             self._statuses[status] += 1
             for part in PARTS:

@@ -28,7 +28,6 @@ fails with ``Overloaded`` (a 503 with Retry-After), never a hang:
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -37,25 +36,14 @@ from typing import Callable
 
 import numpy as np
 
+from serve.errors import ModelFailed, Overloaded
+
 logger = logging.getLogger(__name__)
 
 # Weight of the newest batch in the running estimate of the cost of one image.
 COST_SMOOTHING = 0.2
 
 
-class ModelFailed(RuntimeError):
-    """The worker's model thread stopped for good (the message says why); the worker is being
-    replaced."""
-
-
-class Overloaded(Exception):
-    """The request cannot be served within its deadline or the queue's bound; ``retry_after_s``
-    is a fair wait before trying again (the Retry-After header)."""
-
-    def __init__(self, reason: str, retry_after_s: float):
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after_s = max(1, math.ceil(retry_after_s))
 
 
 @dataclass(eq=False)  # a job is itself: compared by identity, never by its arrays
@@ -391,35 +379,3 @@ class _Started:
     result: np.ndarray | None = None
     error: BaseException | None = None
     collect: Callable[[], np.ndarray] | None = None
-
-
-class MemoryBudget:
-    """Bytes that a worker's request threads may hold in decoded frames at once: a decode waits
-    (within its request's deadline) until its estimate fits, so concurrent large photos queue
-    instead of adding up."""
-
-    def __init__(self, total_bytes: int, clock: Callable[[], float] = time.monotonic):
-        self.total, self.clock = total_bytes, clock
-        self._used = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, n: int, deadline: float) -> None:
-        """Hold ``n`` bytes (``n`` at most the total: the caller rejects larger requests).
-
-        Raises:
-            Overloaded: the bytes did not free up before ``deadline``.
-        """
-        with self._cond:
-            while self._used + n > self.total:
-                left = deadline - self.clock()
-                if left <= 0:
-                    raise Overloaded("the worker's decode memory stayed in use by other "
-                                     "requests until this one's deadline; retry", 1)
-                self._cond.wait(left)
-            self._used += n
-
-    def release(self, n: int) -> None:
-        """Give back ``n`` bytes held by ``acquire`` and wake the decodes waiting for them."""
-        with self._cond:
-            self._used -= n
-            self._cond.notify_all()

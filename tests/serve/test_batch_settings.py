@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from serve import batch, config, jsonlines
-from serve.answers import ClientError
+from serve.errors import ClientError
 from tests.conftest import ROOT
 
 MB = 1024 * 1024

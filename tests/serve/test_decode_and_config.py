@@ -7,7 +7,8 @@ from PIL import Image
 
 from contract.preprocess import Geometry
 from serve import config
-from serve.decode import BadImage, decode, inspect
+from serve.decode import decode, inspect
+from serve.errors import BadImage
 from tests.conftest import DOG_PHOTOS
 
 G = Geometry(resize=256, crop=224)

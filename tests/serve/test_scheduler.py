@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from serve.scheduler import MemoryBudget, Overloaded, Scheduler
+from serve.budget import MemoryBudget
+from serve.errors import Overloaded
+from serve.scheduler import Scheduler
 
 
 class FakeModel:
