@@ -9,7 +9,7 @@ job has one ContentType; MaxPayloadInMB is at most 100; each input object gives
 a failed object fails the job, whose other objects are still answered.
 
 MaxConcurrentTransforms is left to the container, which suggests it for the host it runs on
-(GET /execution-parameters, serve/batch.py): deploy.py does not know the instance's CPUs and
+(GET /execution-parameters, serve/batch_transform.py): deploy.py does not know the instance's CPUs and
 GPUs. MaxPayloadInMB is deploy.py's, since only it sees the photos' sizes: the container learns
 it (SAGEMAKER_MAX_PAYLOAD_IN_MB) and keeps the product rule.
 
@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from deployment.errors import UserError
-from serve.batch import TRANSFORM_MAX_PAYLOAD_MB
+from serve.batch_transform import TRANSFORM_MAX_PAYLOAD_MB
 from serve.config import DEFAULT_MAX_PAYLOAD_MB
 from train.layout import is_photo, readable_label
 

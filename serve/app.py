@@ -20,7 +20,7 @@ import torch
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from serve import batch, jsonlines
+from serve import batch_transform, jsonlines
 from serve.answers import error_body
 from serve.config import REFUSAL_DRAIN_S, Settings
 from serve.invocation import InvocationHandler
@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
 
     @app.get("/execution-parameters")
     def execution_parameters():
-        return jsonify(batch.execution_parameters(settings))
+        return jsonify(batch_transform.execution_parameters(settings))
 
     @app.post("/invocations")
     def invocations():

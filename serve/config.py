@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from contract import precisions
 from contract.artifact import MAX_BATCH
-from serve.batch import suggested_concurrency
+from serve.batch_transform import suggested_concurrency
 from serve.precision import DEFAULT_TOLERANCE_POINTS
 
 PORT = 8080

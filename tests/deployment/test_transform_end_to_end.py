@@ -89,7 +89,7 @@ def test_deploy_py_transform_through_the_real_server(aws, trained_model_dir, dig
     assert code == 0, out + err
     run_ = service.run
     assert run_.failed == {} and set(run_.statuses) == {200}
-    # The container's suggestion for one CPU worker at this payload (serve/batch.py).
+    # The container's suggestion for one CPU worker at this payload (serve/batch_transform.py).
     payload = 1 if mode == "one-a-request" else 6
     assert run_.parameters["MaxConcurrentTransforms"] == min(16, 100 // payload)
     assert run_.in_flight_max <= run_.parameters["MaxConcurrentTransforms"]

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from serve import batch, config, jsonlines
+from serve import batch_transform, config, jsonlines
 from serve.errors import ClientError
 from tests.conftest import ROOT
 
@@ -67,7 +67,7 @@ def test_the_suggestion_fills_two_batches_per_worker_within_the_product_rule(wor
                                                                              payload_mb):
     s = settings({"SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "SAGEMAKER_BATCH": "true",
                   "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(payload_mb)}, gpus=gpus)
-    suggested = batch.execution_parameters(s)
+    suggested = batch_transform.execution_parameters(s)
     concurrent, payload = suggested["MaxConcurrentTransforms"], suggested["MaxPayloadInMB"]
     assert payload == payload_mb and concurrent * payload <= 100
     assert concurrent == min(2 * workers * s.max_batch_size, 100 // payload_mb)
@@ -75,14 +75,14 @@ def test_the_suggestion_fills_two_batches_per_worker_within_the_product_rule(wor
 
 
 def test_the_suggestion_for_a_cpu_and_a_gpu_host():
-    cpu = batch.execution_parameters(settings({"SAGEMAKER_BATCH": "true"}))
+    cpu = batch_transform.execution_parameters(settings({"SAGEMAKER_BATCH": "true"}))
     assert cpu == {"MaxConcurrentTransforms": 16, "BatchStrategy": "SINGLE_RECORD",
                    "MaxPayloadInMB": 6}
-    gpu = batch.execution_parameters(settings({"SAGEMAKER_BATCH": "true",
+    gpu = batch_transform.execution_parameters(settings({"SAGEMAKER_BATCH": "true",
                                                "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}, gpus=1))
     assert gpu["MaxConcurrentTransforms"] == 64  # 2 x 1 worker x batch 32
     # A payload over the service's 100 MB (an asynchronous endpoint's) is reported as 100.
-    assert batch.execution_parameters(settings({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"})) == {
+    assert batch_transform.execution_parameters(settings({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"})) == {
         "MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 100}
 
 
