@@ -34,6 +34,12 @@ pytest_plugins = ["tests.helpers.tiers"]
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _artifacts_folder():
+    """out/test-artifacts/ exists before any test writes there, whichever tier runs alone."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _compile_store(tmp_path_factory):
     """One compile store for the session's servers and classifiers (serve/compiled.py): the
     first to serve a trained model compiles its programs, the later ones load them, as a
