@@ -20,6 +20,10 @@ Where each fact comes from:
 - The kernels in the image: ``torch.cuda.get_arch_list()`` of torch 2.15.0+cu132
   (requirements/container.txt); tests/container/test_gpu_startup.py compares it with the
   installed torch.
+- What each instance family runs on (``HOST_KINDS``): the EC2 instance type pages (Graviton
+  families end in g after their generation; p6e-gb200 pairs B200 GPUs with Grace, an arm64
+  CPU). tests/container/test_gpu_startup.py walks botocore's hosting, training, transform and
+  processing enums and fails on a family missing here.
 """
 
 from __future__ import annotations
@@ -64,8 +68,29 @@ GPU_FAMILIES = {
     "p5en": GPUFamily("H200", (9, 0), 550),
     "p6-b200": GPUFamily("B200", (10, 0), None),
     "p6-b300": GPUFamily("B300", (10, 3), None),
+    "g7": GPUFamily("RTX PRO 4500 Blackwell", (12, 0), None),
     "g7e": GPUFamily("RTX PRO 6000 Blackwell", (12, 0), None),
 }
+
+# What an instance family's hosts are, for every family in botocore 1.44.5's instance type
+# enums. The image is x86_64 (amd64) with CUDA: it runs on X86 and NVIDIA hosts only.
+X86, NVIDIA = "x86_64 CPUs", "NVIDIA GPUs"
+ARM = "Graviton (arm64) CPUs"
+GRACE = "NVIDIA GPUs beside Grace (arm64) CPUs"
+NEURON = "AWS Inferentia or Trainium (Neuron) accelerators"
+GAUDI = "Intel Gaudi (Habana) accelerators"
+HOST_KINDS = {
+    **dict.fromkeys(("c4", "c5", "c5d", "c5n", "c6i", "c6in", "c7i", "c7i-flex", "c8i",
+                     "c8i-flex", "m4", "m5", "m5d", "m6i", "m7i", "m7i-flex", "m8i", "m8i-flex",
+                     "r5", "r5d", "r6i", "r7i", "r8i", "r8i-flex", "t2", "t3"), X86),
+    **dict.fromkeys(("c6g", "c6gd", "c6gn", "c7g", "c8g", "m6g", "m6gd", "m8g", "r6g", "r6gd",
+                     "r7gd", "r8g"), ARM),
+    **dict.fromkeys(GPU_FAMILIES, NVIDIA),
+    "p6e-gb200": GRACE,
+    **dict.fromkeys(("inf1", "inf2", "trn1", "trn1n", "trn2"), NEURON),
+    "dl1": GAUDI,
+}
+RUNS_ON = (X86, NVIDIA)
 
 
 @dataclass(frozen=True)
@@ -84,8 +109,8 @@ class AMI:
 # use this AMI on g4dn, g5, g6, g7e and p6-b200. Assumed: every family above whose GPU the image
 # has kernels for. Should AWS not offer it on one, CreateEndpointConfig fails at once with a
 # ValidationException that deploy.py prints in one line, before any instance starts.
-_AMI_580_FAMILIES = ("g4dn", "g5", "g6", "g6e", "g7e", "p4d", "p4de", "p5", "p5e", "p5en",
-                     "p6-b200", "p6-b300")
+_AMI_580_FAMILIES = ("g4dn", "g5", "g6", "g6e", "g7", "g7e", "p4d", "p4de", "p5", "p5e",
+                     "p5en", "p6-b200", "p6-b300")
 
 INFERENCE_AMIS = {
     "al2-ami-sagemaker-inference-gpu-2": AMI(535, "12.2"),
@@ -114,6 +139,30 @@ def is_gpu_type(instance_type: str) -> bool:
     (its other families are CPUs, Inferentia, Trainium or Gaudi)."""
     family = instance_family(instance_type)
     return family in GPU_FAMILIES or family[:1] in ("p", "g")
+
+
+def check_host(instance_type: str | None) -> str | None:
+    """What ``instance_type``'s hosts are (``HOST_KINDS``), when the image runs there; None for
+    what is not an ``ml.`` type (serverless, ``local``, ``local_gpu``).
+
+    Raises:
+        HostError: arm64 (Graviton, Grace), Neuron or Gaudi hosts, which this amd64 CUDA/CPU
+            image cannot run on, or a family this table does not classify.
+    """
+    family = instance_family(instance_type or "")
+    if not family:
+        return None
+    kind = HOST_KINDS.get(family)
+    pick = "an x86 CPU type such as ml.c7i.xlarge or ml.m5.xlarge, or a GPU type of " + \
+        ", ".join(runnable_families())
+    if kind is None:
+        raise HostError(f"{instance_type}: instance family {family} is not classified in "
+                        f"container/gpu_hosts.py (HOST_KINDS), so whether the image runs there "
+                        f"is unknown: pick {pick}, or add it there")
+    if kind not in RUNS_ON:
+        raise HostError(f"{instance_type} has {kind}; the image is built for x86_64 (amd64) "
+                        f"with CUDA and cannot run there: pick {pick}")
+    return kind
 
 
 def has_kernels(capability: tuple[int, int], arch_list) -> bool:
@@ -186,13 +235,15 @@ def choose_ami(instance_type: str | None, requested: str = "auto", kind: str = "
     "auto" picks the AMI with the newest driver offered on the family.
 
     Raises:
-        HostError: an unknown AMI name; an AMI on a CPU type or serverless endpoint; a GPU
+        HostError: a host the image cannot run on (``check_host``); an unknown AMI name; an
+            AMI on a CPU type or serverless endpoint; a GPU
             family unknown here or without kernels in the image; an AMI whose driver is older
             than the image's CUDA needs or that is not offered on the family; "auto" on a GPU
             type no AMI suits.
     """
     amis, option, field = _KINDS[kind]
     need = MIN_DRIVER_BRANCH[cuda_major]
+    check_host(instance_type)
     if requested != "auto" and requested not in amis:
         raise HostError(f"{option} {requested} is not a known {field} (botocore 1.44.5): "
                         f"pass auto or one of {', '.join(amis)}")
@@ -233,8 +284,10 @@ def training_warning(instance_type: str, cuda_major: int = IMAGE_CUDA_MAJOR) -> 
     say which driver its training instances run, and a training job has no AMI choice.
 
     Raises:
-        HostError: a GPU family unknown here or without kernels in the image.
+        HostError: a host the image cannot run on (``check_host``), a GPU family unknown here
+            or without kernels in the image.
     """
+    check_host(instance_type)
     if not is_gpu_type(instance_type):
         return None
     check_gpu_family(instance_type, cuda_major=cuda_major)

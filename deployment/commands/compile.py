@@ -5,6 +5,7 @@ requests as fast as the rest (autoscaling, blue/green updates, serverless cold s
 
 from __future__ import annotations
 
+from container import gpu_hosts
 from deployment.errors import UserError
 from deployment.models import add_artifact_arguments, model_data_uri, serving_environment
 from deployment.options import ArtifactOptions, ServingOptions
@@ -36,6 +37,10 @@ def run(ctx: Context, args) -> int:
     if not args.compile_instance_type.startswith("ml."):
         raise UserError(f"--instance-type {args.compile_instance_type}: a SageMaker instance "
                         "type such as ml.c7i.xlarge")
+    try:
+        gpu_hosts.check_host(args.compile_instance_type)
+    except gpu_hosts.HostError as exc:
+        raise UserError(str(exc)) from exc
     # The endpoint's serving options pick the precision and batch sizes compiled.
     env = serving_environment(ServingOptions.from_args(args), {},
                               container="the compile job's container")

@@ -21,6 +21,42 @@ import gpu_hosts  # noqa: E402
 AMI_580 = "al2023-ami-sagemaker-inference-gpu-4-1"
 
 
+# ----------------------------------------------------------------------- every instance type
+ENUMS = ("ProductionVariantInstanceType", "TrainingInstanceType", "TransformInstanceType",
+         "ProcessingInstanceType")
+
+
+def test_every_instance_type_in_botocores_enums_is_classified():
+    """A botocore upgrade that adds an instance family fails here, not in a user's deploy."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    types = {t for name in ENUMS for t in model.shape_for(name).enum}
+    families = {gpu_hosts.instance_family(t) for t in types}
+    assert len(types) > 300 and "" not in families
+    assert sorted(families - set(gpu_hosts.HOST_KINDS)) == []
+    runnable = [t for t in types if gpu_hosts.HOST_KINDS[gpu_hosts.instance_family(t)]
+                in gpu_hosts.RUNS_ON]
+    assert "ml.c7i.xlarge" in runnable and "ml.g7.2xlarge" in runnable
+    for t in ("ml.c7g.xlarge", "ml.inf2.xlarge", "ml.trn1.2xlarge", "ml.p6e-gb200.36xlarge",
+              "ml.dl1.24xlarge"):
+        with pytest.raises(gpu_hosts.HostError, match="cannot run there"):
+            gpu_hosts.check_host(t)
+    # Every NVIDIA family has its GPU recorded, so its kernels can be checked.
+    nvidia = {f for f, kind in gpu_hosts.HOST_KINDS.items() if kind == gpu_hosts.NVIDIA}
+    assert nvidia == set(gpu_hosts.GPU_FAMILIES)
+
+
+def test_training_and_transform_refuse_a_host_the_image_cannot_run_on():
+    with pytest.raises(gpu_hosts.HostError, match="Graviton"):
+        gpu_hosts.training_warning("ml.m6g.xlarge")
+    with pytest.raises(gpu_hosts.HostError, match="Neuron"):
+        gpu_hosts.choose_ami("ml.inf2.xlarge", kind="transform")
+    assert gpu_hosts.training_warning("ml.c5.xlarge") is None
+    assert gpu_hosts.choose_ami("ml.g7.2xlarge") == AMI_580
+    assert gpu_hosts.check_host("local_gpu") is None and gpu_hosts.check_host(None) is None
+
+
 # -------------------------------------------------------------------------- kernels in a build
 @pytest.mark.parametrize("capability, arch_list, runs", [
     ((7, 0), gpu_hosts.IMAGE_ARCH_LIST, False),   # V100: CUDA 13 dropped it

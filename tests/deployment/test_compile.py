@@ -34,6 +34,8 @@ def test_compile_runs_the_images_compile_entry_on_the_instance_type(aws, capsys)
 
 @pytest.mark.parametrize("argv, message", [
     (["--instance-type", "c7i.xlarge"], "a SageMaker instance type such as ml.c7i.xlarge"),
+    (["--instance-type", "ml.c7g.xlarge"], "ml.c7g.xlarge has Graviton (arm64) CPUs; the image "
+                                           "is built for x86_64 (amd64)"),
     (["--instance-type", "ml.c5.xlarge", "--max-batch-size", "0"],
      "--max-batch-size 0: SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE='0' must be at least 1"),
 ])

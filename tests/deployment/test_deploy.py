@@ -153,16 +153,27 @@ def test_deploy_update_is_update_keeping_the_ami_and_the_endpoints_shape(aws, gp
            f"{AMI_580})" in out
 
 
+PICK = ("an x86 CPU type such as ml.c7i.xlarge or ml.m5.xlarge, or a GPU type of ml.g4dn, ml.g5, "
+        "ml.p4d, ml.p4de, ml.g6, ml.g6e, ml.p5, ml.p5e, ml.p5en, ml.p6-b200, ml.p6-b300, ml.g7, "
+        "ml.g7e")
 REFUSALS = [
     (["--instance-type", "ml.p3.2xlarge"],
      "ml.p3.2xlarge has NVIDIA V100 GPUs (compute capability 7.0), for which the image's CUDA 13 "
      "build of torch has no kernels (sm_75 sm_80 sm_86 sm_90 sm_100 sm_120): pick ml.g4dn, "
      "ml.g5, ml.p4d, ml.p4de, ml.g6, ml.g6e, ml.p5, ml.p5e, ml.p5en, ml.p6-b200, ml.p6-b300, "
-     "ml.g7e, or a CPU instance type"),
-    (["--instance-type", "ml.g7.2xlarge"],
-     "ml.g7.2xlarge: GPU family g7 is not in container/gpu_hosts.py, so its GPU and driver are "
-     "unknown here: pick ml.g4dn, ml.g5, ml.p4d, ml.p4de, ml.g6, ml.g6e, ml.p5, ml.p5e, ml.p5en, "
-     "ml.p6-b200, ml.p6-b300, ml.g7e, or add it there"),
+     "ml.g7, ml.g7e, or a CPU instance type"),
+    (["--instance-type", "ml.c7g.xlarge"],
+     f"ml.c7g.xlarge has Graviton (arm64) CPUs; the image is built for x86_64 (amd64) with CUDA "
+     f"and cannot run there: pick {PICK}"),
+    (["--instance-type", "ml.inf2.xlarge"],
+     f"ml.inf2.xlarge has AWS Inferentia or Trainium (Neuron) accelerators; the image is built "
+     f"for x86_64 (amd64) with CUDA and cannot run there: pick {PICK}"),
+    (["--instance-type", "ml.p6e-gb200.36xlarge"],
+     f"ml.p6e-gb200.36xlarge has NVIDIA GPUs beside Grace (arm64) CPUs; the image is built for "
+     f"x86_64 (amd64) with CUDA and cannot run there: pick {PICK}"),
+    (["--instance-type", "ml.q9.xlarge"],
+     f"ml.q9.xlarge: instance family q9 is not classified in container/gpu_hosts.py "
+     f"(HOST_KINDS), so whether the image runs there is unknown: pick {PICK}, or add it there"),
     (["--inference-ami-version", "al2-ami-sagemaker-inference-gpu-9"],
      "--inference-ami-version al2-ami-sagemaker-inference-gpu-9 is not a known "
      "InferenceAmiVersion (botocore 1.44.5): pass auto or one of "

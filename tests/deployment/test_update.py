@@ -275,7 +275,7 @@ REFUSALS = [
      "ml.p3.2xlarge has NVIDIA V100 GPUs (compute capability 7.0), for which the image's CUDA 13 "
      "build of torch has no kernels (sm_75 sm_80 sm_86 sm_90 sm_100 sm_120): pick ml.g4dn, "
      "ml.g5, ml.p4d, ml.p4de, ml.g6, ml.g6e, ml.p5, ml.p5e, ml.p5en, ml.p6-b200, ml.p6-b300, "
-     "ml.g7e, or a CPU instance type"),
+     "ml.g7, ml.g7e, or a CPU instance type"),
     (["--max-batch-size", "0"], "--max-batch-size 0: SAGEMAKER_MODEL_SERVER_MAX_BATCH_SIZE='0' "
      "must be at least 1; the endpoint's container would refuse to start"),
     (["--capture", "0"], "--capture 0: a percentage of requests from 1 to 100"),
