@@ -41,6 +41,10 @@ def add_artifact_arguments(p) -> None:
                         f"requests still decoding (default: serve's, "
                         f"{DEFAULT_MAX_BATCH_DELAY_MS['cpu']} on CPU, "
                         f"{DEFAULT_MAX_BATCH_DELAY_MS['gpu']} on GPU)")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE",
+                   help="any other serving setting in the model's environment (the README's "
+                        "serving table: SERVE_COMPILE=off, SERVE_PRECISION=fp32, ...); repeat "
+                        "it for more; checked by serve's own reader before any AWS call")
 
 
 def add_model_arguments(p) -> None:
@@ -165,20 +169,72 @@ def base_environment(endpoint: str, variant: str = "AllTraffic") -> dict[str, st
             "SERVE_VARIANT_NAME": variant}
 
 
+# Serving variables deploy.py sets itself: the variant's and endpoint's names for the metrics,
+# and those with an option of their own.
+OWN_VARIABLES = {
+    "SERVE_ENDPOINT_NAME": "deploy.py sets it (the endpoint's name)",
+    "SERVE_VARIANT_NAME": "deploy.py sets it (the variant's name)",
+    "SAGEMAKER_BIND_TO_PORT": "SageMaker sets it",
+    **dict.fromkeys(("SAGEMAKER_BATCH", "SAGEMAKER_BATCH_STRATEGY",
+                     "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "SAGEMAKER_MAX_PAYLOAD_IN_MB"),
+                    "SageMaker sets it for a transform job (deploy.py for an asynchronous "
+                    "endpoint)"),
+    **{name: f"use {option}" for name, (option, _) in ServingOptions().variables().items()}}
+
+
+def serve_reads() -> set[str]:
+    """The SERVE_* and SAGEMAKER_* variables serve's settings reader (serve/config.py) looks
+    at, found by reading an empty environment and a batch transform's through a recorder, so
+    the list cannot drift from the reader; plus SERVE_LOG_LEVEL (serve/gunicorn_conf.py)."""
+    seen = {"SERVE_LOG_LEVEL"}
+
+    class Recorder(dict):
+        def get(self, key, default=None):
+            seen.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key):
+            seen.add(key)
+            return super().__getitem__(key)
+
+    for env in ({}, {"SAGEMAKER_BATCH": "true"}):
+        Settings.from_env(Recorder(env), gpus=0)
+    return {name for name in seen if name.startswith(("SERVE_", "SAGEMAKER_"))}
+
+
+def check_env(pairs: tuple[tuple[str, str], ...]) -> None:
+    """Refuse an --env NAME that serve does not read, or that deploy.py sets itself.
+
+    Raises:
+        UserError: one line naming the variable and what to do instead.
+    """
+    known = None
+    for name, _ in pairs:
+        if name in OWN_VARIABLES:
+            raise UserError(f"--env {name}: {OWN_VARIABLES[name]}")
+        known = known if known is not None else serve_reads()
+        if name not in known:
+            raise UserError(f"--env {name}: serve reads no such variable; it reads "
+                            + ", ".join(sorted(known - set(OWN_VARIABLES))))
+
+
 def serving_environment(serving: ServingOptions, base: dict[str, str],
                         extra: dict[str, str] | None = None,
                         container: str = "the endpoint's container") -> dict[str, str]:
     """``base`` (a new model's, or the endpoint's current model's) with the workers and
     batching options given and ``extra`` (a transform job's or an asynchronous endpoint's
-    payload cap and timeout), each checked with serve's own reader (serve/config.py), so a value
-    the container would refuse at start is one line here, before any AWS call. At most 9
-    entries of ours: CreateModel takes 100 (and an inference component's container 16).
+    payload cap and timeout) and each --env (``check_env``), each checked with serve's own
+    reader (serve/config.py), so a value the container would refuse at start is one line here,
+    before any AWS call. CreateModel takes 100 entries (an inference component's container 16);
+    serve reads about 30.
 
     Raises:
         UserError: a value serve would refuse (``container`` names whose).
     """
     env = dict(base)
+    check_env(serving.env)
     options = serving.variables()
+    options.update({name: (f"--env {name}=", value) for name, value in serving.env})
     options.update({name: (name, value) for name, value in (extra or {}).items()})
     for name, (option, value) in options.items():
         if value is None:
@@ -187,8 +243,8 @@ def serving_environment(serving: ServingOptions, base: dict[str, str],
         try:
             Settings.from_env(env, gpus=0)
         except ValueError as exc:
-            raise UserError(f"{option} {value}: {exc}; {container} would refuse to start"
-                            ) from None
+            shown = f"{option}{value}" if option.endswith("=") else f"{option} {value}"
+            raise UserError(f"{shown}: {exc}; {container} would refuse to start") from None
     return env
 
 

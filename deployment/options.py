@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from deployment.errors import UserError
 from deployment.guardrails import StrategyOptions
 
 
@@ -28,15 +29,25 @@ def _given(cls, args, **renamed):
 @dataclass(frozen=True)
 class ServingOptions:
     """The serving options a model's environment carries (serve/config.py reads them):
-    ``workers`` (processes), ``max_batch_size`` (images), ``max_batch_delay_ms`` (ms)."""
+    ``workers`` (processes), ``max_batch_size`` (images), ``max_batch_delay_ms`` (ms), and
+    ``env``, any other serving variable as (name, value) pairs (--env NAME=VALUE)."""
 
     workers: int | None = None
     max_batch_size: int | None = None
     max_batch_delay_ms: int | None = None
+    env: tuple[tuple[str, str], ...] = ()  # --env NAME=VALUE, in order
 
     @classmethod
     def from_args(cls, args) -> "ServingOptions":
-        return _given(cls, args)
+        """Raises: UserError: an --env that is not NAME=VALUE."""
+        pairs = []
+        for item in getattr(args, "env", None) or ():
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise UserError(f"--env {item}: NAME=VALUE, such as SERVE_COMPILE=off")
+            pairs.append((name.strip(), value))
+        return cls(getattr(args, "workers", None), getattr(args, "max_batch_size", None),
+                   getattr(args, "max_batch_delay_ms", None), tuple(pairs))
 
     def variables(self) -> dict[str, tuple[str, int | None]]:
         """Environment variable -> (the option's flag, its value or None)."""

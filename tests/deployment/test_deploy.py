@@ -281,3 +281,29 @@ def test_deploy_sets_the_start_up_and_download_timeouts_from_the_image_and_the_m
     assert models.startup_timeouts(aws.session, IMAGE, f"s3://{BUCKET}/nothing", True)[1] == 600
     gib = 6 * 1024**3  # the real image's size: 6 GiB at 40 MiB/s, and a GPU's start
     assert models.MIN_TIMEOUT_S <= models.START_S["gpu"] + gib / models.PULL_BYTES_PER_S <= 3600
+
+
+def test_env_puts_any_serving_setting_in_the_model_and_serve_checks_it_first(aws, capsys):
+    """--env NAME=VALUE: a serving variable of the README's table reaches CreateModel; a value
+    serve would refuse, a name serve does not read, or one deploy.py sets itself is one line
+    before any AWS call (issue 40, item 5)."""
+    code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                         "--endpoint", "dogs-ep", "--instance-type", "ml.m5.xlarge",
+                         "--env", "SERVE_COMPILE=off", "--env", "SERVE_PRECISION=fp32")
+    assert code == 0, err
+    env = aws.one("CreateModel")["PrimaryContainer"]["Environment"]
+    assert env["SERVE_COMPILE"] == "off" and env["SERVE_PRECISION"] == "fp32"
+    for option, line in [
+        ("SERVE_COMPILE=maybe", "--env SERVE_COMPILE=maybe: SERVE_COMPILE='maybe'"),
+        ("SERVE_COMPLIE=off", "--env SERVE_COMPLIE: serve reads no such variable; it reads "),
+        ("SAGEMAKER_MODEL_SERVER_WORKERS=2", "--env SAGEMAKER_MODEL_SERVER_WORKERS: use "
+                                             "--workers"),
+        ("SERVE_ENDPOINT_NAME=x", "--env SERVE_ENDPOINT_NAME: deploy.py sets it"),
+        ("novalue", "--env novalue: NAME=VALUE, such as SERVE_COMPILE=off"),
+    ]:
+        calls = sum(len(v) for v in aws.calls.values())
+        code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", "s3://b/m.tar.gz",
+                           "--endpoint", "dogs-ep-2", "--instance-type", "ml.m5.xlarge",
+                           "--env", option)
+        assert code == 1 and err.startswith(f"error: {line}"), err
+        assert sum(len(v) for v in aws.calls.values()) == calls  # nothing sent
