@@ -16,10 +16,12 @@ def is_not_found(exc) -> bool:
         "not find" in message or "not exist" in message or "not found" in message.lower())
 
 
+IAM_PAGE = "docs/iam.md"
 HINTS = {
-    "AccessDenied": "your credentials lack permission for this call; check the IAM policy",
-    "AccessDeniedException": "your credentials lack permission for this call; check the IAM "
-                             "policy (and that --role trusts sagemaker.amazonaws.com)",
+    "AccessDenied": f"your credentials lack permission for this call; {IAM_PAGE} gives the "
+                    "policy",
+    "AccessDeniedException": f"your credentials lack permission for this call; {IAM_PAGE} gives "
+                             "the policy (and the role's trust of sagemaker.amazonaws.com)",
     "ResourceLimitExceeded": "an account quota is reached; ask for more in the Service Quotas "
                              "console, or pick another --instance-type",
     "ThrottlingException": "AWS throttled the request; wait a little and run it again",
@@ -30,6 +32,18 @@ HINTS = {
     "NoSuchBucket": "the bucket does not exist; create it or pass another --bucket",
     "ResourceInUse": "the name is taken; pass another --job-name or delete the old resource",
 }
+
+
+def access_denied_hint(message: str, code: str) -> str:
+    """The AccessDenied fix: the IAM action AWS's message names ("... is not authorized to
+    perform: sagemaker:CreateModel ..."), to add to the caller's policy, else the generic hint."""
+    import re
+
+    found = re.search(r"perform: ([a-z0-9-]+:[A-Za-z0-9]+)", message)
+    if not found:
+        return HINTS[code]
+    return (f"allow {found[1]} to your credentials (docs/iam/caller-policy.json has it "
+            f"with the rest; {IAM_PAGE})")
 
 
 def describe_error(exc: BaseException) -> str | None:
@@ -58,6 +72,8 @@ def describe_error(exc: BaseException) -> str | None:
         elif operation in ("PutObject", "UploadPart", "CreateMultipartUpload") and \
                 code in ("AccessDenied", "403"):
             hint = "the bucket cannot be written; pass another --bucket or grant s3:PutObject"
+        elif code in ("AccessDenied", "AccessDeniedException"):
+            hint = access_denied_hint(message, code)
         else:
             hint = HINTS.get(code, "the AWS message says what to change")
         return f"{operation} failed ({code}): {message.rstrip('.')}. Fix: {hint}"

@@ -102,6 +102,11 @@ def aws(monkeypatch):
         recorder = Recorder()
         monkeypatch.setattr(deploy_sessions, "make_boto_session", lambda region: recorder.session)
         yield recorder
+    # Every call a test saw deploy.py make is one the documented caller policy allows.
+    from deployment import iam
+
+    lacking = iam.missing(recorder.calls)
+    assert not lacking, f"docs/iam/caller-policy.json does not allow {lacking}"
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
