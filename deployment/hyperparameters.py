@@ -21,10 +21,7 @@ def parse_hyperparameters(pairs: list[str]) -> dict[str, str]:
         name, value = name.strip(), value.strip()
         if not sep or not value:
             raise UserError(f"--hp {pair!r}: write NAME=VALUE, e.g. --hp lr=0.01")
-        try:
-            schema.validate({name: value})
-        except schema.HyperparameterError as exc:
-            raise UserError(f"--hp {pair}: {exc}") from None
+        check_value(f"--hp {pair}", name, value)
         out[name] = value
     return out
 

@@ -9,9 +9,9 @@ job has one ContentType; MaxPayloadInMB is at most 100; each input object gives
 a failed object fails the job, whose other objects are still answered.
 
 MaxConcurrentTransforms is left to the container, which suggests it for the host it runs on
-(GET /execution-parameters, serve/batch_transform.py): deploy.py does not know the instance's CPUs and
-GPUs. MaxPayloadInMB is deploy.py's, since only it sees the photos' sizes: the container learns
-it (SAGEMAKER_MAX_PAYLOAD_IN_MB) and keeps the product rule.
+(GET /execution-parameters, serve/batch_transform.py): deploy.py does not know the instance's
+CPUs and GPUs. MaxPayloadInMB is deploy.py's, since only it sees the photos' sizes: the
+container learns it (SAGEMAKER_MAX_PAYLOAD_IN_MB) and keeps the product rule.
 
 ``--jsonlines`` packs the photos into JSON Lines files of ``{"b64": ...}`` records under the
 job's own input prefix, with an index (the photos' keys, line by line) beside it, so the summary

@@ -12,6 +12,7 @@ changes nothing the second time.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from deployment import cloudwatch, ecr, guardrails, models, rollout, versions
@@ -132,14 +133,33 @@ def check_autoscaled_instance_type(ctx: Context, current: Current, variant: Vari
             "--autoscale-max to update and register it again")
 
 
+def variant_fields(sm, variant: dict) -> dict:
+    """A described production variant's fields that CreateEndpointConfig takes back."""
+    members = sm.meta.service_model.shape_for("ProductionVariant").members
+    return {k: value for k, value in variant.items() if k in members}
+
+
+def config_request(sm, config: dict, name: str, variant: dict, endpoint: str, previous: str
+                   ) -> dict:
+    """CreateEndpointConfig's request: a described ``config``'s settings under ``name`` with
+    the one production ``variant``, tagged with ``endpoint`` and the config it replaces
+    (``previous``)."""
+    members = sm.meta.service_model.operation_model("CreateEndpointConfig").input_shape.members
+    request = {k: v for k, v in config.items() if k in members and v not in (
+        None, {}, []) and k not in ("EndpointConfigName", "ProductionVariants",
+                                    "ShadowProductionVariants", "Tags")}
+    request.update(EndpointConfigName=name, ProductionVariants=[variant],
+                   Tags=versions.tags(endpoint, previous=previous))
+    return request
+
+
 def desired_variant(sm, current: Current, shape: VariantOptions, model_name: str) -> dict:
     """The new production variant: the current one with the new model and the options given.
 
     Raises:
         UserError: an option that does not fit the endpoint's kind.
     """
-    members = sm.meta.service_model.shape_for("ProductionVariant").members
-    v = {k: value for k, value in current.variant.items() if k in members}
+    v = variant_fields(sm, current.variant)
     v["ModelName"] = model_name
     to_instances = current.serverless and shape.instance_type
     if shape.serverless or (current.serverless and not to_instances):
@@ -208,13 +228,8 @@ def desired_config(ctx: Context, current: Current, capture: int | None, endpoint
                    name: str, variant: dict) -> dict:
     """CreateEndpointConfig's request: the current config's settings with the new variant and
     data capture (--capture), tagged with the endpoint and the config it replaces."""
-    sm = ctx.session.sagemaker_client
-    members = sm.meta.service_model.operation_model("CreateEndpointConfig").input_shape.members
-    request = {k: v for k, v in current.config.items() if k in members and v not in (
-        None, {}, []) and k not in ("EndpointConfigName", "ProductionVariants",
-                                    "ShadowProductionVariants", "Tags")}
-    request.update(EndpointConfigName=name, ProductionVariants=[variant],
-                   Tags=versions.tags(endpoint, previous=current.config["EndpointConfigName"]))
+    request = config_request(ctx.session.sagemaker_client, current.config, name, variant,
+                             endpoint, current.config["EndpointConfigName"])
     if capture is not None:
         request["DataCaptureConfig"] = models.data_capture(ctx, endpoint,
                                                            capture)._to_request_dict()
@@ -293,26 +308,34 @@ def begin(ctx: Context, endpoint: str, left: str, target: str, plan: guardrails.
           + (f"rolls back on {', '.join(alarms)}" if alarms else "no automatic rollback"))
 
 
-def clean_up(sm, endpoint: str, name: str, configs: list[str], models: list[str], verb: str
-             ) -> bool:
-    """After UpdateEndpoint to config ``name`` failed or was interrupted: delete what this run
-    made (``configs``, ``models``) unless SageMaker took the update after all (a retried
-    request whose first answer was lost: the endpoint runs or deploys ``name``). Returns True
-    when it did take it (nothing deleted: the caller follows it as started)."""
+@contextmanager
+def undone_unless_taken(sm, endpoint: str, name: str, configs: list[str], models: list[str],
+                        verb: str):
+    """Around the creates and the UpdateEndpoint to config ``name``: if they fail or are
+    interrupted, delete what this run made (``configs``, ``models``: lists the body fills in)
+    unless SageMaker took the update after all (a retried request whose first answer was lost:
+    the endpoint runs or deploys ``name``). Then an error is swallowed, so that the caller
+    follows the update as started; an interrupt still ends the run, nothing deleted."""
     try:
-        live = versions.in_use(sm, endpoint)
-    except Exception as exc:  # noqa: BLE001 - unknown: keeping a version loses nothing
-        print(f"{verb}: could not tell whether {endpoint} took {name} ({exc}); kept "
-              f"{', '.join(configs + models) or 'nothing'}: python deploy.py delete or the "
-              "next update removes them")
-        return False
-    if name in live:
-        print(f"{verb}: the request to SageMaker failed, but endpoint {endpoint} deploys {name}: "
-              "following it")
-        return True
-    for line in versions.remove(sm, configs, models):
-        print(f"{line} (this {verb} did not start)")
-    return False
+        yield
+    except BaseException as exc:
+        try:
+            live = versions.in_use(sm, endpoint)
+        except Exception as describe:  # noqa: BLE001 - unknown: keeping a version loses nothing
+            print(f"{verb}: could not tell whether {endpoint} took {name} ({describe}); kept "
+                  f"{', '.join(configs + models) or 'nothing'}: python deploy.py delete or the "
+                  "next update removes them")
+            live = None
+        if live is None:
+            raise
+        if name not in live:
+            for line in versions.remove(sm, configs, models):
+                print(f"{line} (this {verb} did not start)")
+            raise
+        print(f"{verb}: the request to SageMaker failed, but endpoint {endpoint} deploys "
+              f"{name}: following it")
+        if not isinstance(exc, Exception):
+            raise
 
 
 def follow(ctx: Context, endpoint: str, left: str, target: str, plan: guardrails.Plan,
@@ -376,16 +399,12 @@ def update_model(ctx: Context, o: UpdateOptions) -> int:
     validate(sm, "CreateModel", model)
     validate(sm, "CreateEndpointConfig", config)
     made_models, made_configs = [], []
-    try:
+    with undone_unless_taken(sm, endpoint, name, made_configs, made_models, "update"):
         sm.create_model(**model)
         made_models.append(name)
         sm.create_endpoint_config(**config)
         made_configs.append(name)
         begin(ctx, endpoint, old, name, plan, alarms)
-    except BaseException as exc:
-        if not clean_up(sm, endpoint, name, made_configs, made_models, "update") or \
-                not isinstance(exc, Exception):
-            raise
     save_state(endpoint=endpoint, model=name)
     print(f"model {name}: {model['PrimaryContainer']['ModelDataUrl']} ("
           + (f"serverless, {variant['ServerlessConfig']['MemorySizeInMB']} MB" if serverless else

@@ -7,8 +7,8 @@ from deployment import guardrails, versions
 from deployment.errors import UserError, is_not_found
 from deployment.options import RollbackOptions
 from deployment.settings import Context
-from deployment.updates import (begin, clean_up, follow, read_current,
-                                rollback_alarms, validate)
+from deployment.updates import (begin, config_request, follow, read_current, rollback_alarms,
+                                undone_unless_taken, validate, variant_fields)
 
 NAME = "rollback"
 HELP = "the endpoint back to its previous version (same strategies as update)"
@@ -55,14 +55,10 @@ def run(ctx: Context, args) -> int:
                            serverless)
     alarms = rollback_alarms(ctx, endpoint, rollback)
     validate(sm, "CreateEndpointConfig", request)
-    try:
+    # The model is the target's, the previous version's own: only the clone goes.
+    with undone_unless_taken(sm, endpoint, name, [name], [], "rollback"):
         sm.create_endpoint_config(**request)
         begin(ctx, endpoint, left, name, plan, alarms)
-    except BaseException as exc:
-        # The model is the target's, the previous version's own: only the clone goes.
-        if not clean_up(sm, endpoint, name, [name], [], "rollback") or \
-                not isinstance(exc, Exception):
-            raise
     print(f"{name}: {target}'s model and settings"
           + ("" if serverless else f" on the {variant['InitialInstanceCount']} instance(s) the "
              "endpoint runs now"))
@@ -77,16 +73,9 @@ def clone_at_live_count(sm, target: dict, current, endpoint: str, left: str
     Deploying ``target`` as stored would shrink the fleet to its old count in the middle of an
     incident; UpdateEndpoint's RetainAllVariantProperties is not used, since the API reference
     does not say how it combines with a DeploymentConfig."""
-    members = sm.meta.service_model.operation_model("CreateEndpointConfig").input_shape.members
-    variant_members = sm.meta.service_model.shape_for("ProductionVariant").members
     name = versions.new_name(endpoint)
-    request = {k: v for k, v in target.items() if k in members and v not in (None, {}, [])
-               and k not in ("EndpointConfigName", "ProductionVariants",
-                             "ShadowProductionVariants", "Tags")}
     (variant,) = target["ProductionVariants"]
-    variant = {k: v for k, v in variant.items() if k in variant_members}
+    variant = variant_fields(sm, variant)
     if "ServerlessConfig" not in variant and current.instance_count:
         variant["InitialInstanceCount"] = current.instance_count
-    request.update(EndpointConfigName=name, ProductionVariants=[variant],
-                   Tags=versions.tags(endpoint, previous=left))
-    return name, request
+    return name, config_request(sm, target, name, variant, endpoint, previous=left)
