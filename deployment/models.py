@@ -208,11 +208,12 @@ def check_env(pairs: tuple[tuple[str, str], ...]) -> None:
     Raises:
         UserError: one line naming the variable and what to do instead.
     """
-    known = None
+    if not pairs:
+        return
+    known = serve_reads()
     for name, _ in pairs:
         if name in OWN_VARIABLES:
             raise UserError(f"--env {name}: {OWN_VARIABLES[name]}")
-        known = known if known is not None else serve_reads()
         if name not in known:
             raise UserError(f"--env {name}: serve reads no such variable; it reads "
                             + ", ".join(sorted(known - set(OWN_VARIABLES))))
@@ -233,18 +234,19 @@ def serving_environment(serving: ServingOptions, base: dict[str, str],
     """
     env = dict(base)
     check_env(serving.env)
-    options = serving.variables()
-    options.update({name: (f"--env {name}=", value) for name, value in serving.env})
-    options.update({name: (name, value) for name, value in (extra or {}).items()})
-    for name, (option, value) in options.items():
+    # Each variable with how the user gave it, for the refusal line.
+    options = {name: (f"{flag} {value}", value)
+               for name, (flag, value) in serving.variables().items()}
+    options.update({name: (f"--env {name}={value}", value) for name, value in serving.env})
+    options.update({name: (f"{name} {value}", value) for name, value in (extra or {}).items()})
+    for name, (given, value) in options.items():
         if value is None:
             continue
         env[name] = str(value)
         try:
             Settings.from_env(env, gpus=0)
         except ValueError as exc:
-            shown = f"{option}{value}" if option.endswith("=") else f"{option} {value}"
-            raise UserError(f"{shown}: {exc}; {container} would refuse to start") from None
+            raise UserError(f"{given}: {exc}; {container} would refuse to start") from None
     return env
 
 
