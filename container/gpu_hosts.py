@@ -134,13 +134,6 @@ def instance_family(instance_type: str) -> str:
     return parts[1] if len(parts) == 3 and parts[0] == "ml" else ""
 
 
-def is_gpu_type(instance_type: str) -> bool:
-    """Whether an instance type has NVIDIA GPUs: SageMaker's GPU families are the p and g ones
-    (its other families are CPUs, Inferentia, Trainium or Gaudi)."""
-    family = instance_family(instance_type)
-    return family in GPU_FAMILIES or family[:1] in ("p", "g")
-
-
 def check_host(instance_type: str | None) -> str | None:
     """What ``instance_type``'s hosts are (``HOST_KINDS``), when the image runs there; None for
     what is not an ``ml.`` type (serverless, ``local``, ``local_gpu``).
@@ -243,11 +236,11 @@ def choose_ami(instance_type: str | None, requested: str = "auto", kind: str = "
     """
     amis, option, field = _KINDS[kind]
     need = MIN_DRIVER_BRANCH[cuda_major]
-    check_host(instance_type)
+    host = check_host(instance_type)
     if requested != "auto" and requested not in amis:
         raise HostError(f"{option} {requested} is not a known {field} (botocore 1.44.5): "
                         f"pass auto or one of {', '.join(amis)}")
-    if instance_type is None or not is_gpu_type(instance_type):
+    if host != NVIDIA:
         if requested != "auto":
             where = instance_type or "a serverless endpoint"
             raise HostError(f"{option} {requested} is for GPU instances and {where} has no "
@@ -287,8 +280,7 @@ def training_warning(instance_type: str, cuda_major: int = IMAGE_CUDA_MAJOR) -> 
         HostError: a host the image cannot run on (``check_host``), a GPU family unknown here
             or without kernels in the image.
     """
-    check_host(instance_type)
-    if not is_gpu_type(instance_type):
+    if check_host(instance_type) != NVIDIA:
         return None
     check_gpu_family(instance_type, cuda_major=cuda_major)
     return (f"warning: {instance_type}: SageMaker does not say which NVIDIA driver its training "
