@@ -25,6 +25,7 @@ from serve.answers import error_body
 from serve.config import REFUSAL_DRAIN_S, Settings
 from serve.invocation import InvocationHandler
 from serve.lifecycle import ModelHolder
+from serve.record import Invocation
 from serve.errors import BodyTimeout, ClientError, ModelFailed, Overloaded
 
 access_log = logging.getLogger("serve.access")
@@ -63,26 +64,26 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
 
     @app.before_request
     def _start_timer():
-        g.start = time.monotonic()
-        g.log, g.observed = {}, {}
+        start = time.monotonic()
+        g.invocation = Invocation(request, start, start + settings.timeout_s)
 
     @app.after_request
     def _access_log(response):
+        inv = g.get("invocation") or Invocation(request, time.monotonic(), 0.0)
+        latency_ms = (time.monotonic() - inv.started) * 1000
+        fields = inv.log_fields()
         if request.path == "/invocations" and holder.metrics is not None:
-            holder.metrics.record(response.status_code, {
-                "latency_ms": (time.monotonic() - g.get("start", time.monotonic())) * 1000,
-                **g.get("log", {})}, g.get("observed", {}).get("confidences", ()),
-                g.get("observed", {}).get("decode_failure"))
+            holder.metrics.record(response.status_code, {"latency_ms": latency_ms, **fields},
+                                  inv.confidences, inv.decode_failure)
         if request.path != "/ping" or response.status_code != 200:
             access_log.info(json.dumps({
                 "method": request.method,
                 "path": request.path,
                 "status": response.status_code,
-                "latency_ms": round((time.monotonic() - g.get("start", time.monotonic()))
-                                    * 1000, 2),
+                "latency_ms": round(latency_ms, 2),
                 "content_type": request.mimetype or None,
                 "bytes": request.content_length or 0,
-                **g.get("log", {}),
+                **fields,
             }))
         return response
 
@@ -90,8 +91,9 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
         """An error answer; an invocation refused before its body was read drains the body
         briefly first, so the connection stays usable without a slow sender holding the
         thread."""
-        if request.path == "/invocations" and not g.get("observed", {}).get("body_read"):
-            handler.bodies.drain(request, REFUSAL_DRAIN_S)
+        inv = g.get("invocation")
+        if request.path == "/invocations" and not (inv and inv.body_read):
+            handler.pipeline.bodies.drain(request, REFUSAL_DRAIN_S)
         return _error(status, reason, retry_after_s)
 
     @app.errorhandler(ClientError)
@@ -138,8 +140,7 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
 
     @app.post("/invocations")
     def invocations():
-        answer = handler.handle(request, g.start, g.start + settings.timeout_s, g.log,
-                                g.observed)
+        answer = handler.handle(g.invocation)
         if isinstance(answer, bytes):
             return Response(answer, mimetype=jsonlines.ANSWER_TYPE)
         return jsonify(answer)

@@ -35,6 +35,8 @@ import numpy as np
 from serve.answers import (ClientError, check_deadline, error_body, load_json, options,
                            predictions)
 from serve.errors import BadImage
+from serve.pipeline import ImagePipeline
+from serve.record import TIMINGS_MS, Invocation
 
 # SageMaker's built-in algorithms name JSON Lines application/jsonlines; the others are common.
 JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
@@ -84,19 +86,20 @@ def record(line: bytes) -> tuple[bytes, dict]:
         raise ClientError(400, "invalid base64") from None
 
 
-def serve(handler, request, started: float, deadline: float, log: dict, observed: dict) -> bytes:
-    """The JSON Lines answer to a Flask ``request`` (serve.invocation.InvocationHandler's
-    steps for each chunk of lines); fills ``log`` (lines, line_errors, images, and the decode,
-    queue and compute ms summed over chunks) and ``observed`` as ``InvocationHandler.handle``.
+def serve(pipeline: ImagePipeline, inv: Invocation) -> bytes:
+    """The JSON Lines answer to the invocation ``inv``, each chunk of lines through the
+    ``pipeline``'s steps; fills ``inv``'s record (lines, line_errors, images, and the decode,
+    queue and compute ms summed over chunks).
 
     Raises:
-        ClientError: 400 for a body refused as a whole (module docstring), else as ``handle``.
+        ClientError: 400 for a body refused as a whole (module docstring), else as
+            ``serve.invocation.InvocationHandler.handle``.
         serve.errors.Overloaded: the deadline passed.
         serve.errors.ModelFailed: the worker's model stopped for good.
     """
-    s = handler.settings
-    data = handler.read_body(request, started, deadline, observed)
-    classifier, scheduler = handler.ready_model(deadline)
+    s = pipeline.settings
+    data = pipeline.read_body(inv)
+    classifier, scheduler = pipeline.ready_model(inv.deadline)
     spans = line_spans(data)
     if not spans:
         raise ClientError(400, 'the body has no line; send one {"b64": "<base64 image>"} record '
@@ -105,13 +108,13 @@ def serve(handler, request, started: float, deadline: float, log: dict, observed
         raise ClientError(400, f"{len(spans):,} lines in one request; the limit is "
                                f"{s.max_lines_per_request:,} (SERVE_MAX_LINES_PER_REQUEST)"
                                + SMALLER_PAYLOAD)
-    handler.check_cost(len(spans), 0.0, scheduler.ms_per_image, "lines", SMALLER_PAYLOAD)
-    lines = _Lines(handler, request, data, spans, classifier, scheduler, deadline, observed)
+    pipeline.check_cost(len(spans), 0.0, scheduler.ms_per_image, "lines", SMALLER_PAYLOAD)
+    inv.fields.update(lines=len(spans), line_errors=0, images=0, batch_size=0,
+                      **dict.fromkeys(TIMINGS_MS, 0.0))
+    lines = _Lines(pipeline, inv, data, spans, classifier, scheduler)
     for first in range(0, len(spans), s.max_images_per_request):
         lines.serve_chunk(range(first, min(first + s.max_images_per_request, len(spans))))
-    handler.freed_bytes(len(data))
-    log.update(lines=len(spans), line_errors=lines.errors,
-               **{k: round(v, 2) for k, v in lines.timings.items()})
+    pipeline.freed_bytes(len(data))
     return b"\n".join(lines.answers)
 
 
@@ -119,51 +122,50 @@ class _Lines:
     """One JSON Lines request being served: its body, the offsets of its lines and their
     answers (bytes), filled chunk by chunk."""
 
-    def __init__(self, handler, request, data: bytes, spans: list[tuple[int, int]], classifier,
-                 scheduler, deadline: float, observed: dict):
-        self.handler, self.data, self.spans = handler, data, spans
+    def __init__(self, pipeline: ImagePipeline, inv: Invocation, data: bytes,
+                 spans: list[tuple[int, int]], classifier, scheduler):
+        self.pipeline, self.inv, self.data, self.spans = pipeline, inv, data, spans
         self.classifier, self.scheduler = classifier, scheduler
-        self.deadline, self.observed = deadline, observed
-        self.header, self.query = request.headers.get(CUSTOM_ATTRIBUTES, ""), request.args
+        self.header = inv.request.headers.get(CUSTOM_ATTRIBUTES, "")
+        self.query = inv.request.args
         self.answers: list[bytes] = [b""] * len(spans)
-        self.timings = {"images": 0, "batch_size": 0, "decode_ms": 0.0, "queue_ms": 0.0,
-                        "compute_ms": 0.0}
-        self.decoded = self.errors = 0
+        self.decoded = 0
 
     def _error(self, i: int, status: int, reason: str) -> None:
         label = _label(i)
         reason = reason if reason.startswith(label) else label + reason
         self.answers[i] = json.dumps(error_body(status, reason)).encode()
-        self.errors += 1
+        self.inv.fields["line_errors"] += 1
 
     def serve_chunk(self, indexes: range) -> None:
         """Answer the lines at ``indexes``: inspect each, decode the good ones, run them as one
         job."""
         geometry, classes = self.classifier.geometry, self.classifier.classes
+        inv, pipeline = self.inv, self.pipeline
         items = []  # (line index, inspected image, k, probabilities wanted)
         for i in indexes:
             start, end = self.spans[i]
             try:
                 image, doc = record(self.data[start:end])
                 k, want_all = options(doc, self.header, self.query, len(classes))
-                items.append((i, self.handler.inspect_one(image, geometry, _label(i),
-                                                          self.observed), k, want_all))
+                items.append((i, pipeline.inspect(image, geometry, _label(i), inv), k,
+                              want_all))
             except ClientError as exc:
                 self._error(i, exc.status, exc.reason)
         if not items:
             return
-        self.scheduler.admit(len(items), self.deadline)
+        self.scheduler.admit(len(items), inv.deadline)
         decode_start, decoded = time.monotonic(), []
         try:
             for j, (i, image, k, want_all) in enumerate(items):
-                check_deadline(self.deadline, self.decoded, len(self.spans), "lines",
+                check_deadline(inv.deadline, self.decoded, len(self.spans), "lines",
                                SMALLER_PAYLOAD)
                 try:
-                    decoded.append((i, self.handler.decode_one(image, geometry, self.deadline),
+                    decoded.append((i, pipeline.decode(image, geometry, inv.deadline),
                                     image.size, k, want_all))
                     self.decoded += 1
                 except BadImage as exc:
-                    self.observed.setdefault("decode_failure", exc.kind)
+                    inv.failed_decode(exc.kind)
                     self._error(i, 400, str(exc))
                 finally:
                     items[j] = None  # the lazy image holds its frame until it is dropped
@@ -173,20 +175,17 @@ class _Lines:
         if not decoded:
             self.scheduler.release()
             return
-        self.timings["decode_ms"] += (time.monotonic() - decode_start) * 1000
+        inv.add_ms("decode_ms", (time.monotonic() - decode_start) * 1000)
         images = np.stack([d[1] for d in decoded])
-        job = self.scheduler.submit(images, self.deadline)
+        job = self.scheduler.submit(images, inv.deadline)
         probabilities = self.scheduler.wait(job)
-        self.handler.observe(images, [d[2] for d in decoded], probabilities, self.observed)
+        pipeline.observe(images, [d[2] for d in decoded], probabilities, inv)
         for (i, _, _, k, want_all), row in zip(decoded, probabilities):
             [prediction] = predictions(row[None], classes, k, want_all)
             self.answers[i] = json.dumps({"model_version": self.classifier.version,
                                           **prediction}).encode()
-        t = self.timings
-        t["images"] += len(decoded)
-        t["batch_size"] = max(t["batch_size"], job.batch_size)
-        t["queue_ms"] += job.queue_ms
-        t["compute_ms"] += job.compute_ms
+        inv.fields["images"] += len(decoded)
+        inv.ran(job)
 
 
 def _label(i: int) -> str:

@@ -247,7 +247,7 @@ def test_admission_counts_the_decode_time_of_the_images(client):
 
 def test_decoding_stops_at_the_deadline_between_images(client):
     # A cost estimate far too low lets the request in; the deadline still ends it.
-    client.application.extensions["invocations"].decode_ms_per_megapixel = 0.001
+    client.application.extensions["invocations"].pipeline.decode_ms_per_megapixel = 0.001
     body = json.dumps({"instances": [{"b64": _big_png_b64()}] * 30})
     start = time.monotonic()
     response = client.post("/invocations", data=body, content_type="application/json")
