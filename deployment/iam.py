@@ -15,7 +15,7 @@ from pathlib import Path
 
 CALLER_POLICY = Path(__file__).resolve().parents[1] / "docs" / "iam" / "caller-policy.json"
 PREFIXES = {"application-auto-scaling": "application-autoscaling",
-            "sagemaker-runtime": "sagemaker"}
+            "sagemaker-runtime": "sagemaker", "cloudwatch-logs": "logs"}
 ACTIONS = {("s3", "ListObjectsV2"): "s3:ListBucket", ("s3", "ListObjects"): "s3:ListBucket",
            ("s3", "HeadObject"): "s3:GetObject", ("s3", "DeleteObjects"): "s3:DeleteObject",
            ("s3", "HeadBucket"): "s3:ListBucket",

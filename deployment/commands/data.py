@@ -8,13 +8,13 @@ import hashlib
 import sys
 from pathlib import Path
 
+from deployment import storage
 from deployment.errors import UserError
 from deployment.settings import Context, save_state
 
 NAME = "data"
 HELP = "fetch dogImages and sync it to s3://BUCKET/PREFIX/data/"
 JOB_OPTIONS = False
-DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys per request (S3 API reference)
 
 
 def add_arguments(p) -> None:
@@ -96,11 +96,7 @@ def sync_tree(s3, root: Path, files: list[Path], bucket: str, key_prefix: str
     """
     from tqdm import tqdm
 
-    existing = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                             Prefix=key_prefix + "/"):
-        for obj in page.get("Contents", []):
-            existing[obj["Key"]] = obj
+    existing = storage.objects(s3, bucket, key_prefix + "/")
     wanted = {f"{key_prefix}/{f.relative_to(root).as_posix()}": f for f in files}
     todo = {key: f for key, f in wanted.items() if not _unchanged(f, existing.get(key))}
     total = sum(f.stat().st_size for f in todo.values())
@@ -110,15 +106,7 @@ def sync_tree(s3, root: Path, files: list[Path], bucket: str, key_prefix: str
             s3.upload_file(str(f), bucket, key, Callback=bar.update)
     # Deleted only once the new set is complete: a failed upload leaves the old objects.
     stale = sorted(set(existing) - set(wanted))
-    for i in range(0, len(stale), DELETE_BATCH):
-        batch = stale[i:i + DELETE_BATCH]
-        answer = s3.delete_objects(Bucket=bucket, Delete={
-            "Objects": [{"Key": key} for key in batch], "Quiet": True})
-        if answer.get("Errors"):
-            e = answer["Errors"][0]
-            raise UserError(f"S3 did not delete {len(answer['Errors'])} objects, e.g. "
-                            f"s3://{bucket}/{e['Key']}: {e.get('Code')} {e.get('Message')}. "
-                            "Fix: grant s3:DeleteObject on the prefix, or use another --prefix")
+    storage.delete_keys(s3, bucket, stale)
     print(f"uploaded {len(todo)} files ({total / 1e6:.1f} MB), {len(wanted) - len(todo)} "
           f"already there, deleted {len(stale)} objects not in {root}"
           + (f" (e.g. s3://{bucket}/{stale[0]})" if stale else ""))
