@@ -10,7 +10,8 @@ from contract.artifact import MAX_BATCH
 from deployment.errors import UserError
 from deployment.options import ArtifactOptions, ServingOptions
 from deployment.settings import Context, load_state
-from serve.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, MAX_TIMEOUT_S, Settings
+from serve.config import Settings
+from serve.settings_table import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, MAX_TIMEOUT_S
 
 # Applied when an endpoint is created; an update keeps the endpoint's own values.
 DEFAULT_INSTANCE_COUNT = 1

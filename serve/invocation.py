@@ -36,12 +36,13 @@ from contract.preprocess import Geometry
 from serve import jsonlines
 from serve.answers import check_deadline, load_json, options, predictions
 from serve.body import BodyReader
-from serve.config import BODY_COPIES, REQUEST_DEADLINE_SHARE, Settings
+from serve.config import REQUEST_DEADLINE_SHARE, Settings
 from serve.decode import Inspected, inspect, to_model_input
 from serve.jsonlines import JSONLINES_TYPES
 from serve.lifecycle import ModelHolder
 from serve.budget import MemoryBudget
 from serve.errors import BadImage, ClientError, ModelFailed, Overloaded
+from serve.settings_table import BODY_COPIES
 
 logger = logging.getLogger("serve")
 
