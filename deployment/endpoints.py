@@ -11,7 +11,7 @@ from pathlib import Path
 from deployment.errors import UserError, is_not_found
 from deployment.models import check_seconds
 from deployment.options import AsyncOptions
-from serve.config import ASYNC_MAX_PAYLOAD_MB
+from serve.settings_table import ASYNC_MAX_PAYLOAD_MB
 
 # InvokeEndpointAsync's InvocationTimeoutSeconds default (API reference): 15 minutes.
 ASYNC_TIMEOUT_S = 900

@@ -10,7 +10,8 @@ from contract.artifact import MAX_BATCH
 from deployment.errors import UserError
 from deployment.options import ArtifactOptions, ServingOptions
 from deployment.settings import Context, load_state
-from serve.config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, MAX_TIMEOUT_S, Settings
+from serve.config import Settings
+from serve.settings_table import DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_DELAY_MS, MAX_TIMEOUT_S, ROWS
 
 # Applied when an endpoint is created; an update keeps the endpoint's own values.
 DEFAULT_INSTANCE_COUNT = 1
@@ -183,23 +184,10 @@ OWN_VARIABLES = {
 
 
 def serve_reads() -> set[str]:
-    """The SERVE_* and SAGEMAKER_* variables serve's settings reader (serve/config.py) looks
-    at, found by reading an empty environment and a batch transform's through a recorder, so
-    the list cannot drift from the reader; plus SERVE_LOG_LEVEL (serve/gunicorn_conf.py)."""
-    seen = {"SERVE_LOG_LEVEL"}
-
-    class Recorder(dict):
-        def get(self, key, default=None):
-            seen.add(key)
-            return super().get(key, default)
-
-        def __getitem__(self, key):
-            seen.add(key)
-            return super().__getitem__(key)
-
-    for env in ({}, {"SAGEMAKER_BATCH": "true"}):
-        Settings.from_env(Recorder(env), gpus=0)
-    return {name for name in seen if name.startswith(("SERVE_", "SAGEMAKER_"))}
+    """The SERVE_* and SAGEMAKER_* variables of serve's settings table
+    (serve/settings_table.py, ``ROWS``): SM_MODEL_DIR is for local runs only, since SageMaker
+    always unpacks the model at /opt/ml/model."""
+    return {row.variable for row in ROWS if row.variable.startswith(("SERVE_", "SAGEMAKER_"))}
 
 
 def check_env(pairs: tuple[tuple[str, str], ...]) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from deployment.errors import UserError
 from serve.batch_transform import TRANSFORM_MAX_PAYLOAD_MB
-from serve.config import DEFAULT_MAX_PAYLOAD_MB
+from serve.settings_table import DEFAULT_MAX_PAYLOAD_MB
 from train.layout import is_photo, readable_label
 
 MB = 1024 * 1024

@@ -28,7 +28,7 @@ graceful_timeout = GRACEFUL_TIMEOUT_S
 keepalive = 75  # longer than the SageMaker front end's idle timeout (60 s): no reset sockets
 accesslog = None  # serve.app writes one structured line per request
 errorlog = "-"
-loglevel = os.environ.get("SERVE_LOG_LEVEL", "info")
+loglevel = _settings.log_level
 
 
 def assign_gpu(live_gpu_indexes: list[int], gpus: int) -> int:

@@ -31,12 +31,13 @@ import time
 from serve import jsonlines
 from serve.answers import load_json, options, predictions
 from serve.budget import MemoryBudget
-from serve.config import BODY_COPIES, Settings
+from serve.config import Settings
 from serve.errors import ClientError, Overloaded
 from serve.jsonlines import JSONLINES_TYPES
 from serve.lifecycle import ModelHolder
 from serve.pipeline import ImagePipeline
 from serve.record import Invocation
+from serve.settings_table import BODY_COPIES
 
 logger = logging.getLogger("serve")
 

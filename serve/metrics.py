@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from serve.config import METRICS_NAMESPACE
+from serve.settings_table import METRICS_NAMESPACE
 from serve.drift import PSI_ALERT, DriftWindow
 
 logger = logging.getLogger("serve")

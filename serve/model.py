@@ -22,7 +22,7 @@ from contract import precisions, tensors
 from contract.artifact import ArtifactError, check_program, file_sha256, read_manifest
 from contract.preprocess import Geometry
 from serve import buckets, compiled
-from serve.config import compile_cache_dir
+from serve.settings_table import compile_cache_dir
 from serve.precision import Choice, Host
 
 logger = logging.getLogger("serve")

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=PROCESSING_OUTPUT)
     args = parser.parse_args(argv)
     from contract.artifact import ArtifactError
-    from serve.config import compile_cache_dir
+    from serve.settings_table import compile_cache_dir
 
     with tempfile.TemporaryDirectory(prefix="compile-") as work:
         work = Path(work)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serve.config import METRICS_NAMESPACE as NAMESPACE  # noqa: F401 - for the monitor verb
 from serve.drift import METRIC_NAMES, PSI_ALERT
+from serve.settings_table import METRICS_NAMESPACE as NAMESPACE  # noqa: F401 - for the monitor verb
 
 PERIOD_S = 60
 DRIFT_STATISTICS = tuple(METRIC_NAMES.values())  # serve's names: PredictedClass, AspectRatio...

@@ -14,7 +14,7 @@ from deployment.models import (add_artifact_arguments, base_environment, check_s
 from deployment.options import ArtifactOptions, ServingOptions
 from deployment.output import print_table
 from deployment.settings import Context, save_state, timestamp
-from serve.config import DEFAULT_BATCH_TIMEOUT_S
+from serve.settings_table import DEFAULT_BATCH_TIMEOUT_S
 
 NAME = "transform"
 HELP = "classify an S3 folder of photos (batch transform)"

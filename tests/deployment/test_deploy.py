@@ -283,6 +283,19 @@ def test_deploy_sets_the_start_up_and_download_timeouts_from_the_image_and_the_m
     assert models.MIN_TIMEOUT_S <= models.START_S["gpu"] + gib / models.PULL_BYTES_PER_S <= 3600
 
 
+def test_env_accepts_the_serving_tables_variables_and_knows_those_deploy_sets():
+    """--env's names are serve's table (serve/settings_table.py), SM_MODEL_DIR aside (SageMaker
+    always unpacks the model at /opt/ml/model); each variable deploy.py sets itself is a row."""
+    from deployment import models
+    from serve.settings_table import BY_VARIABLE
+
+    reads = models.serve_reads()
+    assert {"SERVE_LOG_LEVEL", "SERVE_METRICS_NAMESPACE", "SERVE_COMPILE"} <= reads
+    assert reads == set(BY_VARIABLE) - {"SM_MODEL_DIR"}
+    assert set(models.OWN_VARIABLES) <= reads
+    models.check_env((("SERVE_LOG_LEVEL", "debug"),))  # refuses nothing the table has
+
+
 def test_env_puts_any_serving_setting_in_the_model_and_serve_checks_it_first(aws, capsys):
     """--env NAME=VALUE: a serving variable of the README's table reaches CreateModel; a value
     serve would refuse, a name serve does not read, or one deploy.py sets itself is one line

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from serve import batch_transform, config, jsonlines
+from serve import batch_transform, config, jsonlines, settings_table
 from serve.errors import ClientError
 from tests.conftest import ROOT
 
@@ -25,7 +25,7 @@ def settings(env: dict, gpus: int = 0) -> config.Settings:
 def test_real_time_defaults_are_unchanged():
     s = settings({})
     assert (s.batch, s.timeout_s, s.max_payload_bytes, s.max_queue) == (False, 60, 6 * MB, 32)
-    assert s.body_timeout_s == config.DEFAULT_BODY_TIMEOUT_S
+    assert s.body_timeout_s == settings_table.DEFAULT_BODY_TIMEOUT_S
     assert s.body_memory_bytes == 1024 * MB and s.max_lines_per_request == 10_000
 
 

@@ -168,7 +168,7 @@ def test_the_store_is_private_and_refused_when_others_can_write_or_own_it(tmp_pa
 
 
 def test_the_default_store_is_in_the_users_own_cache_not_a_fixed_tmp_path():
-    from serve.config import compile_cache_dir
+    from serve.settings_table import compile_cache_dir
 
     assert compile_cache_dir({"HOME": "/home/ml"}).startswith("/home/ml/.cache/")
     assert compile_cache_dir({"XDG_CACHE_HOME": "/c"}) == "/c/sagemaker-dog-breeds/compiled"

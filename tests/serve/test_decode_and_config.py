@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from contract.preprocess import Geometry
-from serve import config
+from serve import config, settings_table
 from serve.decode import decode, inspect
 from serve.errors import BadImage
 from tests.conftest import DOG_PHOTOS
@@ -136,10 +136,10 @@ def test_settings_defaults_and_overrides():
     s = config.Settings.from_env({}, gpus=0)
     assert s.port == 8080 and s.model_dir == "/opt/ml/model" and s.timeout_s == 60
     assert s.max_payload_bytes == 6 * 1024 * 1024 and s.batch_strategy == "SINGLE_RECORD"
-    assert s.max_batch_size == config.DEFAULT_MAX_BATCH["cpu"]
+    assert s.max_batch_size == settings_table.DEFAULT_MAX_BATCH["cpu"]
     assert s.threads == s.max_queue + config.SPARE_THREADS
     gpu = config.Settings.from_env({}, gpus=2)
-    assert gpu.max_batch_size == config.DEFAULT_MAX_BATCH["gpu"]
+    assert gpu.max_batch_size == settings_table.DEFAULT_MAX_BATCH["gpu"]
     # SageMaker's usual 64 concurrent invocations fit one GPU worker's queue, with room.
     assert s.max_queue == 32 and gpu.max_queue == 128 >= 2 * 64
     s = config.Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "3",
@@ -180,9 +180,9 @@ def test_a_max_batch_size_over_the_programs_is_refused_at_start(monkeypatch, cap
 
 
 def test_default_workers():
-    assert config.default_workers(gpus=4, cpus=48) == 4
-    assert config.default_workers(gpus=0, cpus=2) == 1
-    assert config.default_workers(gpus=0, cpus=16) == 4
+    assert settings_table.default_workers(gpus=4, cpus=48) == 4
+    assert settings_table.default_workers(gpus=0, cpus=2) == 1
+    assert settings_table.default_workers(gpus=0, cpus=16) == 4
 
 
 def test_a_respawned_worker_takes_the_gpu_of_the_worker_it_replaces(monkeypatch):
