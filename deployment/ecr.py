@@ -50,12 +50,38 @@ def check_ecr_image(boto, image: str) -> str | None:
     except ClientError as exc:
         code = exc.response["Error"]["Code"]
         if code in ("RepositoryNotFoundException", "ImageNotFoundException"):
-            _, _, repo, _, tag = _ecr_ids(image)
+            account, region, repo, _, tag = _ecr_ids(image)
+            elsewhere = _other_region(boto, image)
+            if elsewhere:
+                raise UserError(
+                    f"image {image} is not in ECR in {region} ({code}), but "
+                    f"{repo}:{tag or 'latest'} is in {elsewhere}: deploy there (region = "
+                    f'"{elsewhere}" in deploy.toml, or --region {elsewhere}), or push to '
+                    f"{region} with DEPLOY_REGION={region} container/build_and_push.sh") from exc
             raise UserError(f"image {image} is not in ECR ({code}); build and push it with "
                             f"container/build_and_push.sh {repo} {tag or 'latest'}, or pass "
                             "--image") from exc
         raise
     return (details or {}).get("imageDigest")
+
+
+def _other_region(boto, image: str) -> str | None:
+    """Another region of the account whose ECR holds ``image``'s repository and tag (the usual
+    cause: build_and_push.sh pushed to the AWS CLI's region, deploy.py reads deploy.toml's), or
+    None. Only asked once the image is missing; a region that refuses is skipped."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    account, region, repo, image_ids, _ = _ecr_ids(image)
+    for other in boto.get_available_regions("ecr"):
+        if other == region:
+            continue
+        try:
+            boto.client("ecr", region_name=other).describe_images(
+                registryId=account, repositoryName=repo, imageIds=image_ids)
+            return other
+        except (BotoCoreError, ClientError):
+            continue
+    return None
 
 
 def image_size_bytes(boto, image: str) -> int | None:

@@ -89,3 +89,20 @@ def test_aws_errors_become_one_line_with_a_fix(operation, code, message, expecte
 
 def test_a_bug_keeps_its_traceback():
     assert describe_error(KeyError("x")) is None
+
+
+def test_image_pushed_to_another_region_is_one_line_naming_both(aws, capsys):
+    import json
+
+    import boto3
+
+    ecr = boto3.client("ecr", region_name="eu-west-1")
+    ecr.create_repository(repositoryName=REPO)
+    ecr.put_image(repositoryName=REPO, imageTag="v2", imageManifest=json.dumps(
+        {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+         "config": {}, "layers": []}))
+    code, _, err = run(capsys, "train", "--no-wait", "--image",
+                       f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{REPO}:v2")
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"is not in ECR in {REGION}" in err and f"{REPO}:v2 is in eu-west-1" in err
+    assert "--region eu-west-1" in err and f"DEPLOY_REGION={REGION}" in err
