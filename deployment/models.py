@@ -54,6 +54,18 @@ def add_model_arguments(p) -> None:
     defaults above, ``update`` keeps what the endpoint has."""
     add_artifact_arguments(p)
     p.add_argument("--instance-type", dest="endpoint_instance_type")
+    p.add_argument("--instance-types", metavar="TYPE,TYPE,...",
+                   help="instance pools: up to 5 types in priority order, SageMaker falling back "
+                        "to the next when one has no capacity (in place of --instance-type)")
+    p.add_argument("--provision-timeout", type=int, metavar="S",
+                   help="with --instance-types: seconds SageMaker tries the pools for capacity, "
+                        "300-3600 (default: SageMaker's)")
+    p.add_argument("--metrics-frequency", type=int, metavar="S",
+                   help="seconds between the metrics SageMaker publishes (10, 30, 60, 120, 180, "
+                        "240 or 300; new endpoint: 60)")
+    p.add_argument("--no-detailed-observability", action="store_true",
+                   help="no detailed observability: SageMaker does not scrape the container's "
+                        "/metrics (new endpoint: on)")
     p.add_argument("--instance-count", type=int,
                    help=f"instances (new endpoint: {DEFAULT_INSTANCE_COUNT})")
     p.add_argument("--startup-timeout", type=int,

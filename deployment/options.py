@@ -99,7 +99,10 @@ class VariantOptions:
     """The shape options of an endpoint's production variant: ``instance_type``,
     ``instance_count``, ``serverless`` with ``memory_mb`` and ``max_concurrency``, the start-up
     health check's ``startup_timeout`` (s), the ``inference_ami_version``, and the data
-    ``capture`` percentage. None: not given (an update keeps the endpoint's)."""
+    ``capture`` percentage, the ``instance_types`` of its pools (--instance-types, in priority
+    order) with their ``provision_timeout`` (s), and the endpoint's metrics: their
+    ``metrics_frequency`` (s) and ``no_detailed_observability``. None: not given (an update
+    keeps the endpoint's)."""
 
     instance_type: str | None = None
     instance_count: int | None = None
@@ -109,6 +112,10 @@ class VariantOptions:
     startup_timeout: int | None = None
     inference_ami_version: str | None = None
     capture: int | None = None
+    instance_types: str | None = None
+    provision_timeout: int | None = None
+    metrics_frequency: int | None = None
+    no_detailed_observability: bool = False
 
     @classmethod
     def from_args(cls, args) -> "VariantOptions":

@@ -15,7 +15,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from deployment import cloudwatch, ecr, guardrails, models, rollout, versions
+from deployment import (cloudwatch, ecr, endpoint_config, guardrails, models, rollout,
+                        versions)
 from deployment.errors import UserError, is_not_found
 from deployment.options import RollbackOptions, UpdateOptions, VariantOptions
 from deployment.settings import Context, save_state
@@ -118,14 +119,16 @@ def check_autoscaled_instance_type(ctx: Context, current: Current, variant: Vari
         UserError: the instance type changes and autoscaling is registered (with the commands
             that deregister it and register it again).
     """
-    wanted = variant.instance_type
-    if not wanted or wanted == current.variant.get("InstanceType"):
+    wanted = variant.instance_type or variant.instance_types
+    now = current.variant.get("InstanceType") or ",".join(pool_types(current.variant))
+    if not wanted or wanted.replace(" ", "") == now:
         return
     from deployment.autoscaling import DIMENSION, registered, resource_id
 
     if registered(ctx.boto, endpoint):
         raise UserError(
-            f"--instance-type {wanted}: endpoint {endpoint} has autoscaling, and SageMaker "
+            f"{'--instance-type' if variant.instance_type else '--instance-types'} {wanted}: "
+            f"endpoint {endpoint} has autoscaling, and SageMaker "
             "refuses to change an autoscaled variant's instance type. Remove it first (aws "
             "application-autoscaling deregister-scalable-target --service-namespace sagemaker "
             f"--resource-id {resource_id(endpoint)} --scalable-dimension {DIMENSION}), then run "
@@ -186,18 +189,47 @@ def desired_variant(sm, current: Current, shape: VariantOptions, model_name: str
                             f"endpoint {current.desc['EndpointName']} runs instances (add "
                             "--serverless to move it)")
     v.pop("ServerlessConfig", None)
-    instance_type = shape.instance_type or v["InstanceType"]
-    v["InstanceType"] = instance_type
+    v = _instances(v, shape)
     v["InitialInstanceCount"] = (shape.instance_count or current.instance_count
                                  or models.DEFAULT_INSTANCE_COUNT)
     if shape.startup_timeout is not None or to_instances:
         v["ContainerStartupHealthCheckTimeoutInSeconds"] = (shape.startup_timeout or
                                                             models.DEFAULT_STARTUP_TIMEOUT_S)
-    if shape.instance_type or shape.inference_ami_version:
-        ami = models.inference_ami(instance_type, shape.inference_ami_version or "auto")
+    if shape.instance_type or shape.instance_types or shape.inference_ami_version:
+        requested = shape.inference_ami_version or "auto"
+        ami = (endpoint_config.pools_ami(pool_types(v), requested) if "InstancePools" in v
+               else models.inference_ami(v["InstanceType"], requested))
         v.pop("InferenceAmiVersion", None)
         if ami:
             v["InferenceAmiVersion"] = ami
+    return v
+
+
+def pool_types(variant: dict) -> list[str]:
+    """A variant's pooled instance types in priority order ([] for one instance type)."""
+    pools = sorted(variant.get("InstancePools") or [], key=lambda p: p["Priority"])
+    return [p["InstanceType"] for p in pools]
+
+
+def _instances(v: dict, shape: VariantOptions) -> dict:
+    """The variant's instance type or pools: --instance-type replaces pools with one type,
+    --instance-types replaces either with pools, neither keeps what the endpoint has.
+
+    Raises:
+        UserError: both options, or --provision-timeout on a variant without pools.
+    """
+    types = endpoint_config.parse_types(shape.instance_types)
+    if types and shape.instance_type:
+        raise UserError("--instance-type and --instance-types exclude each other: one type, or "
+                        "pools of several")
+    if shape.instance_type:
+        v = {k: value for k, value in v.items()
+             if k not in ("InstancePools", "VariantInstanceProvisionTimeoutInSeconds")}
+        v["InstanceType"] = shape.instance_type
+    elif types or "InstancePools" in v:
+        v = endpoint_config.pooled(v, types or pool_types(v), shape.provision_timeout)
+    if shape.provision_timeout is not None and "InstancePools" not in v:
+        raise UserError("--provision-timeout applies to instance pools: add --instance-types")
     return v
 
 
@@ -224,15 +256,22 @@ def desired_model(ctx: Context, current: Current, o: UpdateOptions, endpoint: st
     return request, digest
 
 
-def desired_config(ctx: Context, current: Current, capture: int | None, endpoint: str,
+def desired_config(ctx: Context, current: Current, shape: VariantOptions, endpoint: str,
                    name: str, variant: dict) -> dict:
-    """CreateEndpointConfig's request: the current config's settings with the new variant and
-    data capture (--capture), tagged with the endpoint and the config it replaces."""
+    """CreateEndpointConfig's request: the current config's settings with the new variant,
+    data capture (--capture) and metrics (--metrics-frequency, --no-detailed-observability),
+    tagged with the endpoint and the config it replaces."""
     request = config_request(ctx.session.sagemaker_client, current.config, name, variant,
                              endpoint, current.config["EndpointConfigName"])
-    if capture is not None:
+    if shape.capture is not None:
         request["DataCaptureConfig"] = models.data_capture(ctx, endpoint,
-                                                           capture)._to_request_dict()
+                                                           shape.capture)._to_request_dict()
+    if shape.metrics_frequency is not None or shape.no_detailed_observability:
+        now = current.config.get("MetricsConfig") or {}
+        request["MetricsConfig"] = dict(now, **endpoint_config.metrics_config(
+            shape.metrics_frequency or now.get("MetricPublishFrequencyInSeconds"),
+            not shape.no_detailed_observability and now.get("EnableDetailedObservability",
+                                                            True)))
     return request
 
 
@@ -379,7 +418,7 @@ def update_model(ctx: Context, o: UpdateOptions) -> int:
     name = versions.new_name(endpoint)
     variant = desired_variant(sm, current, o.variant, name)
     model, digest = desired_model(ctx, current, o, endpoint, name)
-    if "InstanceType" in variant:
+    if "ServerlessConfig" not in variant:
         # A model that carries compiled programs is larger: give its download the time it needs.
         container = model["PrimaryContainer"]
         _, download = models.startup_timeouts(ctx.boto, container["Image"],
@@ -387,7 +426,7 @@ def update_model(ctx: Context, o: UpdateOptions) -> int:
                                               gpu="InferenceAmiVersion" in variant)
         if download > variant.get("ModelDataDownloadTimeoutInSeconds", 600):
             variant["ModelDataDownloadTimeoutInSeconds"] = download
-    config = desired_config(ctx, current, o.variant.capture, endpoint, name, variant)
+    config = desired_config(ctx, current, o.variant, endpoint, name, variant)
     serverless = "ServerlessConfig" in variant
     plan = guardrails.plan(options, variant.get("InitialInstanceCount"), serverless)
     old = current.config["EndpointConfigName"]
@@ -408,7 +447,8 @@ def update_model(ctx: Context, o: UpdateOptions) -> int:
     save_state(endpoint=endpoint, model=name)
     print(f"model {name}: {model['PrimaryContainer']['ModelDataUrl']} ("
           + (f"serverless, {variant['ServerlessConfig']['MemorySizeInMB']} MB" if serverless else
-             f"{variant['InitialInstanceCount']} x {variant['InstanceType']}"
+             f"{variant['InitialInstanceCount']} x "
+             f"{variant.get('InstanceType') or ' or '.join(pool_types(variant))}"
              + (f", InferenceAmiVersion {variant['InferenceAmiVersion']}"
                 if variant.get("InferenceAmiVersion") else "")) + ")")
     return follow(ctx, endpoint, old, name, plan, alarms, o.wait)

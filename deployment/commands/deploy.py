@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from deployment import ecr, models, versions
+from deployment import ecr, endpoint_config, models, versions
 from deployment.autoscaling import (BACKLOG_TARGET, INVOCATIONS_TARGET,
                                     configure_async_autoscaling, configure_autoscaling)
 from deployment.endpoints import (ASYNC_TIMEOUT_S, async_config, async_environment,
@@ -68,8 +68,21 @@ def run(ctx: Context, args) -> int:
             configure_autoscaling(ctx.boto, ctx.get("endpoint"), args.instance_count,
                                   args.autoscale_max, args.autoscale_target or INVOCATIONS_TARGET)
         return code
-    instance_type = None if args.serverless else ctx.get("endpoint_instance_type")
-    ami = models.inference_ami(instance_type, args.inference_ami_version or "auto")
+    types = endpoint_config.parse_types(args.instance_types)
+    if types and (args.serverless or args.endpoint_instance_type):
+        raise UserError("--instance-types: pools of instances replace --instance-type, and a "
+                        "serverless endpoint has no instances")
+    if args.provision_timeout is not None and not types:
+        raise UserError("--provision-timeout applies to instance pools: add --instance-types")
+    if args.serverless and (args.metrics_frequency or args.no_detailed_observability):
+        raise UserError("--metrics-frequency and --no-detailed-observability apply to endpoints "
+                        "on instances; a serverless endpoint publishes SageMaker's own metrics")
+    instance_type = (None if args.serverless else types[0] if types
+                     else ctx.get("endpoint_instance_type"))
+    ami = (endpoint_config.pools_ami(types, args.inference_ami_version or "auto") if types
+           else models.inference_ami(instance_type, args.inference_ami_version or "auto"))
+    metrics = ({} if args.serverless else {"MetricsConfig": endpoint_config.metrics_config(
+        args.metrics_frequency, not args.no_detailed_observability)})
     endpoint = ctx.get("endpoint")
     asynchronous = AsyncOptions.from_args(args)
     check_async_options(asynchronous)
@@ -109,10 +122,13 @@ def run(ctx: Context, args) -> int:
     if args.capture is not None:
         kwargs["data_capture_config"] = models.data_capture(ctx, endpoint, args.capture)
     # The tag ties the model, the endpoint config and the endpoint to it (deployment/versions.py).
-    predictor = model.deploy(endpoint_name=endpoint, wait=args.wait, inference_ami_version=ami,
-                             tags=versions.tags(endpoint), **kwargs)
-    kind = ("serverless" if args.serverless else "asynchronous" if args.asynchronous
-            else f"{instance_count} x {instance_type}")
+    with endpoint_config.extended(ctx.session.sagemaker_client, metrics, types,
+                                  args.provision_timeout):
+        predictor = model.deploy(endpoint_name=endpoint, wait=args.wait,
+                                 inference_ami_version=ami, tags=versions.tags(endpoint), **kwargs)
+    shape = f"{instance_count} x {' or '.join(types) if types else instance_type}"
+    kind = ("serverless" if args.serverless else f"asynchronous, {shape}" if args.asynchronous
+            else shape)
     on_ami = f", InferenceAmiVersion {ami}" if ami else ""
     print(f"created model {name}, endpoint config and endpoint {endpoint} ({kind}{on_ami}) "
           f"from {model_data}")

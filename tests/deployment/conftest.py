@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import types
 from collections import defaultdict
 
 import boto3
@@ -14,6 +15,7 @@ import sagemaker  # noqa: F401  (imported at collection: seconds no single test 
 from moto import mock_aws
 
 import deploy
+from deployment import rollout
 from deployment import sessions as deploy_sessions
 from deployment import settings as deploy_settings
 
@@ -88,9 +90,24 @@ class Recorder:
         return calls[0]
 
 
+def _pools_known_to_moto(monkeypatch) -> None:
+    """moto 5.2.5 predates ProductionVariant.InstancePools (botocore 1.44.5 has them) and
+    refuses a variant without InstanceType: a pooled variant is left to botocore's validation
+    of the request (its enum of types is newer than moto's list)."""
+    from moto.sagemaker.models import FakeEndpointConfig
+
+    original = FakeEndpointConfig.validate_production_variants
+
+    def validate(self, variants):
+        original(self, [v for v in variants if "InstancePools" not in v])
+
+    monkeypatch.setattr(FakeEndpointConfig, "validate_production_variants", validate)
+
+
 @pytest.fixture
 def aws(monkeypatch):
     """moto with an ECR image and a bucket; deploy.py's sessions record their requests."""
+    _pools_known_to_moto(monkeypatch)
     with mock_aws():
         ecr = boto3.client("ecr", region_name=REGION)
         ecr.create_repository(repositoryName=REPO)
@@ -156,3 +173,42 @@ def no_credentials(monkeypatch, tmp_path):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+
+
+# Two models and an endpoint of them, for update, rollback and the endpoint config's tests.
+M1 = f"s3://{BUCKET}/dog-breeds/output/dogs-1/output/model.tar.gz"
+M2 = f"s3://{BUCKET}/dog-breeds/output/dogs-2/output/model.tar.gz"
+
+
+class Clock:
+    """rollout's time: each sleep moves it on, so the lines' stamps are what a real run's
+    polls every 30 s would print, without waiting."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def fake(aws, monkeypatch):
+    """SageMaker's side of UpdateEndpoint (moto 5.2.5 has none), on rollout's fake clock."""
+    from tests.deployment.fake_guardrails import FakeDeployments  # it imports this module
+
+    monkeypatch.setattr(rollout, "time", types.SimpleNamespace(**{
+        name: getattr(clock, name) for clock in [Clock()] for name in ("monotonic", "sleep")}))
+    return FakeDeployments(aws.session)
+
+
+def endpoint(capsys, *options, name="dogs-ep", monitor=True):
+    """A real-time endpoint made by deploy (ml.m5.xlarge unless options say), with the alarms of
+    monitor."""
+    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", M1, "--endpoint", name,
+                       *(options or ("--instance-type", "ml.m5.xlarge")))
+    assert code == 0, err
+    if monitor:
+        assert run(capsys, "monitor", "--endpoint", name)[0] == 0

@@ -8,50 +8,15 @@ SageMaker's side; botocore validates every request first."""
 from __future__ import annotations
 
 import json
-import types
 
 import boto3
 import pytest
 
-from deployment import guardrails, rollout, versions
+from deployment import guardrails, versions
 from tests.conftest import ARTIFACTS
-from tests.deployment.conftest import BUCKET, REGION, ROLE, run
-from tests.deployment.fake_guardrails import FakeDeployments
+from tests.deployment.conftest import M1, M2, REGION, ROLE, endpoint, run
 
-M1 = f"s3://{BUCKET}/dog-breeds/output/dogs-1/output/model.tar.gz"
-M2 = f"s3://{BUCKET}/dog-breeds/output/dogs-2/output/model.tar.gz"
 ALARMS = [{"AlarmName": "dogs-ep-error-rate"}, {"AlarmName": "dogs-ep-latency-p99"}]
-
-
-class Clock:
-    """rollout's time: each sleep moves it on, so the lines' stamps are what a real run's
-    polls every 30 s would print, without waiting."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def monotonic(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
-@pytest.fixture
-def fake(aws, monkeypatch):
-    monkeypatch.setattr(rollout, "time", types.SimpleNamespace(**{
-        name: getattr(clock, name) for clock in [Clock()] for name in ("monotonic", "sleep")}))
-    return FakeDeployments(aws.session)
-
-
-def endpoint(capsys, *options, name="dogs-ep", monitor=True):
-    """A real-time endpoint made by deploy (ml.m5.xlarge unless options say), with the alarms of
-    monitor."""
-    code, _, err = run(capsys, "deploy", "--no-wait", "--model-data", M1, "--endpoint", name,
-                       *(options or ("--instance-type", "ml.m5.xlarge")))
-    assert code == 0, err
-    if monitor:
-        assert run(capsys, "monitor", "--endpoint", name)[0] == 0
 
 
 def sm():
