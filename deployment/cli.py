@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--max-wait", type=int, default=36 * 3600,
                    help="spot: seconds to wait and run in all (default 129600)")
     j.add_argument("--no-spot", dest="spot", action="store_false", help="on-demand instances")
+    j.add_argument("--instance-types", metavar="TYPE,TYPE,...",
+                   help="up to 5 instance types in priority order, SageMaker running the job on "
+                        "the first with capacity (InstancePreferences; on-demand: with --no-spot)")
+    j.add_argument("--retries", type=int, metavar="N",
+                   help="SageMaker retries a job that fails on an internal error up to N times, "
+                        "1-30 (RetryStrategy; default: none)")
+    j.add_argument("--infra-check", action="store_true",
+                   help="SageMaker checks the instances' health before the job starts "
+                        "(InfraCheckConfig)")
     j.add_argument("--data", help="S3 prefix holding train/ valid/ test/ (default "
                                   "s3://BUCKET/PREFIX/data)")
     j.add_argument("--pretrained", help="S3 URI of a state_dict for the pretrained channel")

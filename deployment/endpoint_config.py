@@ -2,8 +2,8 @@
 the metrics SageMaker publishes (``MetricsConfig``: detailed observability scrapes the
 container's ``GET /metrics``) and a variant's instance pools (``InstancePools``: up to five
 instance types SageMaker falls back through when one has no capacity). The SDK's own
-CreateEndpointConfig request gets them through botocore's ``provide-client-params`` event (the
-first a call emits), so botocore validates the whole request as it validates every other call.
+CreateEndpointConfig request gets them through deployment/requests.py, before botocore
+validates the whole request.
 
 Sources: the SageMaker API reference (CreateEndpointConfig's MetricsConfig, ProductionVariant's
 InstancePools and VariantInstanceProvisionTimeoutInSeconds) and the developer guide, "Deploy to
@@ -13,9 +13,8 @@ is tried first).
 
 from __future__ import annotations
 
-import contextlib
-
 from deployment.errors import UserError
+from deployment.requests import adding
 from deployment.models import inference_ami
 
 # MetricsConfig.MetricPublishFrequencyInSeconds accepts these values only (API reference).
@@ -23,7 +22,6 @@ METRIC_FREQUENCIES_S = (10, 30, 60, 120, 180, 240, 300)
 DEFAULT_METRIC_FREQUENCY_S = 60
 MAX_POOLS = 5
 PROVISION_TIMEOUT_RANGE_S = (300, 3600)
-EVENT = "provide-client-params.sagemaker.CreateEndpointConfig"
 
 
 def metrics_config(frequency_s: int | None, detailed: bool = True) -> dict:
@@ -97,20 +95,15 @@ def pooled(variant: dict, types: list[str], provision_timeout_s: int | None) -> 
     return out
 
 
-@contextlib.contextmanager
 def extended(sm_client, config_fields: dict, types: list[str],
              provision_timeout_s: int | None = None):
-    """While inside, every CreateEndpointConfig request ``sm_client`` sends gets
-    ``config_fields`` (``MetricsConfig``) and, when ``types`` are given, its first production
-    variant pooled over them (``pooled``)."""
-    def extend(params, **_):
+    """A context manager: while inside, every CreateEndpointConfig request ``sm_client`` sends
+    gets ``config_fields`` (``MetricsConfig``) and, when ``types`` are given, its first
+    production variant pooled over them (``pooled``)."""
+    def extend(params):
         params.update(config_fields)
         if types:
             first, *rest = params["ProductionVariants"]
             params["ProductionVariants"] = [pooled(first, types, provision_timeout_s), *rest]
 
-    sm_client.meta.events.register(EVENT, extend)
-    try:
-        yield
-    finally:
-        sm_client.meta.events.unregister(EVENT, extend)
+    return adding(sm_client, "CreateEndpointConfig", extend)

@@ -139,8 +139,10 @@ class RollbackOptions:
 @dataclass(frozen=True)
 class TrainingLimits:
     """A training job's limits: ``max_run`` and ``max_wait`` (s), ``volume_size`` (GB),
-    managed ``spot`` capacity, the ``job_name`` asked for, and ``debugger_service`` (SageMaker's
-    Debugger rules instead of the container's own report)."""
+    managed ``spot`` capacity, the ``job_name`` asked for, ``debugger_service`` (SageMaker's
+    Debugger rules instead of the container's own report), the ``instance_types`` preferred
+    (--instance-types, in priority order), the ``retries`` on internal errors and the
+    ``infra_check`` before the start."""
 
     max_run: int
     volume_size: int
@@ -148,6 +150,9 @@ class TrainingLimits:
     spot: bool = False
     job_name: str | None = None
     debugger_service: bool = False
+    instance_types: str | None = None
+    retries: int | None = None
+    infra_check: bool = False
 
     @classmethod
     def from_args(cls, args) -> "TrainingLimits":

@@ -4,9 +4,12 @@ hyperparameters of a tuning job's best job."""
 
 from __future__ import annotations
 
+import contextlib
+
 from container import gpu_hosts
 from deployment.errors import UserError
 from deployment.options import TrainingLimits
+from deployment.requests import adding
 from deployment.settings import SPLITS, Context
 from train.hyperparameters import IGNORED_PREFIXES
 from train.metrics import METRIC_DEFINITIONS
@@ -79,6 +82,10 @@ def make_estimator(ctx: Context, limits: TrainingLimits, hyperparameters: dict, 
     from sagemaker.estimator import Estimator
 
     spot = limits.spot if spot is None else spot
+    types = _types(limits)  # checked by the verb (preferred_types); the first is the SDK's
+    if limits.retries is not None and not 1 <= limits.retries <= 30:
+        raise UserError(f"--retries {limits.retries}: SageMaker retries a job 1-30 times "
+                        "(RetryStrategy.MaximumRetryAttempts)")
     if spot and (limits.max_wait or 0) < limits.max_run:
         raise UserError(f"--max-wait ({limits.max_wait}) must be at least --max-run "
                         f"({limits.max_run}) for spot training")
@@ -86,7 +93,7 @@ def make_estimator(ctx: Context, limits: TrainingLimits, hyperparameters: dict, 
         image_uri=image or ctx.image(),
         role=role or ctx.role(),
         instance_count=int(ctx.get("instance_count")),
-        instance_type=ctx.get("instance_type"),
+        instance_type=types[0] if types else ctx.get("instance_type"),
         volume_size=limits.volume_size,
         max_run=limits.max_run,
         hyperparameters=hyperparameters,
@@ -100,11 +107,74 @@ def make_estimator(ctx: Context, limits: TrainingLimits, hyperparameters: dict, 
         kwargs.update(use_spot_instances=True, max_wait=limits.max_wait)
     if checkpoints:
         kwargs["checkpoint_s3_uri"] = checkpoints
+    if limits.retries is not None:
+        kwargs["max_retry_attempts"] = limits.retries
+    if limits.infra_check:
+        kwargs["enable_infra_check"] = True
     if limits.debugger_service:
         kwargs.update(debugger_settings(ctx, limits.job_name or "train"))
     else:  # our container writes its own reports; the SDK would add a hook and profiler
         kwargs.update(disable_profiler=True, debugger_hook_config=False)
     return Estimator(**kwargs)
+
+
+def _types(limits: TrainingLimits) -> list[str]:
+    return [t.strip() for t in (limits.instance_types or "").split(",") if t.strip()]
+
+
+def preferred_types(limits: TrainingLimits, spot: bool, tuning: bool = False) -> list[str]:
+    """--instance-types as a list in priority order ([] when not given), each checked as
+    --instance-type is (training_instance_warning).
+
+    Raises:
+        UserError: a training job (not ``tuning``) with managed spot (AWS: InstancePreferences
+            is mutually exclusive with EnableManagedSpotTraining), more than five types, one
+            given twice, or one the image cannot run on.
+    """
+    types = _types(limits)
+    if not types:
+        return []
+    if spot and not tuning:
+        raise UserError("--instance-types: SageMaker takes instance preferences for on-demand "
+                        "jobs only; add --no-spot")
+    if len(types) > 5 or len(set(types)) != len(types):
+        raise UserError(f"--instance-types {limits.instance_types}: up to 5 different types")
+    for t in types:
+        training_instance_warning(t)
+    return types
+
+
+def preferring(client, types: list[str], count: int):
+    """A context manager: while inside, a training job ``client`` creates runs on the first of
+    ``types`` with capacity (ResourceConfig.InstancePreferences, ``count`` instances each, in
+    place of InstanceType and InstanceCount), and a tuning job's training jobs go through the
+    types in order (HyperParameterTuningResourceConfig.InstanceConfigs with AllocationStrategy
+    Prioritized); SageMaker API reference. Nothing changes when ``types`` is empty."""
+    def prefer(params: dict) -> None:
+        if types:
+            resources = params["ResourceConfig"]
+            resources.pop("InstanceType", None)
+            resources.pop("InstanceCount", None)
+            resources["InstancePreferences"] = [{"InstanceType": t, "InstanceCount": count}
+                                                for t in types]
+
+    def prioritize(params: dict) -> None:
+        definition = params["TrainingJobDefinition"]
+        resources = definition.get("HyperParameterTuningResourceConfig") or definition.get(
+            "ResourceConfig")
+        if types and resources is not None:
+            volume = resources.get("VolumeSizeInGB")
+            definition.pop("ResourceConfig", None)
+            definition["HyperParameterTuningResourceConfig"] = {
+                "AllocationStrategy": "Prioritized",
+                "InstanceConfigs": [{"InstanceType": t, "InstanceCount": count,
+                                     **({"VolumeSizeInGB": volume} if volume else {})}
+                                    for t in types]}
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(adding(client, "CreateTrainingJob", prefer))
+    stack.enter_context(adding(client, "CreateHyperParameterTuningJob", prioritize))
+    return stack
 
 
 def best_hyperparameters(sm, tuning_job: str) -> tuple[str, dict[str, str]]:

@@ -25,7 +25,9 @@ def add_arguments(p) -> None:
 
 def run(ctx: Context, args) -> int:
     """Start one training job (managed spot with checkpoints unless --no-spot)."""
-    warning = training_instance_warning(ctx.get("instance_type"))
+    limits = TrainingLimits.from_args(args)
+    types = training.preferred_types(limits, args.spot)
+    warning = training_instance_warning(types[0] if types else ctx.get("instance_type"))
     hyperparameters = {}
     tuning_job = args.tuning_job
     if tuning_job:
@@ -36,15 +38,23 @@ def run(ctx: Context, args) -> int:
     hyperparameters.update(parse_hyperparameters(args.hp))
     name = args.job_name or f"dog-breeds-{timestamp()}"
     checkpoints = f"{ctx.s3_prefix()}/checkpoints/{name}" if args.spot else None
-    estimator = make_estimator(ctx, TrainingLimits.from_args(args), hyperparameters,
-                               checkpoints=checkpoints)
+    estimator = make_estimator(ctx, limits, hyperparameters, checkpoints=checkpoints)
     if warning:
         print(warning, file=sys.stderr)
-    estimator.fit(data_channels(ctx, args.data, args.pretrained), job_name=name,
-                  wait=args.wait, logs="All" if args.wait else "None")
+    with training.preferring(ctx.session.sagemaker_client, types, estimator.instance_count):
+        estimator.fit(data_channels(ctx, args.data, args.pretrained), job_name=name,
+                      wait=args.wait, logs="All" if args.wait else "None")
     save_state(training_job=name)
     print(f"started training job {name}" + (" (managed spot, checkpoints in "
                                               f"{checkpoints})" if args.spot else ""))
+    if types and args.wait:
+        chosen = ctx.session.sagemaker_client.describe_training_job(TrainingJobName=name)[
+            "ResourceConfig"].get("SelectedInstanceType")
+        print(f"SageMaker ran {name} on {chosen or 'a type it did not name'}, of "
+              f"{', '.join(types)}")
+    elif types:
+        print(f"SageMaker runs {name} on the first of {', '.join(types)} with capacity "
+              "(ResourceConfig.SelectedInstanceType in its description says which)")
     if args.wait:
         print(f"model: {estimator.model_data}")
         print(f"deploy it with: python deploy.py deploy --training-job {name}")

@@ -10,6 +10,7 @@ from deployment.hyperparameters import check_value, parse_hyperparameters
 from deployment.output import print_table
 from deployment.settings import Context, save_state, timestamp
 from deployment.options import TrainingLimits
+from deployment import training
 from deployment.training import data_channels, make_estimator, training_instance_warning
 from train.metrics import METRIC_DEFINITIONS, OBJECTIVES
 
@@ -94,13 +95,15 @@ def run(ctx: Context, args) -> int:
 
     if args.attach:
         return print_tuning_results(ctx.session.sagemaker_client, args.attach)
-    warning = training_instance_warning(ctx.get("instance_type"))
+    limits = TrainingLimits.from_args(args)
+    types = training.preferred_types(limits, args.spot, tuning=True)
+    warning = training_instance_warning(types[0] if types else ctx.get("instance_type"))
     ranges = hyperparameter_ranges(args)
     static = parse_hyperparameters(args.hp)
     clash = set(static) & set(ranges)
     if clash:
         raise UserError(f"--hp {', '.join(sorted(clash))}: tuned, so cannot be fixed as well")
-    estimator = make_estimator(ctx, TrainingLimits.from_args(args), static)
+    estimator = make_estimator(ctx, limits, static)
     if warning:
         print(warning, file=sys.stderr)
     tuner = HyperparameterTuner(
@@ -115,7 +118,8 @@ def run(ctx: Context, args) -> int:
         max_parallel_jobs=args.max_parallel_jobs,
     )
     name = args.job_name or f"dogs-tune-{timestamp()}"
-    tuner.fit(data_channels(ctx, args.data, args.pretrained), job_name=name, wait=False)
+    with training.preferring(ctx.session.sagemaker_client, types, estimator.instance_count):
+        tuner.fit(data_channels(ctx, args.data, args.pretrained), job_name=name, wait=False)
     save_state(tuning_job=name)
     print(f"started tuning job {name}: {args.max_jobs} jobs, {args.max_parallel_jobs} at a time, "
           f"objective {args.objective} ({OBJECTIVES[args.objective]})")

@@ -126,3 +126,33 @@ def test_train_on_a_gpu_warns_of_the_unknown_driver_and_refuses_a_v100(aws, caps
         assert code == 1 and err.startswith("error: ml.p3.8xlarge has NVIDIA V100 GPUs")
     assert len(aws.calls[("sagemaker", "CreateTrainingJob")]) == 2
     assert not aws.calls[("sagemaker", "CreateHyperParameterTuningJob")]
+
+
+def test_train_prefers_instance_types_retries_and_checks_the_infrastructure(aws, capsys):
+    code, out, err = run(capsys, "train", "--no-wait", "--no-spot", "--job-name", "dogs-2",
+                         "--instance-types", "ml.g6.xlarge,ml.g5.xlarge", "--instance-count",
+                         "2", "--retries", "3", "--infra-check")
+    assert code == 0, err
+    req = aws.one("CreateTrainingJob")
+    resources = req["ResourceConfig"]
+    assert "InstanceType" not in resources and "InstanceCount" not in resources
+    assert resources["InstancePreferences"] == [
+        {"InstanceType": "ml.g6.xlarge", "InstanceCount": 2},
+        {"InstanceType": "ml.g5.xlarge", "InstanceCount": 2}]
+    assert req["RetryStrategy"] == {"MaximumRetryAttempts": 3}
+    assert req["InfraCheckConfig"] == {"EnableInfraCheck": True}
+    assert "EnableManagedSpotTraining" not in req
+    assert "on the first of ml.g6.xlarge, ml.g5.xlarge with capacity" in out
+
+
+@pytest.mark.parametrize("options, says", [
+    (("--instance-types", "ml.g6.xlarge,ml.g5.xlarge"), "on-demand jobs only; add --no-spot"),
+    (("--no-spot", "--instance-types", "ml.g6.xlarge,ml.c7g.xlarge"), "ml.c7g.xlarge"),
+    (("--no-spot", "--instance-types", "ml.g6.xlarge,ml.g6.xlarge"), "up to 5 different"),
+    (("--retries", "31"), "1-30 times"),
+])
+def test_training_preferences_are_refused_in_one_line_before_any_aws_call(aws, capsys, options,
+                                                                          says):
+    code, _, err = run(capsys, "train", "--no-wait", *options)
+    assert code == 1 and says in err and err.count("\n") == 1, err
+    assert not aws.calls[("sagemaker", "CreateTrainingJob")]

@@ -43,6 +43,20 @@ def test_tune_sends_bayesian_job_with_ranges_and_metrics(aws, capsys):
     assert "started tuning job dogs-tune-1" in out
 
 
+def test_tune_runs_each_job_on_the_first_preferred_type_with_capacity(aws, capsys):
+    code, _, err = run(capsys, "tune", "--no-wait", "--instance-types",
+                       "ml.g6e.xlarge,ml.g5.xlarge", "--retries", "2")
+    assert code == 0, err
+    definition = aws.one("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert definition["HyperParameterTuningResourceConfig"] == {
+        "AllocationStrategy": "Prioritized", "InstanceConfigs": [
+            {"InstanceType": "ml.g6e.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50},
+            {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}]}
+    assert "ResourceConfig" not in definition
+    assert definition["RetryStrategy"] == {"MaximumRetryAttempts": 2}
+    assert definition["EnableManagedSpotTraining"] is True  # tuning's fallback allows spot
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--batch-sizes", "64,8192"], "--batch-sizes 64,8192: hyperparameter 'batch-size' = '8192' "
                                    "is not valid: expected an integer from 1 to 4096"),
