@@ -1,4 +1,5 @@
-"""The Flask application (factory pattern): /ping, /invocations and /execution-parameters.
+"""The Flask application (factory pattern): /ping, /invocations, /execution-parameters and
+/metrics (Prometheus text, serve/prometheus.py; SERVE_PROMETHEUS=off leaves it out).
 
 gunicorn calls ``create_app()`` in each worker after the fork; the model loads on a background
 thread (serve/lifecycle.py). An invocation checks its cost before any work (bytes, images,
@@ -23,12 +24,15 @@ from werkzeug.exceptions import HTTPException
 from serve import batch_transform, jsonlines
 from serve.answers import error_body
 from serve.config import REFUSAL_DRAIN_S, Settings
-from serve.invocation import InvocationHandler
+from serve.invocation import CONTENT_TYPES, InvocationHandler
 from serve.lifecycle import ModelHolder
+from serve.prometheus import CONTENT_TYPE, PrometheusMetrics, label
 from serve.record import Invocation
 from serve.errors import BodyTimeout, ClientError, ModelFailed, Overloaded
 
 access_log = logging.getLogger("serve.access")
+ROUTES = ("/ping", "/invocations", "/execution-parameters", "/metrics")
+QUIET = ("/ping", "/metrics")  # polled by SageMaker: logged only when not answered 200
 
 def _error(status: int, reason: str, retry_after_s: int | None = None):
     response = jsonify(error_body(status, reason))
@@ -57,25 +61,40 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
-    holder = ModelHolder(settings, device or _device(settings)).start()
+    prometheus = PrometheusMetrics() if settings.prometheus else None
+    holder = ModelHolder(settings, device or _device(settings), prometheus=prometheus).start()
     handler = InvocationHandler(settings, holder)
     app.extensions["model"] = holder
     app.extensions["invocations"] = handler
+    app.extensions["prometheus"] = prometheus
 
     @app.before_request
     def _start_timer():
         start = time.monotonic()
         g.invocation = Invocation(request, start, start + settings.timeout_s)
+        if prometheus is not None and request.path == "/invocations":
+            prometheus.started()
+            g.in_flight = True
+
+    @app.teardown_request
+    def _end(_exc):
+        if g.pop("in_flight", False):
+            prometheus.ended()
 
     @app.after_request
     def _access_log(response):
         inv = g.get("invocation") or Invocation(request, time.monotonic(), 0.0)
         latency_ms = (time.monotonic() - inv.started) * 1000
         fields = inv.log_fields()
-        if request.path == "/invocations" and holder.metrics is not None:
+        invocation = request.path == "/invocations"
+        if invocation and holder.metrics is not None:
             holder.metrics.record(response.status_code, {"latency_ms": latency_ms, **fields},
                                   inv.confidences, inv.decode_failure)
-        if request.path != "/ping" or response.status_code != 200:
+        if prometheus is not None:
+            prometheus.finished(label(request.path, ROUTES), response.status_code,
+                                label(request.mimetype, CONTENT_TYPES), latency_ms / 1000,
+                                inv if invocation else None)
+        if request.path not in QUIET or response.status_code != 200:
             access_log.info(json.dumps({
                 "method": request.method,
                 "path": request.path,
@@ -87,26 +106,30 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
             }))
         return response
 
-    def _refused(status: int, reason: str, retry_after_s: int | None = None):
-        """An error answer; an invocation refused before its body was read drains the body
-        briefly first, so the connection stays usable without a slow sender holding the
-        thread."""
+    def _refused(status: int, reason: str, retry_after_s: int | None = None,
+                 kind: str | None = None):
+        """An error answer (``kind``: a 413's or 503's cause, for the metrics); an invocation
+        refused before its body was read drains the body briefly first, so the connection
+        stays usable without a slow sender holding the thread."""
         inv = g.get("invocation")
+        if inv is not None:
+            inv.refusal = kind
         if request.path == "/invocations" and not (inv and inv.body_read):
             handler.pipeline.bodies.drain(request, REFUSAL_DRAIN_S)
         return _error(status, reason, retry_after_s)
 
     @app.errorhandler(ClientError)
     def _client_error(exc: ClientError):
-        return _refused(exc.status, exc.reason, exc.retry_after_s)
+        return _refused(exc.status, exc.reason, exc.retry_after_s, exc.kind)
 
     @app.errorhandler(Overloaded)
     def _overloaded(exc: Overloaded):
-        return _refused(503, exc.reason, exc.retry_after_s)
+        return _refused(503, exc.reason, exc.retry_after_s, exc.kind)
 
     @app.errorhandler(ModelFailed)
     def _model_failed(exc: ModelFailed):
-        return _refused(503, f"this worker's model stopped ({exc}); it is being replaced", 1)
+        return _refused(503, f"this worker's model stopped ({exc}); it is being replaced", 1,
+                        "model_failed")
 
     @app.errorhandler(BodyTimeout)
     def _body_timeout(exc: BodyTimeout):
@@ -116,7 +139,7 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
     def _http_error(exc: HTTPException):
         if exc.code == 413:
             return _refused(413, f"the body is over the {settings.max_payload_bytes:,}-byte "
-                                 f"limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+                                 f"limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)", kind="payload")
         return _error(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)
@@ -137,6 +160,13 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
     @app.get("/execution-parameters")
     def execution_parameters():
         return jsonify(batch_transform.execution_parameters(settings))
+
+    if prometheus is not None:
+        @app.get("/metrics")
+        def metrics():
+            # Answered by a spare thread like /ping: no admission place, no model, no lock of
+            # the model thread; only the workers' metric files are read.
+            return Response(prometheus.exposition(), content_type=CONTENT_TYPE)
 
     @app.post("/invocations")
     def invocations():

@@ -32,7 +32,8 @@ class MemoryBudget:
                 left = deadline - self.clock()
                 if left <= 0:
                     raise Overloaded("the worker's decode memory stayed in use by other "
-                                     "requests until this one's deadline; retry", 1)
+                                     "requests until this one's deadline; retry", 1,
+                                     kind="decode_memory")
                 self._cond.wait(left)
             self._used += n
 

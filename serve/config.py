@@ -76,6 +76,7 @@ class Settings:
     compile: str  # auto, on, off
     precision_tolerance_points: float
     metrics: bool
+    prometheus: bool  # GET /metrics (serve/prometheus.py)
     metrics_interval_s: int
     metrics_namespace: str
     endpoint_name: str

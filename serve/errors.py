@@ -9,11 +9,14 @@ import math
 
 class ClientError(Exception):
     """A request the server cannot serve; becomes ``status`` with a JSON reason (and a
-    Retry-After header when ``retry_after_s`` is set)."""
+    Retry-After header when ``retry_after_s`` is set). ``kind`` names a 413's or a 503's cause
+    for the metrics, from serve.prometheus.REFUSAL_REASONS (the reason is free text)."""
 
-    def __init__(self, status: int, reason: str, retry_after_s: int | None = None):
+    def __init__(self, status: int, reason: str, retry_after_s: int | None = None,
+                 kind: str | None = None):
         super().__init__(reason)
         self.status, self.reason, self.retry_after_s = status, reason, retry_after_s
+        self.kind = kind
 
 
 class BodyTimeout(Exception):
@@ -41,9 +44,10 @@ class ModelFailed(RuntimeError):
 
 class Overloaded(Exception):
     """The request cannot be served within its deadline or the queue's bound; ``retry_after_s``
-    is a fair wait before trying again (the Retry-After header)."""
+    is a fair wait before trying again (the Retry-After header); ``kind`` names the cause for
+    the metrics (serve.prometheus.REFUSAL_REASONS)."""
 
-    def __init__(self, reason: str, retry_after_s: float):
+    def __init__(self, reason: str, retry_after_s: float, kind: str = "deadline"):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.kind = reason, kind
         self.retry_after_s = max(1, math.ceil(retry_after_s))

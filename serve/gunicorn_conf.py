@@ -8,16 +8,24 @@ seconds; each worker still builds the app and loads the model after the fork, be
 not survive a fork, and sees only its own GPU. SIGTERM: each worker (serve/worker.py) answers
 the connections waiting to be accepted, closes its listener, finishes requests in flight for up
 to ``graceful_timeout`` s, then exits; SageMaker sends SIGKILL 30 s after SIGTERM, so 25 s.
+
+/metrics (serve/prometheus.py): the master makes a fresh, empty folder for the workers' metric
+files before anything imports prometheus_client (``on_starting``), counts the workers it forks to
+replace others, marks each exited worker dead so its live gauges stop counting (``child_exit``),
+and removes the folder as it exits (prometheus_client docs, "Multiprocess Mode").
 """
 
 import gc
 import logging
 import os
+import shutil
+import tempfile
 from collections import Counter
 
 from serve.config import GRACEFUL_TIMEOUT_S, Settings
 
 _settings = Settings.from_env()
+_master = None  # the master's serve.prometheus.MasterMetrics, with /metrics on
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.workers
@@ -38,8 +46,37 @@ def assign_gpu(live_gpu_indexes: list[int], gpus: int) -> int:
     return min(range(gpus), key=lambda i: (load[i], i))
 
 
+def on_starting(server):
+    """In the master, before its workers: with /metrics on, the folder they share their metrics
+    in, set before prometheus_client is imported (it picks its multiprocess mode on import)."""
+    global _master
+    if not _settings.prometheus:
+        return
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="serve-prometheus-")
+    from serve.prometheus import MasterMetrics
+
+    _master = MasterMetrics(_settings.workers)
+
+
+def on_exit(server):
+    """In the master, as it exits: remove the metrics' folder."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if _master is not None and path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def child_exit(server, worker):
+    """In the master, once a worker exited: its live gauges (queue depth, requests in flight,
+    what it ran) stop counting; its counters and histograms stay in the totals."""
+    if _master is not None:
+        _master.exited(worker.pid)
+
+
 def pre_fork(server, worker):
-    """In the master, before the fork: choose the worker's GPU from the live workers' ones."""
+    """In the master, before the fork: count a worker that replaces another (/metrics), and
+    choose the worker's GPU from the live workers' ones."""
+    if _master is not None:
+        _master.forking()
     if _settings.gpus:
         live = [w.gpu_index for w in server.WORKERS.values() if hasattr(w, "gpu_index")]
         worker.gpu_index = assign_gpu(live, _settings.gpus)

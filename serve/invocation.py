@@ -135,7 +135,7 @@ class InvocationHandler:
         s = self.settings
         if not self._places.acquire(blocking=False):
             raise Overloaded(f"the worker holds {s.max_queue} invocations, its bound "
-                             f"(SAGEMAKER_MODEL_SERVER_MAX_QUEUE); retry", 1)
+                             f"(SAGEMAKER_MODEL_SERVER_MAX_QUEUE); retry", 1, kind="queue_full")
         try:
             return self._serve(inv)
         finally:
@@ -200,10 +200,11 @@ class InvocationHandler:
             raise ClientError(413, f"a {size:,}-byte {request.mimetype} body holds about "
                                    f"{n / 2**20:.0f} MB while it is read and parsed; the limit "
                                    f"is {self.body_memory.total / 2**20:.0f} MB "
-                                   f"(SERVE_BODY_MEMORY_MB)")
+                                   f"(SERVE_BODY_MEMORY_MB)", kind="body_memory")
         try:
             self.body_memory.acquire(n, deadline)
         except Overloaded:
             raise Overloaded("the worker's body memory stayed in use by other requests until "
-                             "this one's deadline (SERVE_BODY_MEMORY_MB); retry", 1) from None
+                             "this one's deadline (SERVE_BODY_MEMORY_MB); retry", 1,
+                             kind="body_memory") from None
         return n

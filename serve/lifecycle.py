@@ -37,6 +37,7 @@ from serve import precision
 from serve.config import Settings
 from serve.drift import DriftWindow, load_baseline
 from serve.metrics import EndpointMetrics
+from serve.prometheus import PrometheusMetrics
 from contract.artifact import ArtifactError, ArtifactMissing, read_manifest
 from serve.compiled import CompileUnavailable
 from serve.compiling import Watcher
@@ -83,10 +84,12 @@ class ModelHolder:
     """Loads the classifier and starts its scheduler; says whether they are ready and healthy.
 
     ``on_fatal`` is called once when a loaded model stops for good (default: the worker sends
-    itself SIGTERM, gunicorn's graceful stop, and the master starts a new worker)."""
+    itself SIGTERM, gunicorn's graceful stop, and the master starts a new worker);
+    ``prometheus`` hears the load, the program that runs and the scheduler's queue depth."""
 
-    def __init__(self, settings: Settings, device: torch.device, on_fatal=None):
-        self.settings, self.device = settings, device
+    def __init__(self, settings: Settings, device: torch.device, on_fatal=None,
+                 prometheus: PrometheusMetrics | None = None):
+        self.settings, self.device, self.prometheus = settings, device, prometheus
         self.classifier: Classifier | None = None
         self.scheduler: Scheduler | None = None
         self.metrics: EndpointMetrics | None = None
@@ -196,14 +199,28 @@ class ModelHolder:
         if missing:
             self.watcher = Watcher(classifier, scheduler, missing, s.compile_processes,
                                    s.compile_retry_s, on_failure=self._compile_failed,
-                                   on_complete=lambda: _log_compiled(classifier)).start()
+                                   on_complete=lambda: self._compiled(start)).start()
+        loaded_s = time.perf_counter() - start
+        if self.prometheus is not None:
+            scheduler.on_queue = self.prometheus.queue_changed
+            self.prometheus.model_loaded(loaded_s)
+            self.prometheus.model_changed(classifier.version, classifier.describe())
+            if classifier.choice.compile and not missing:
+                self.prometheus.compiled(loaded_s)
         self.ready.set()
         logger.info("model %s loaded on %s in %.0f ms (%.1f ms per image at batch %d)",
-                    classifier.version, self.device, (time.perf_counter() - start) * 1000,
+                    classifier.version, self.device, loaded_s * 1000,
                     ms_per_image, classifier.plan.max_batch)
         if classifier.choice.compile and not missing:
             _log_compiled(classifier)
         self._warn_if_partial(classifier)
+
+    def _compiled(self, load_started: float) -> None:
+        """Every compiled program is in use (the watcher's thread): the log line, the metrics."""
+        _log_compiled(self.classifier)
+        if self.prometheus is not None:
+            self.prometheus.compiled(time.perf_counter() - load_started)
+            self.prometheus.model_changed(self.classifier.version, self.classifier.describe())
 
     def _compile_failed(self, reason: str) -> None:
         if self.metrics is not None:

@@ -11,6 +11,11 @@ deploy.py sets them; SageMaker does not tell a container its endpoint's name) an
 
 Latency percentiles (p50, p90, p99) are the worker's over the interval: with several workers
 or instances, alarm on their Maximum.
+
+GET /metrics (serve/prometheus.py) carries requests and latencies too, as counters and
+histograms for SageMaker's detailed observability; these lines stay for deploy.py monitor's
+alarms and dashboard, which read them, and alone carry confidence, drift and failures by kind
+(README, "Monitoring the endpoint", says which switch does what).
 """
 
 from __future__ import annotations

@@ -77,7 +77,9 @@ class ImagePipeline:
         """
         holder = self.holder
         if not holder.wait_ready(deadline):
-            raise ClientError(503, holder.status(), retry_after_s=None if holder.failed else 1)
+            raise ClientError(503, holder.status(), retry_after_s=None if holder.failed else 1,
+                              kind="model_unavailable" if holder.failed or holder.error
+                              else "model_loading")
         if not holder.healthy():
             raise ModelFailed(holder.status())
         return holder.classifier, holder.scheduler
@@ -100,7 +102,8 @@ class ImagePipeline:
         if inspected.decode_bytes > self.budget.total:
             raise ClientError(413, f"{label}decoding the image takes about "
                                    f"{inspected.decode_bytes / 2**20:.0f} MB; the limit is "
-                                   f"{self.budget.total / 2**20:.0f} MB (SERVE_DECODE_MEMORY_MB)")
+                                   f"{self.budget.total / 2**20:.0f} MB (SERVE_DECODE_MEMORY_MB)",
+                              kind="decode_memory")
         return inspected
 
     def check_cost(self, count: int, megapixels: float, ms_per_image: float,

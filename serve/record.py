@@ -21,7 +21,8 @@ class Invocation:
     batch_size, and ``TIMINGS_MS`` in ms); ``confidences`` the top-1 probabilities of the images
     answered, for the metrics; ``decode_failure`` the kind of the first image that failed to
     decode (serve.errors.BadImage.kind); ``body_read`` whether the whole body is in (a refusal
-    before it drains the body first).
+    before it drains the body first); ``refusal`` the kind of a 413 or 503 answer
+    (serve.prometheus.REFUSAL_REASONS).
     """
 
     request: Any
@@ -31,6 +32,7 @@ class Invocation:
     confidences: list[float] = field(default_factory=list)
     decode_failure: str | None = None
     body_read: bool = False
+    refusal: str | None = None
 
     def failed_decode(self, kind: str) -> None:
         """Note an image that failed to decode; the first failure's kind is the one counted."""

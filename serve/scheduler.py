@@ -83,23 +83,21 @@ class Scheduler:
             the model thread keeps two batches in flight; without it, it runs ``forward``.
     """
 
+    on_queue = staticmethod(lambda depth: None)  # hears the jobs waiting: serve/prometheus.py
+
     def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch_size: int,
                  max_batch_delay_s: float, max_queue: int, ms_per_image: float,
-                 probe: np.ndarray | None = None,
-                 on_fatal: Callable[[str], None] | None = None,
+                 probe: np.ndarray | None = None, on_fatal: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  launch: Callable[[list[np.ndarray]], Callable[[], np.ndarray]] | None = None):
-        self.forward, self.clock, self.launch = forward, clock, launch
-        self.probe, self.on_fatal = probe, on_fatal
+        self.forward, self.clock, self.launch, self.probe = forward, clock, launch, probe
+        self.on_fatal = on_fatal
         self.failure: str | None = None  # why the model thread stopped for good
         self.max_batch_size, self.max_batch_delay_s = max_batch_size, max_batch_delay_s
-        self.max_queue = max_queue
-        self.ms_per_image = ms_per_image
+        self.max_queue, self.ms_per_image = max_queue, ms_per_image
         self._queue: deque[Job] = deque()
-        self._queued_images = 0
-        self._admitted = 0  # requests admitted and not yet finished
-        self._decoding = 0  # admitted requests that have not submitted yet
-        self._running_images = 0
+        self._queued_images, self._running_images = 0, 0  # images queued, in taken batches
+        self._admitted, self._decoding = 0, 0  # requests admitted, unfinished; not yet submitted
         self._running: list[Job] = []  # the jobs of the batches the model thread has taken
         self._last_done = 0.0  # when the model thread last finished a batch (clock)
         self._cond = threading.Condition()
@@ -124,11 +122,12 @@ class Scheduler:
             ahead_s = self._backlog_s(images)
             if self._admitted >= self.max_queue:
                 raise Overloaded(f"the worker holds {self._admitted} requests, its queue's bound "
-                                 f"(SAGEMAKER_MODEL_SERVER_MAX_QUEUE); retry", ahead_s)
+                                 f"(SAGEMAKER_MODEL_SERVER_MAX_QUEUE); retry", ahead_s,
+                                 kind="queue_full")
             if self.clock() + ahead_s > deadline:
                 raise Overloaded(f"about {ahead_s:.1f} s of work is queued ahead, past this "
                                  f"request's deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT); retry",
-                                 ahead_s)
+                                 ahead_s, kind="backlog")
             self._admitted += 1
             self._decoding += 1
 
@@ -153,6 +152,7 @@ class Scheduler:
                 raise ModelFailed(self.failure)
             self._queue.append(job)
             self._queued_images += len(images)
+            self.on_queue(len(self._queue))
             self._cond.notify_all()
         return job
 
@@ -242,6 +242,7 @@ class Scheduler:
                     job.queue_ms = (now - job.enqueued) * 1000.0
                     batch.append(job)
                     images += n
+                self.on_queue(len(self._queue))
                 if batch:
                     self._running_images += images
                     self._running = self._running + batch

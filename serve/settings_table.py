@@ -36,6 +36,8 @@ NOT_SETTINGS = {
     "SERVE_MASTER_PID": "the gunicorn master's pid, set by it for its compile helpers",
     "SAGEMAKER_INSTANCE_TYPE": "recorded by deploy.py compile's job (serve/precompile.py)",
     "PYTHONPATH": "Python's: the compile helpers get it with the project's root first",
+    "PROMETHEUS_MULTIPROC_DIR": "prometheus_client's: set by the gunicorn master to a fresh "
+                                "folder of its own where the workers share /metrics",
 }
 PORT = 8080
 MODEL_DIR = "/opt/ml/model"
@@ -411,6 +413,10 @@ ROWS: tuple[Setting, ...] = (
             "the metrics' EndpointName dimension (`deploy.py deploy` sets it)"),
     Setting("SERVE_VARIANT_NAME", "variant_name", Text("a name"), "AllTraffic",
             "the metrics' VariantName dimension (`deploy.py deploy` sets it)"),
+    Setting("SERVE_PROMETHEUS", "prometheus", Choice(("on", "off")), "on",
+            "`GET /metrics`: Prometheus text summed over the workers, which SageMaker scrapes "
+            "with detailed observability (see \"Monitoring the endpoint\"); `off` answers 404",
+            store=_is_on),
     Setting("SERVE_DRIFT_WINDOW", "drift_window", Integer(minimum=10), 1000,
             "images a worker's drift scores look back on"),
     Setting("SERVE_LOG_LEVEL", "log_level",
