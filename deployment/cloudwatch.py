@@ -40,7 +40,7 @@ def _dimensions(endpoint: str, variant: str) -> list[dict]:
 
 
 def put_alarms(cw, endpoint: str, variant: str, latency_p99_ms: float, error_rate: float,
-               sns_topic: str | None) -> list[str]:
+               sns_topic: str | None, queue_depth: float = monitoring.QUEUE_DEPTH) -> list[str]:
     """Create or update the endpoint's alarms; returns their names.
 
     Raises:
@@ -51,7 +51,7 @@ def put_alarms(cw, endpoint: str, variant: str, latency_p99_ms: float, error_rat
     actions = {"AlarmActions": [sns_topic], "OKActions": [sns_topic]} if sns_topic else {}
     dims = _dimensions(endpoint, variant)
     names = []
-    for alarm in monitoring.alarms(latency_p99_ms, error_rate):
+    for alarm in monitoring.alarms(latency_p99_ms, error_rate, queue_depth):
         name = f"{endpoint}-{alarm.suffix}"
         common = dict(AlarmName=name, AlarmDescription=f"{alarm.meaning}. What to do: "
                       f"{alarm.action}.", Threshold=alarm.threshold,

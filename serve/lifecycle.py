@@ -201,8 +201,10 @@ class ModelHolder:
                                    s.compile_retry_s, on_failure=self._compile_failed,
                                    on_complete=lambda: self._compiled(start)).start()
         loaded_s = time.perf_counter() - start
+        hearers = [m.queue_changed for m in (self.prometheus, self.metrics) if m is not None]
+        if hearers:
+            scheduler.on_queue = lambda depth: [hear(depth) for hear in hearers]
         if self.prometheus is not None:
-            scheduler.on_queue = self.prometheus.queue_changed
             self.prometheus.model_loaded(loaded_s)
             self.prometheus.model_changed(classifier.version, classifier.describe())
             if classifier.choice.compile and not missing:

@@ -1,5 +1,6 @@
 """CloudWatch metrics from the container: the endpoint's invocations, errors, latency and its
-parts, batching, decode failures, failed compiles, model confidence and drift scores, as Embedded Metric Format
+parts, batching, the queue's depth, decode failures, failed compiles, model confidence and drift
+scores, as Embedded Metric Format
 (EMF) lines on stdout.
 
 An endpoint's stdout goes to CloudWatch Logs, and CloudWatch turns EMF lines there into metrics
@@ -72,6 +73,7 @@ class EndpointMetrics:
         self._confidences: list[float] = []
         self._decode_failures: Counter = Counter()
         self._compile_failures = 0
+        self._queue_depth = -1  # the most jobs a worker's queue held this interval; -1: none seen
 
     def record(self, status: int, fields: dict, confidences: list[float] = (),
                decode_failure: str | None = None) -> None:
@@ -90,6 +92,13 @@ class EndpointMetrics:
             self._confidences.extend(float(c) for c in confidences)
             if decode_failure:
                 self._decode_failures[decode_failure] += 1
+
+    def queue_changed(self, depth: int) -> None:
+        """The worker's queue now holds ``depth`` jobs (serve/scheduler.py); the interval's
+        largest is the QueueDepthMax metric, to alarm on before the queue's bound answers
+        503s."""
+        with self._lock:
+            self._queue_depth = max(self._queue_depth, depth)
 
     def compile_failed(self) -> None:
         """A compile of the worker's programs failed (it serves uncompiled meanwhile): counted
@@ -116,7 +125,7 @@ class EndpointMetrics:
             statuses, parts = self._statuses, self._parts
             batches, images = self._batch_sizes, self._images
             confidences, failures = self._confidences, self._decode_failures
-            compile_failures = self._compile_failures
+            compile_failures, queue_depth = self._compile_failures, self._queue_depth
             self._reset()
         metrics: list[tuple[str, float, str]] = []
         if statuses:
@@ -141,6 +150,8 @@ class EndpointMetrics:
                 metrics.append((f"DecodeFailures_{kind}", n, "Count"))
         if compile_failures:
             metrics.append(("CompileFailures", compile_failures, "Count"))
+        if queue_depth >= 0:
+            metrics.append(("QueueDepthMax", float(queue_depth), "Count"))
         drift = self.window.scores() if self.window is not None else {}
         metrics += [(name, value, "None") for name, value in drift.items()]
         for name, value in drift.items():

@@ -35,8 +35,15 @@ class Alarm:
 ROLLBACK_ALARMS = ("error-rate", "latency-p99")
 
 
-def alarms(latency_p99_ms: float, error_rate: float) -> list[Alarm]:
-    """The endpoint's alarms: p99 latency, server error rate, and each drift score."""
+# Jobs waiting in a worker's queue: half the CPU default of its bound
+# (SAGEMAKER_MODEL_SERVER_MAX_QUEUE, 32), past which the worker answers 503s.
+QUEUE_DEPTH = 16
+
+
+def alarms(latency_p99_ms: float, error_rate: float, queue_depth: float = QUEUE_DEPTH
+           ) -> list[Alarm]:
+    """The endpoint's alarms: p99 latency, server error rate, a worker's queue depth, and each
+    drift score."""
     out = [
         Alarm("latency-p99", "LatencyP99", latency_p99_ms, "Maximum",
               f"a worker's p99 latency was over {latency_p99_ms:g} ms for 3 minutes",
@@ -45,6 +52,9 @@ def alarms(latency_p99_ms: float, error_rate: float) -> list[Alarm]:
               f"over {error_rate:.0%} of invocations answered 5xx for 3 minutes",
               "read the endpoint's log for the tracebacks; roll back the model if it is new",
               expression="IF(invocations > 0, errors / invocations, 0)"),
+        Alarm("queue-depth", "QueueDepthMax", queue_depth, "Maximum",
+              f"a worker's queue held over {queue_depth:g} waiting jobs for 3 minutes",
+              "add instances (autoscaling's maximum) before the queue's bound answers 503s"),
     ]
     for statistic in DRIFT_STATISTICS:
         out.append(Alarm(
@@ -65,6 +75,7 @@ PANELS = [
     ("Where the time goes, p50 (ms)", [("DecodeTimeP50", "Maximum"), ("QueueWaitP50", "Maximum"),
                                        ("ForwardTimeP50", "Maximum")]),
     ("Batching", [("BatchSizeMean", "Average"), ("ImagesPerRequestMean", "Average")]),
+    ("Queue depth (jobs waiting in a worker)", [("QueueDepthMax", "Maximum")]),
     ("Model confidence", [("ConfidenceMean", "Average"), ("ConfidenceP10", "Average")]),
     ("Drift (PSI against the training baseline)",
      [(f"DriftPSI{s}", "Maximum") for s in DRIFT_STATISTICS]),

@@ -1,5 +1,6 @@
-"""``deploy.py monitor``: CloudWatch alarms on the endpoint's latency, error rate and drift scores,
-and a dashboard of its metrics (tools/monitoring.py says which); ``--delete`` removes them.
+"""``deploy.py monitor``: CloudWatch alarms on the endpoint's latency, error rate, queue depth and
+drift scores, and a dashboard of its metrics (tools/monitoring.py says which); ``--delete``
+removes them.
 
 Both are idempotent (deployment/cloudwatch.py). The metrics come from the container itself (EMF
 lines on stdout, serve/metrics.py): SageMaker Model Monitor is closed to new customers.
@@ -11,6 +12,7 @@ import json
 
 from deployment.cloudwatch import dashboard_body, dashboard_name, delete, put_alarms
 from deployment.settings import Context, save_state
+from tools import monitoring
 
 NAME = "monitor"
 HELP = "CloudWatch alarms and a dashboard for the endpoint's metrics and drift"
@@ -23,6 +25,9 @@ def add_arguments(p) -> None:
                    help="alarm when a worker's p99 latency is over this (default 1000)")
     p.add_argument("--error-rate", type=float, default=0.05,
                    help="alarm when this share of invocations answer 5xx (default 0.05)")
+    p.add_argument("--queue-depth", type=float, default=monitoring.QUEUE_DEPTH,
+                   help="alarm when a worker's queue holds more jobs than this (default "
+                        f"{monitoring.QUEUE_DEPTH:g})")
     p.add_argument("--sns-topic", help="SNS topic ARN the alarms notify")
     p.add_argument("--variant", default="AllTraffic", help="production variant (AllTraffic)")
     p.add_argument("--delete", action="store_true", help="remove the alarms and the dashboard")
@@ -36,7 +41,7 @@ def run(ctx: Context, args) -> int:
         delete(cw, endpoint)
         return 0
     names = put_alarms(cw, endpoint, args.variant, args.latency_p99_ms, args.error_rate,
-                       args.sns_topic)
+                       args.sns_topic, args.queue_depth)
     body = dashboard_body(endpoint, args.variant, ctx.region)
     cw.put_dashboard(DashboardName=dashboard_name(endpoint), DashboardBody=json.dumps(body))
     save_state(monitoring=endpoint)

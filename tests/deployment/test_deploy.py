@@ -88,7 +88,7 @@ def test_deploy_with_data_capture_names_the_endpoint_and_delete_removes_monitori
     assert run(capsys, "monitor", "--endpoint", "dogs-ep")[0] == 0
     code, out, err = run(capsys, "delete", "--endpoint", "dogs-ep")
     assert code == 0, err
-    assert "deleted 7 alarms of dogs-ep" in out
+    assert "deleted 8 alarms of dogs-ep" in out
     code, out, err = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
                          "--endpoint", "other", "--capture", "0")
     assert code == 1 and "--capture 0: a percentage of requests from 1 to 100" in err

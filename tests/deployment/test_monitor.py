@@ -9,11 +9,12 @@ from tests.deployment.conftest import ACCOUNT, REGION, run
 
 def test_monitor_puts_alarms_and_a_dashboard_idempotently_and_delete_removes_them(aws, capsys):
     topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:dogs-alarms"
-    argv = ("monitor", "--endpoint", "dogs-ep", "--latency-p99-ms", "800", "--sns-topic", topic)
+    argv = ("monitor", "--endpoint", "dogs-ep", "--latency-p99-ms", "800", "--sns-topic", topic,
+            "--queue-depth", "24")
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     alarms = {c["AlarmName"]: c for c in aws.calls[("cloudwatch", "PutMetricAlarm")]}
-    assert set(alarms) == {"dogs-ep-latency-p99", "dogs-ep-error-rate", *(
+    assert set(alarms) == {"dogs-ep-latency-p99", "dogs-ep-error-rate", "dogs-ep-queue-depth", *(
         f"dogs-ep-drift-{s}" for s in ("predictedclass", "confidence", "brightness",
                                        "aspectratio", "megapixels"))}
     latency = alarms["dogs-ep-latency-p99"]
@@ -25,21 +26,25 @@ def test_monitor_puts_alarms_and_a_dashboard_idempotently_and_delete_removes_the
     assert [m["Id"] for m in rate["Metrics"]] == ["invocations", "errors", "rate"]
     assert rate["Metrics"][2]["Expression"] == "IF(invocations > 0, errors / invocations, 0)"
     assert alarms["dogs-ep-drift-brightness"]["Threshold"] == 0.25
+    queue = alarms["dogs-ep-queue-depth"]  # the container's own metric (serve/metrics.py)
+    assert (queue["MetricName"], queue["Threshold"], queue["Statistic"]) == (
+        "QueueDepthMax", 24, "Maximum")
     (dashboard,) = aws.calls[("cloudwatch", "PutDashboard")]
     body = json.loads(dashboard["DashboardBody"])
     titles = [w["properties"]["title"] for w in body["widgets"]]
     assert "Latency (ms)" in titles and "Drift (PSI against the training baseline)" in titles
+    assert "Queue depth (jobs waiting in a worker)" in titles
     cw = aws.session.client("cloudwatch", region_name=REGION)
-    assert len(cw.describe_alarms(AlarmNamePrefix="dogs-ep-")["MetricAlarms"]) == 7
+    assert len(cw.describe_alarms(AlarmNamePrefix="dogs-ep-")["MetricAlarms"]) == 8
 
     code, out, err = run(capsys, *argv)  # again: the same alarms and dashboard, replaced
     assert code == 0, err
-    assert len(cw.describe_alarms(AlarmNamePrefix="dogs-ep-")["MetricAlarms"]) == 7
+    assert len(cw.describe_alarms(AlarmNamePrefix="dogs-ep-")["MetricAlarms"]) == 8
     assert len(cw.list_dashboards()["DashboardEntries"]) == 1
 
     code, out, err = run(capsys, "monitor", "--endpoint", "dogs-ep", "--delete")
     assert code == 0, err
-    assert "deleted 7 alarms of dogs-ep" in out and "deleted dashboard dogs-ep-monitoring" in out
+    assert "deleted 8 alarms of dogs-ep" in out and "deleted dashboard dogs-ep-monitoring" in out
     assert cw.describe_alarms(AlarmNamePrefix="dogs-ep-")["MetricAlarms"] == []
     assert cw.list_dashboards()["DashboardEntries"] == []
     code, out, err = run(capsys, "monitor", "--endpoint", "dogs-ep", "--delete")

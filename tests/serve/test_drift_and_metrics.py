@@ -79,6 +79,8 @@ def test_a_workers_interval_is_a_few_documents_with_its_counts():
                        "compute_ms": 6, "batch_size": 4, "images": 1}, [0.8])
     m.record(400, {"latency_ms": 1.0}, decode_failure="corrupt")
     m.record(415, {"latency_ms": 0.5})
+    for depth in (3, 11, 0):
+        m.queue_changed(depth)
     m.close()
     docs = [json.loads(line) for line in lines]
     assert len(docs) == 4  # the interval's metrics, and one per status
@@ -89,6 +91,7 @@ def test_a_workers_interval_is_a_few_documents_with_its_counts():
     assert main["Invocations"] == 252 and main["Invocation4XXErrors"] == 2
     assert main["Invocation5XXErrors"] == 0 and main["DecodeFailures_corrupt"] == 1
     assert main["BatchSizeMax"] == 4 and main["Images"] == 250
+    assert main["QueueDepthMax"] == 11  # the interval's largest, not the last
     assert 10 <= main["LatencyP50"] <= main["LatencyP90"] <= main["LatencyP99"] <= 16
     assert {d.get("Status"): d["Requests"] for d in docs[1:]} == {"200": 250, "400": 1, "415": 1}
     m.flush()
