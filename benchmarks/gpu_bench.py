@@ -55,7 +55,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from contract import tensors  # noqa: E402
-from train import artifact, data, hyperparameters, loop, model as model_lib  # noqa: E402
+from train import data, hyperparameters, loop, model as model_lib  # noqa: E402
+from train.export import artifact  # noqa: E402
 
 PHOTOS = sorted((ROOT / "tests" / "data" / "dogs").glob("*.jpg"))
 SERVE_ENTRY = ROOT / "container" / "serve"

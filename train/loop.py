@@ -9,7 +9,7 @@ printed. The other jobs of a training process have modules of their own, each us
 - train/run_state.py: where training stands, its checkpoints and the resume from them;
 - train/stopping.py: the graceful stop (SIGTERM or SIGINT, honoured between two steps by every
   rank at the same step: a checkpoint of that exact position, a model, a failure reason);
-- train/export.py: the artifact and its post-training passes.
+- train/export/exporter.py: the artifact and its post-training passes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from train import data, metrics, model as model_lib, outputs, stop, stopping
 from train.debugger import Debugger
 from train.distributed import Dist, seed_all
 from train.errors import TrainingError
-from train.export import Exporter, summary
+from train.export.exporter import Exporter, summary
 from train.feed import Feed
 from train.job import Job
 from train.run_state import Checkpoints, RunState, new_accumulators

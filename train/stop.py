@@ -12,7 +12,7 @@ job fails with a reason that says so. A watchdog bounds the whole stop: ``STOP_D
 after the first signal it writes the failure file and ends the process, so a stop that hangs
 (a stuck data loader, a slow disk) still ends before SIGKILL, keeping what was written
 atomically before it. Work that a stop may cut short (the optional passes after the model is
-written, train/post_training.py) iterates through ``checked()``, which raises ``Stopped`` at
+written, train/export/post_training.py) iterates through ``checked()``, which raises ``Stopped`` at
 the next item once a stop is requested. This module imports nothing heavy: the entry program
 installs it first.
 """

@@ -1,11 +1,11 @@
 """The optional passes after the fp32 artifact is written, and their record in its manifest.
 
-``train.artifact.write`` leaves a complete, servable fp32 artifact. Three passes then add to it,
-in this order, each followed by an atomic rewrite of the manifest:
+``train.export.artifact.write`` leaves a complete, servable fp32 artifact. Three passes then add
+to it, in this order, each followed by an atomic rewrite of the manifest:
 
-- ``int8_calibration``: the int8 program for CPU serving (train/quantize.py);
-- ``precisions``: the programs' accuracy in each serving precision (train/precision.py);
-- ``baseline``: the drift baseline (train/baseline.py).
+- ``int8_calibration``: the int8 program for CPU serving (train/export/quantize.py);
+- ``precisions``: the programs' accuracy in each serving precision (train/export/precision.py);
+- ``baseline``: the drift baseline (train/export/baseline.py).
 
 The model does not depend on them: a pass that fails is logged and recorded, and the others
 still run. A stop (SIGTERM or SIGINT, train/stop.py) ends them: a pass iterates its batches
@@ -21,8 +21,9 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterable
 
-from train import artifact, stop
+from train import stop
 from train.checkpoint import failure_cause
+from train.export import artifact
 
 logger = logging.getLogger(__name__)
 

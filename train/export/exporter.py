@@ -2,12 +2,12 @@
 add to it, and the partial model of a stopped job.
 
 Rank 0 writes it from a fresh copy of the network (no DDP wrapper, no debugger hooks)
-through train/artifact.py: the complete fp32 program and its manifest first, so the job has a
-servable model before anything optional runs. The passes then add to it, in
-train/post_training.py's order: the int8 program (train/quantize.py), the serving precisions
-measured on a channel (train/precision.py) and the drift baseline (train/baseline.py). A pass
-that fails is logged and recorded, and a stop ends them; the manifest's ``post_training``
-section says which did not run.
+through train/export/artifact.py: the complete fp32 program and its manifest first, so the job
+has a servable model before anything optional runs. The passes then add to it, in
+train/export/post_training.py's order: the int8 program (train/export/quantize.py), the serving
+precisions measured on a channel (train/export/precision.py) and the drift baseline
+(train/export/baseline.py). A pass that fails is logged and recorded, and a stop ends them; the
+manifest's ``post_training`` section says which did not run.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from contract.artifact import MAX_BATCH, PROGRAM, file_sha256
-from train import artifact, baseline, model as model_lib, post_training, precision, quantize, stop
+from train import model as model_lib, stop
 from train.data import Preprocess
 from train.errors import TrainingError
+from train.export import artifact, baseline, post_training, precision, quantize
 from train.feed import Feed
 from train.job import Job
 from train.run_state import RunState
