@@ -7,8 +7,9 @@ printed. The other jobs of a training process have modules of their own, each us
 
 - train/feed.py: the channels' datasets and DataLoaders, and where a pass starts;
 - train/run_state.py: where training stands, its checkpoints and the resume from them;
-- train/stopping.py: the graceful stop (SIGTERM or SIGINT, honoured between two steps by every
-  rank at the same step: a checkpoint of that exact position, a model, a failure reason);
+- train/stop_protocol.py: the graceful stop (SIGTERM or SIGINT, train/stop_signal.py, honoured
+  between two steps by every rank at the same step: a checkpoint of that exact position, a
+  model, a failure reason);
 - train/export/exporter.py: the artifact and its post-training passes.
 """
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from contract import tensors
-from train import data, metrics, model as model_lib, outputs, stop, stopping
+from train import data, metrics, model as model_lib, outputs, stop_protocol, stop_signal
 from train.debugger import Debugger
 from train.distributed import Dist, seed_all
 from train.errors import TrainingError
@@ -31,7 +32,7 @@ from train.feed import Feed
 from train.job import Job
 from train.run_state import Checkpoints, RunState, new_accumulators
 from train.step_sums import StepSums, read_or_fail
-from train.stopping import JobStopped, Stop
+from train.stop_protocol import JobStopped, StopAgreed
 
 __all__ = ["Dist", "Job", "JobStopped", "Trainer", "run"]
 logger = logging.getLogger(__name__)
@@ -113,16 +114,16 @@ class Trainer:
         self.feed.start_workers(self.state.epoch, self.state.step)
 
     def _stop_agreed(self) -> bool:
-        return stopping.agreed(self.d, self.device)
+        return stop_protocol.agreed(self.d, self.device)
 
     def stop_job(self, phase: str) -> None:
         """After an agreed stop: the checkpoint of this position, a model from the best weights
-        so far, the failure reason (train/stopping.py).
+        so far, the failure reason (train/stop_protocol.py).
 
         Raises:
             JobStopped: always; its message is the job's FailureReason.
         """
-        stopping.stop_job(
+        stop_protocol.stop_job(
             phase, self.state, self.hp["epochs"], self.steps_per_epoch,
             lambda: self.checkpoints.save(self.state),
             lambda: self.exporter.write_stopped(phase, self.state, self.net,
@@ -162,7 +163,7 @@ class Trainer:
         running sums it restored) to its end.
 
         Raises:
-            Stop: every rank agreed to stop (after a whole step).
+            StopAgreed: every rank agreed to stop (after a whole step).
             TrainingError: a non-finite loss, or no readable image in the channel.
         """
         frozen = bool(self.backbone) and epoch < self.hp["freeze-epochs"]
@@ -202,7 +203,7 @@ class Trainer:
                 self._read_sums(sums, epoch)
                 acc["seconds"] += time.perf_counter() - start
                 self.debugger.epoch_end()
-                raise Stop("train")
+                raise StopAgreed("train")
         self._read_sums(sums, epoch)
         acc["seconds"] += time.perf_counter() - start
         self.debugger.epoch_end()
@@ -230,7 +231,7 @@ class Trainer:
         confusion matrix (kept sparse: memory grows with the images, not the classes squared).
 
         Raises:
-            Stop: every rank agreed to stop (the pass is abandoned).
+            StopAgreed: every rank agreed to stop (the pass is abandoned).
             TrainingError: no readable image in the channel.
         """
         self.model.eval()
@@ -251,7 +252,7 @@ class Trainer:
                 if confusion:
                     pairs.append(torch.stack([labels.cpu(), pred.cpu()]))
             if self._stop_agreed():
-                raise Stop(split)
+                raise StopAgreed(split)
         loss_sum, correct, top5, seen = self.d.sum([loss_sum, correct, top5, seen], self.device)
         matrix = None
         if confusion:
@@ -270,14 +271,14 @@ class Trainer:
         """Train the epochs left, validating and checkpointing after each.
 
         Raises:
-            Stop: every rank agreed to stop.
+            StopAgreed: every rank agreed to stop.
             TrainingError: a non-finite loss, or no readable image.
         """
         hp, state = self.hp, self.state
         patience = hp["early-stopping-patience"]
         self.debugger.start(self.planned_steps())
         if state.epochs_done < hp["epochs"] and self._stop_agreed():
-            raise Stop("train")  # asked to stop before the first step
+            raise StopAgreed("train")  # asked to stop before the first step
         for epoch in range(state.epoch, hp["epochs"]):
             state.epoch = epoch
             lr = self.optimizer.param_groups[0]["lr"]
@@ -299,7 +300,7 @@ class Trainer:
                             patience, state.best["epoch"])
                 break
             if epoch + 1 < hp["epochs"] and self._stop_agreed():
-                raise Stop("train")  # asked during the checkpoint write: nothing more to save
+                raise StopAgreed("train")  # asked during the checkpoint write: nothing more to save
 
     def finish(self) -> None:
         """Evaluate the best weights on test (or valid), log the final line, and on rank 0 write
@@ -307,7 +308,7 @@ class Trainer:
         the reports (a failure in a pass or a report is logged; the job keeps its model).
 
         Raises:
-            Stop: every rank agreed to stop during the final evaluation.
+            StopAgreed: every rank agreed to stop during the final evaluation.
         """
         state = self.state
         if state.best_state is not None:
@@ -323,9 +324,9 @@ class Trainer:
                             {"complete": True, "epochs": self.hp["epochs"],
                              "epochs_completed": state.epochs_done,
                              "weights_from": f"epoch {state.best['epoch']}"},
-                            passes_on=None if stop.requested() else split)
+                            passes_on=None if stop_signal.requested() else split)
         self.exporter.written = True
-        if stop.requested():
+        if stop_signal.requested():
             return  # run() reports the stop; the reports are what a stop may skip
         try:
             labels = [data.readable_label(c) for c in self.classes]
@@ -363,7 +364,7 @@ def run(job: Job, d: Dist | None = None) -> None:
     try:
         trainer.fit()
         trainer.finish()
-    except Stop as stopped:
+    except StopAgreed as stopped:
         trainer.stop_job(stopped.phase)
     except TrainingError:
         # A failing job (a NaN loss) is when the rules matter most: report, then fail.
@@ -372,5 +373,5 @@ def run(job: Job, d: Dist | None = None) -> None:
         except Exception:  # noqa: BLE001 - the job's own failure is the one to report
             logger.exception("could not write the debugger report")
         raise
-    if stop.requested():
+    if stop_signal.requested():
         trainer.stop_job("finish")

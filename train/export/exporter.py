@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from contract.artifact import MAX_BATCH, PROGRAM, file_sha256
-from train import model as model_lib, stop
+from train import model as model_lib, stop_signal
 from train.data import Preprocess
 from train.errors import TrainingError
 from train.export import artifact, baseline, post_training, precision, quantize
@@ -66,8 +66,8 @@ class Exporter:
         passes = self._passes(plain, passes_on) if passes_on else {}
         off = ({"int8_calibration": "int8-calibration-images=0"}
                if passes_on and not self.hp["int8-calibration-images"] else {})
-        self.post_training = post_training.plan(
-            passes, off, f"stopped by {stop.signal_name()}" if stop.requested() else None)
+        stopped = f"stopped by {stop_signal.signal_name()}" if stop_signal.requested() else None
+        self.post_training = post_training.plan(passes, off, stopped)
         manifest = artifact.write(self.model_dir, plain, self.hp["arch"], self.classes, self.pre,
                                   self.job.job_name, metrics, self.hp, training,
                                   {"post_training": self.post_training})
@@ -77,7 +77,8 @@ class Exporter:
 
     def _passes(self, plain: nn.Module, split: str) -> dict[str, post_training.Pass]:
         """The post-training passes over the artifact of ``plain``, name -> pass; each iterates
-        its batches through ``stop.checked``. ``split``: where the precisions are measured."""
+        its batches through ``stop_signal.checked``. ``split``: where the precisions are
+        measured."""
         program = self.model_dir / PROGRAM
         programs: dict[str, Path] = {}  # precision -> the program a pass wrote for it
 
@@ -86,18 +87,18 @@ class Exporter:
                 self.feed.calibration_dataset(), self.hp["int8-calibration-images"],
                 self.hp["batch-size"])
             path = quantize.write(self.model_dir, quantize.quantize(
-                plain, stop.checked(batches), self.pre.crop, MAX_BATCH))
+                plain, stop_signal.checked(batches), self.pre.crop, MAX_BATCH))
             programs["int8"] = path
             return {}, {"program": path.name, "program_sha256": file_sha256(path)}
 
         def precisions() -> tuple[dict, dict]:
             return {"precisions": precision.evaluate(
-                program, stop.checked(self.feed.unsharded(split)), self.device, split,
+                program, stop_signal.checked(self.feed.unsharded(split)), self.device, split,
                 programs or None)}, {}
 
         def drift_baseline() -> tuple[dict, dict]:
             predictions, confidences = baseline.valid_outputs(
-                program, stop.checked(self.feed.unsharded("valid")), self.device)
+                program, stop_signal.checked(self.feed.unsharded("valid")), self.device)
             return {"baseline": baseline.compute(
                 predictions, confidences, len(self.classes), self.feed.train_photos(),
                 self.pre.geometry, self.hp["seed"])}, {}
@@ -126,7 +127,7 @@ class Exporter:
             return "no model: stopped before the first training step"
         training = {
             "complete": complete,
-            "stopped_by": stop.signal_name(),
+            "stopped_by": stop_signal.signal_name(),
             "epochs": self.hp["epochs"],
             "epochs_completed": done,
             "epoch_in_progress": None if complete else run.epoch + 1,
