@@ -71,7 +71,7 @@ def _torchrun(env: environment.Environment, job: Job, nproc: int) -> None:
     hosts = sorted(env.hosts)
     master = hosts[0] if len(hosts) > 1 else "127.0.0.1"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job.__dict__, f)
+        json.dump(job.as_dict(), f)
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={len(hosts)}", f"--nproc_per_node={nproc}",
@@ -122,7 +122,7 @@ def main() -> None:
     job = job_from_environment(env)
     if checkpoint.CHANNEL in job.channels:
         checkpoint.seed_from_channel(job.channels[checkpoint.CHANNEL], job.checkpoint_dir)
-    nproc = job.hyperparameters["processes-per-host"] or max(env.num_gpus, 1)
+    nproc = job.hyperparameters.processes_per_host or max(env.num_gpus, 1)
     try:
         if nproc * len(env.hosts) > 1:
             _torchrun(env, job, nproc)

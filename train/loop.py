@@ -46,51 +46,51 @@ class Trainer:
         self.job, self.d = job, d
         hp = job.hyperparameters
         self.hp = hp
-        seed_all(hp["seed"] + d.rank)
+        seed_all(hp.seed + d.rank)
         self.device = d.device()
         self.cuda = self.device.type == "cuda"
-        self.amp = bool(hp["amp"]) and self.cuda
+        self.amp = hp.amp and self.cuda
         self.amp_dtype = amp_dtype(self.device) if self.amp else None
         self.classes = data.discover_classes(job.channels)
-        self.pre = data.Preprocess.for_size(hp["image-size"])
+        self.pre = data.Preprocess.for_size(hp.image_size)
         self.mean_std = tensors.mean_std(self.pre.mean, self.pre.std, self.device)
         self.feed = Feed(job.channels, self.classes, self.pre, hp, d, self.cuda)
         self.steps_per_epoch = self.feed.steps_per_epoch
-        self.net = model_lib.build(hp["arch"], len(self.classes))
+        self.net = model_lib.build(hp.arch, len(self.classes))
         self.backbone: set[str] = set()
-        if hp["pretrained"]:
-            self.backbone = model_lib.load_pretrained(self.net, hp["arch"],
+        if hp.pretrained:
+            self.backbone = model_lib.load_pretrained(self.net, hp.arch,
                                                       job.channels.get("pretrained"))
-        elif hp["freeze-epochs"]:
+        elif hp.freeze_epochs:
             logger.info("pretrained=false: freeze-epochs ignored (nothing pretrained to keep)")
         self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
         self.net.to(self.device, memory_format=self.memory_format)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp["label-smoothing"])
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hp["lr"],
-                                         momentum=hp["momentum"],
-                                         weight_decay=hp["weight-decay"],
-                                         nesterov=hp["momentum"] > 0)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hp.lr,
+                                         momentum=hp.momentum,
+                                         weight_decay=hp.weight_decay,
+                                         nesterov=hp.momentum > 0)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
-                                                                    T_max=hp["epochs"])
+                                                                    T_max=hp.epochs)
         self.scaler = loss_scaler(self.amp_dtype)
         self.model = self.net
         self.find_unused: bool | None = None
-        self._wrap(bool(self.backbone and hp["freeze-epochs"]))
+        self._wrap(bool(self.backbone and hp.freeze_epochs))
         self.state = RunState()
         self.skipped = 0  # unreadable photos of the last epoch, summed over the ranks
-        self.checkpoints = Checkpoints(job.checkpoint_dir, d, self.cuda, hp["arch"],
+        self.checkpoints = Checkpoints(job.checkpoint_dir, d, self.cuda, hp.arch,
                                        self.classes, self.net, self.optimizer, self.scheduler,
                                        self.scaler)
-        if self.checkpoints.resume(self.state, hp["epochs"]):
+        if self.checkpoints.resume(self.state, hp.epochs):
             logger.info("resumed after epoch %d, step %d of %d (of %d epochs)", self.state.epoch,
-                        self.state.step, self.steps_per_epoch, hp["epochs"])
+                        self.state.step, self.steps_per_epoch, hp.epochs)
         # Before the hook: smdebug's import (train/debugger/hook.py) runs while the workers
         # decode.
         self.start_workers()
         self.exporter = Exporter(job, self.classes, self.pre, self.feed, self.device)
         # After the resume: the hook counts steps from 0 in every process, so it spreads its
         # saves over the steps this process will train, not the whole job's.
-        self.debugger = Debugger(bool(hp["debugger-rules"]), hp["profiler-steps"],
+        self.debugger = Debugger(hp.debugger_rules, hp.profiler_steps,
                                  job.input_config_dir, Path(job.output_data_dir) / "report",
                                  self.net, self.loss_fn, self.planned_steps(), d.main, self.cuda,
                                  job.job_name)
@@ -106,7 +106,7 @@ class Trainer:
         """Training steps this process will run if no epoch stops early: batches per epoch times
         the epochs left after the checkpoint it resumed from, less the steps of the resumed
         epoch already done."""
-        return self.steps_per_epoch * (self.hp["epochs"] - self.state.epoch) - self.state.step
+        return self.steps_per_epoch * (self.hp.epochs - self.state.epoch) - self.state.step
 
     def start_workers(self) -> None:
         """Fork every loader's DataLoader workers now, before the first step (the constructor
@@ -124,7 +124,7 @@ class Trainer:
             JobStopped: always; its message is the job's FailureReason.
         """
         stop_protocol.stop_job(
-            phase, self.state, self.hp["epochs"], self.steps_per_epoch,
+            phase, self.state, self.hp.epochs, self.steps_per_epoch,
             lambda: self.checkpoints.save(self.state),
             lambda: self.exporter.write_stopped(phase, self.state, self.net,
                                                 self.steps_per_epoch),
@@ -166,7 +166,7 @@ class Trainer:
             StopAgreed: every rank agreed to stop (after a whole step).
             TrainingError: a non-finite loss, or no readable image in the channel.
         """
-        frozen = bool(self.backbone) and epoch < self.hp["freeze-epochs"]
+        frozen = bool(self.backbone) and epoch < self.hp.freeze_epochs
         trainable = model_lib.set_backbone_frozen(self.net, self.backbone, frozen)
         self._wrap(find_unused=frozen)
         self.model.train()
@@ -222,7 +222,7 @@ class Trainer:
         }
 
     def _read_sums(self, sums: StepSums, epoch: int) -> None:
-        read_or_fail(sums, self.state.acc, epoch, self.hp["lr"], self.state.epochs_done)
+        read_or_fail(sums, self.state.acc, epoch, self.hp.lr, self.state.epochs_done)
 
     @torch.no_grad()
     def evaluate(self, split: str, confusion: bool = False
@@ -275,11 +275,11 @@ class Trainer:
             TrainingError: a non-finite loss, or no readable image.
         """
         hp, state = self.hp, self.state
-        patience = hp["early-stopping-patience"]
+        patience = hp.early_stopping_patience
         self.debugger.start(self.planned_steps())
-        if state.epochs_done < hp["epochs"] and self._stop_agreed():
+        if state.epochs_done < hp.epochs and self._stop_agreed():
             raise StopAgreed("train")  # asked to stop before the first step
-        for epoch in range(state.epoch, hp["epochs"]):
+        for epoch in range(state.epoch, hp.epochs):
             state.epoch = epoch
             lr = self.optimizer.param_groups[0]["lr"]
             row = {"epoch": epoch + 1}
@@ -299,7 +299,7 @@ class Trainer:
                 logger.info("early stopping: no better valid_loss for %d epochs (best: epoch %d)",
                             patience, state.best["epoch"])
                 break
-            if epoch + 1 < hp["epochs"] and self._stop_agreed():
+            if epoch + 1 < hp.epochs and self._stop_agreed():
                 raise StopAgreed("train")  # asked during the checkpoint write: nothing more to save
 
     def finish(self) -> None:
@@ -321,7 +321,7 @@ class Trainer:
         if not self.d.main:
             return
         self.exporter.write(self.net.state_dict(), summary(final, state),
-                            {"complete": True, "epochs": self.hp["epochs"],
+                            {"complete": True, "epochs": self.hp.epochs,
                              "epochs_completed": state.epochs_done,
                              "weights_from": f"epoch {state.best['epoch']}"},
                             passes_on=None if stop_signal.requested() else split)

@@ -24,7 +24,7 @@ from train.job import Job
 
 def main(job_file: str) -> int:
     with open(job_file) as f:
-        job = Job(**json.load(f))
+        job = Job.from_dict(json.load(f))
     output_dir = os.path.dirname(job.output_data_dir.rstrip("/"))
     stop_signal.install(on_deadline=lambda reason: write_failure(output_dir, reason))
     d = Dist(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),

@@ -61,15 +61,15 @@ class Exporter:
         Raises:
             TrainingError: the artifact cannot be written (disk full, permissions).
         """
-        plain = model_lib.build(self.hp["arch"], len(self.classes))
+        plain = model_lib.build(self.hp.arch, len(self.classes))
         plain.load_state_dict({k: v.cpu() for k, v in weights.items()})
         passes = self._passes(plain, passes_on) if passes_on else {}
         off = ({"int8_calibration": "int8-calibration-images=0"}
-               if passes_on and not self.hp["int8-calibration-images"] else {})
+               if passes_on and not self.hp.int8_calibration_images else {})
         stopped = f"stopped by {stop_signal.signal_name()}" if stop_signal.requested() else None
         self.post_training = post_training.plan(passes, off, stopped)
-        manifest = artifact.write(self.model_dir, plain, self.hp["arch"], self.classes, self.pre,
-                                  self.job.job_name, metrics, self.hp, training,
+        manifest = artifact.write(self.model_dir, plain, self.hp.arch, self.classes, self.pre,
+                                  self.job.job_name, metrics, self.hp.as_dict(), training,
                                   {"post_training": self.post_training})
         logger.info("model artifact written: %s", self.model_dir)
         post_training.run(self.model_dir, self.post_training, passes)
@@ -84,8 +84,8 @@ class Exporter:
 
         def int8_calibration() -> tuple[dict, dict]:
             batches = quantize.calibration_batches(
-                self.feed.calibration_dataset(), self.hp["int8-calibration-images"],
-                self.hp["batch-size"])
+                self.feed.calibration_dataset(), self.hp.int8_calibration_images,
+                self.hp.batch_size)
             path = quantize.write(self.model_dir, quantize.quantize(
                 plain, stop_signal.checked(batches), self.pre.crop, MAX_BATCH))
             programs["int8"] = path
@@ -101,11 +101,11 @@ class Exporter:
                 program, stop_signal.checked(self.feed.unsharded("valid")), self.device)
             return {"baseline": baseline.compute(
                 predictions, confidences, len(self.classes), self.feed.train_photos(),
-                self.pre.geometry, self.hp["seed"])}, {}
+                self.pre.geometry, self.hp.seed)}, {}
 
         passes = {"int8_calibration": int8_calibration, "precisions": precisions,
                   "baseline": drift_baseline}
-        if not self.hp["int8-calibration-images"]:
+        if not self.hp.int8_calibration_images:
             del passes["int8_calibration"]
         return passes
 
@@ -115,7 +115,7 @@ class Exporter:
         ``net``, if it trained at all), marked partial in the manifest, unless the complete
         model is written already. Returns what to say of it in the failure reason."""
         done = run.epochs_done
-        complete = done >= self.hp["epochs"]
+        complete = done >= self.hp.epochs
         if self.written:
             return f"model written from epoch {run.best['epoch']}{self._complete_note()}"
         if run.best_state is not None:
@@ -128,7 +128,7 @@ class Exporter:
         training = {
             "complete": complete,
             "stopped_by": stop_signal.signal_name(),
-            "epochs": self.hp["epochs"],
+            "epochs": self.hp.epochs,
             "epochs_completed": done,
             "epoch_in_progress": None if complete else run.epoch + 1,
             "steps_completed_in_epoch": 0 if complete else run.step,
