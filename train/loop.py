@@ -32,7 +32,7 @@ from train.export.exporter import Exporter, summary
 from train.feed import Feed
 from train.job import Job
 from train.run_state import Checkpoints, RunState, new_accumulators
-from train.step import Step, memory_format
+from train.step import Step
 from train.step_sums import StepSums, read_or_fail
 from train.stop_protocol import JobStopped, StopAgreed
 
@@ -53,6 +53,9 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         self.classes = data.discover_classes(job.channels)
         self.pre = data.Preprocess.for_size(hp.image_size)
+        # Before the Feed and the model, where the loop always built its tensors: built after
+        # them, CPU steps ran slower (tests/train/test_rules.py's slow loader), cause not found.
+        self.step = Step(self.device, self.pre, hp.amp and self.cuda)
         self.feed = Feed(job.channels, self.classes, self.pre, hp, d, self.cuda)
         self.steps_per_epoch = self.feed.steps_per_epoch
         self.net = model_lib.build(hp.arch, len(self.classes))
@@ -62,12 +65,11 @@ class Trainer:
                                                       job.channels.get("pretrained"))
         elif hp.freeze_epochs:
             logger.info("pretrained=false: freeze-epochs ignored (nothing pretrained to keep)")
-        self.net.to(self.device, memory_format=memory_format(self.device))
+        self.net.to(self.device, memory_format=self.step.memory_format)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hp.lr, momentum=hp.momentum,
                                          weight_decay=hp.weight_decay, nesterov=hp.momentum > 0)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=hp.epochs)
-        self.step = Step(self.device, self.pre, hp.amp and self.cuda, self.loss_fn, self.optimizer)
         self.model = self.net
         self.find_unused: bool | None = None
         self._wrap(bool(self.backbone and hp.freeze_epochs))
@@ -127,7 +129,7 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def _forward(self, images: torch.Tensor, labels: torch.Tensor):
         """Logits, mean loss and labels on the device for a batch from the loaders (Step)."""
-        return self.step.forward(self.model, images, labels)
+        return self.step.forward(self.model, self.loss_fn, images, labels)
 
     def train_epoch(self, epoch: int, start: int = 0) -> dict:
         """Train ``epoch`` from step ``start`` (0, or where a resumed job stopped, with the
@@ -155,14 +157,14 @@ class Trainer:
         for images, labels, n_skipped in batches:
             acc["skipped"] += n_skipped
             if images.numel() == 0 and self.d.enabled:
-                self.step.join_with_no_images(self.model, self.net)
+                self.step.join_with_no_images(self.model, self.net, self.optimizer)
             elif images.numel() > 0:
                 self.debugger.step_begin()
                 logits, loss, labels = self._forward(images, labels)
                 sums.add(state.step, loss, logits, labels)
                 if sums.due:  # every step on a CPU: a non-finite loss stops before its update
                     self._read_sums(sums, epoch)
-                self.step.update(loss)
+                self.step.update(loss, self.optimizer)
                 # On a GPU the step may still be running: its time here is the host's, which
                 # the reads every few steps (StepSums) keep within a few steps of the device.
                 self.debugger.step_end(labels.shape[0])

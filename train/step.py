@@ -36,16 +36,15 @@ class Step:
     """How a batch becomes a loss and an update on ``device``: channels-last on a GPU, autocast
     with ``amp`` (bf16 or fp16, ``amp_dtype``), the loss scaled for fp16."""
 
-    def __init__(self, device: torch.device, pre: data.Preprocess, amp: bool,
-                 loss_fn: nn.Module, optimizer: torch.optim.Optimizer):
+    def __init__(self, device: torch.device, pre: data.Preprocess, amp: bool):
         self.device, self.pre, self.amp = device, pre, amp
-        self.loss_fn, self.optimizer = loss_fn, optimizer
         self.amp_dtype = amp_dtype(device) if amp else None
         self.memory_format = memory_format(device)
         self.mean_std = tensors.mean_std(pre.mean, pre.std, device)
         self.scaler = loss_scaler(self.amp_dtype)
 
-    def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+    def forward(self, model: nn.Module, loss_fn: nn.Module, images: torch.Tensor,
+                labels: torch.Tensor):
         """Logits ``[N, classes]``, the mean loss (a scalar) and ``labels`` (int64 ``[N]``) on
         the device, for a batch from the loaders: training's uint8 pixels ``[N, 3, crop, crop]``
         are scaled and normalised here, on the device (contract/tensors.py); the other splits'
@@ -56,17 +55,18 @@ class Step:
         labels = labels.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = model(images)
-            loss = self.loss_fn(logits, labels)
+            loss = loss_fn(logits, labels)
         return logits, loss, labels
 
-    def update(self, loss: torch.Tensor) -> None:
-        """The backward of ``loss`` (scaled for fp16) and the optimiser's step."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def update(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """The backward of ``loss`` (scaled for fp16) and ``optimizer``'s step."""
+        optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
+        self.scaler.step(optimizer)
         self.scaler.update()
 
-    def join_with_no_images(self, model: nn.Module, net: nn.Module) -> None:
+    def join_with_no_images(self, model: nn.Module, net: nn.Module,
+                            optimizer: torch.optim.Optimizer) -> None:
         """A DDP step of ``model`` (the wrapper of ``net``) on a rank whose whole batch was
         unreadable: a forward and backward on two blank images with a zero loss, so that the
         rank joins the gradient all-reduce (the others would wait for it forever) and adds
@@ -76,7 +76,7 @@ class Step:
         with model_lib.batchnorm_stats_kept(net):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 loss = model(blank).float().sum() * 0.0
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
+        self.scaler.step(optimizer)
         self.scaler.update()
