@@ -3,9 +3,9 @@
 the baseline, measured in the same run.
 
 A ResNet50 artifact (random weights, 133 classes: the shape of the real model; latency does not
-depend on the weights) is written with train.artifact and served by container/serve (1 worker,
-the host's default batching unless SAGEMAKER_MODEL_SERVER_* variables say otherwise). The sample
-dog photos are sent as image/jpeg over keep-alive connections. Printed:
+depend on the weights) is written with train.export.artifact and served by container/serve
+(1 worker, the host's default batching unless SAGEMAKER_MODEL_SERVER_* variables say otherwise).
+The sample dog photos are sent as image/jpeg over keep-alive connections. Printed:
 - the bare forward (serve.model.Classifier.forward on decoded images, the server's thread
   count) at batch 1 and at the max batch size, ms per image;
 - the server's p50/p99 latency (ms) and throughput (requests/s) at concurrency 1, 8 and 16;
@@ -50,7 +50,8 @@ from serve.decode import decode  # noqa: E402
 from serve.lifecycle import choose_precision  # noqa: E402
 from serve.model import Classifier  # noqa: E402
 from tests.conftest import DOG_PHOTOS, start_server  # noqa: E402
-from train import artifact, data, model, quantize  # noqa: E402
+from train import data, model  # noqa: E402
+from train.export import artifact, quantize  # noqa: E402
 
 _local = threading.local()
 
@@ -199,8 +200,8 @@ def main() -> int:
         net = model.build(args.arch, 133)
 
         def record(program: Path) -> dict:
-            """The record a training job writes (train/precision.py), here unmeasured: every
-            precision equal to fp32, so that the choice follows the host alone; with
+            """The record a training job writes (train/export/precision.py), here unmeasured:
+            every precision equal to fp32, so that the choice follows the host alone; with
             --compare, an int8 program calibrated on the sample photos."""
             unmeasured = {"evaluated_on": "none (benchmark)", "fp32": {"top1": 1.0},
                           "bf16": {"top1": 1.0}, "fp16": {"top1": 1.0}}

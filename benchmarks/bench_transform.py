@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import DOG_PHOTOS, start_server  # noqa: E402
 from tests.serve import transform_agent  # noqa: E402
 from tests.serve.test_transform import noise_png  # noqa: E402
-from train import artifact, data, model  # noqa: E402
+from train import data, model  # noqa: E402
+from train.export import artifact  # noqa: E402
 
 def post(url: str, body: bytes, content_type: str) -> tuple[int, bytes, float]:
     parts = urlsplit(url)

@@ -55,7 +55,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from contract import tensors  # noqa: E402
-from train import artifact, data, hyperparameters, loop, model as model_lib  # noqa: E402
+from train import data, hyperparameters, loop, model as model_lib  # noqa: E402
+from train.export import artifact  # noqa: E402
+from train.step import amp_dtype  # noqa: E402
 
 PHOTOS = sorted((ROOT / "tests" / "data" / "dogs").glob("*.jpg"))
 SERVE_ENTRY = ROOT / "container" / "serve"
@@ -240,7 +242,7 @@ def bare_step_phase(sizes: Sizes, batch: int, device: torch.device) -> dict:
     x = x.contiguous(memory_format=memory_format)
     y = torch.randint(0, sizes.classes, (batch,), device=device)
     mean, std = tensors.mean_std(data.IMAGENET_MEAN, data.IMAGENET_STD, device)
-    dtype = loop.amp_dtype(device) if cuda else torch.bfloat16
+    dtype = amp_dtype(device) if cuda else torch.bfloat16
     torch.backends.cudnn.benchmark = True
 
     def step():

@@ -1,7 +1,7 @@
 """The model artifact in /opt/ml/model: its format, file names and manifest, as both sides see it.
 
-train/artifact.py writes it (the order of writes, the export) and serve/model.py loads it; this
-module holds what they must agree on:
+train/export/artifact.py writes it (the order of writes, the export) and serve/model.py loads it;
+this module holds what they must agree on:
 
 - ``FORMAT`` and ``FORMAT_VERSION``: the manifest's ``format`` and ``format_version``; a server
   loads the versions in ``SUPPORTED_VERSIONS``.

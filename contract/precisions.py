@@ -10,7 +10,8 @@ compiled, so a server never runs it eagerly.
 
 Adding a precision (docs/architecture.md): a row here; on the serve side, the hardware that runs
 it fast (serve/precision.py, ``Host.fast_precisions``); for a precision with its own program,
-also the pass that writes that program (train/export.py, as train/quantize.py writes int8's).
+also the pass that writes that program (train/export/exporter.py, as train/export/quantize.py
+writes int8's).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ PRECISIONS = (
     Precision("fp32"),
     Precision("bf16", autocast="bfloat16"),
     Precision("fp16", autocast="float16", devices=("cuda",)),  # a CPU has no fast fp16
-    # torchao's PT2E static quantization for x86 CPUs (train/quantize.py).
+    # torchao's PT2E static quantization for x86 CPUs (train/export/quantize.py).
     Precision("int8", program=INT8_PROGRAM, devices=("cpu",), compiled_only=True,
               prepare=import_x86_quantizer),
 )

@@ -1,7 +1,7 @@
 """Drift of what an endpoint sees against what its model was trained and validated on.
 
-The training job writes a baseline into the manifest (train/baseline.py): distributions of the
-predicted class and of the top-1 confidence on the valid channel, and of three image statistics
+The training job writes a baseline into the manifest (train/export/baseline.py): distributions of
+the predicted class and of the top-1 confidence on the valid channel, and of three image statistics
 of the training photos (brightness of the model's input, aspect ratio, megapixels), each with
 its bin edges. A worker keeps the same statistics of its last ``window`` images and scores each
 distribution against the baseline's with the population stability index (PSI) and the

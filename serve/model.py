@@ -2,7 +2,8 @@
 torch.export program.
 
 serve reads the files, never train's code: the format, the manifest's checks and the precisions
-are the contract's (contract/artifact.py, contract/precisions.py; train/artifact.py writes them).
+are the contract's (contract/artifact.py, contract/precisions.py; train/export/artifact.py writes
+them).
 Loading happens in each gunicorn worker after the fork, because CUDA does not survive a fork;
 each worker may be pinned to its own GPU. Only the scheduler's model thread calls
 ``forward``: all torch work of a worker runs on that one thread.

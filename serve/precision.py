@@ -1,10 +1,11 @@
 """Which precision and execution mode a worker runs its model in, chosen per host.
 
 The fastest precision the host has hardware for, among those whose top-1 accuracy the training
-job recorded (manifest ``precisions``, train/precision.py) within ``tolerance`` points of fp32's:
+job recorded (manifest ``precisions``, train/export/precision.py) within ``tolerance`` points of
+fp32's:
 
 - a CPU with int8 dot-product instructions (AMX-INT8, AVX512-VNNI or AVX-VNNI) and a C++
-  compiler: int8, where the artifact holds an int8 program (train/quantize.py), compiled (the
+  compiler: int8, where the artifact holds an int8 program (train/export/quantize.py), compiled (the
   uncompiled int8 program is slower than fp32);
 - a CPU with AMX-BF16 or AVX512-BF16 (``/proc/cpuinfo`` flags): bf16 (a CPU without them
   emulates bf16, slower than fp32);

@@ -117,12 +117,13 @@ def digits_dir(tmp_path_factory) -> Path:
 
 def write_untrained_artifact(model_dir: Path, num_classes: int, arch: str = "resnet18",
                              image_size: int = 32) -> Path:
-    """A complete artifact (train.artifact.write) of a randomly initialised ``arch`` with
+    """A complete artifact (train.export.artifact.write) of a randomly initialised ``arch`` with
     ``num_classes`` classes named ``class 0``...: for serving tests that need a model of a
     given shape, not a trained one. Returns ``model_dir``."""
     import torch
 
-    from train import artifact, data, model
+    from train import data, model
+    from train.export import artifact
 
     torch.manual_seed(0)
     net = model.build(arch, num_classes)

@@ -6,9 +6,9 @@ either trains in this process (one CPU or one GPU) or starts one process per GPU
 with torchrun, which runs ``train.worker`` as a DDP group (NCCL on GPUs, gloo on CPUs).
 The toolkit turns a raised ``TrainingError`` into output/failure and exit code 1.
 
-SIGTERM and SIGINT stop the job gracefully (train/stop.py): in this process directly, or, under
-torchrun, forwarded to it; torchrun passes them to every rank and waits up to
-``stop.STOP_DEADLINE_S`` for them before it kills them.
+SIGTERM and SIGINT stop the job gracefully (train/stop_signal.py): in this process directly, or,
+under torchrun, forwarded to it; torchrun passes them to every rank and waits up to
+``stop_signal.STOP_DEADLINE_S`` for them before it kills them.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 
 from sagemaker_training import environment
 
-from train import checkpoint, hyperparameters, loop, stop
+from train import checkpoint, hyperparameters, loop, stop_signal
 from train.errors import TrainingError, write_failure
 from train.job import Job
-from train.stopping import JobStopped
+from train.stop_protocol import JobStopped
 
 logger = logging.getLogger(__name__)
 
@@ -71,41 +71,41 @@ def _torchrun(env: environment.Environment, job: Job, nproc: int) -> None:
     hosts = sorted(env.hosts)
     master = hosts[0] if len(hosts) > 1 else "127.0.0.1"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job.__dict__, f)
+        json.dump(job.as_dict(), f)
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={len(hosts)}", f"--nproc_per_node={nproc}",
         f"--node_rank={hosts.index(env.current_host)}",
         f"--master_addr={master}", f"--master_port={MASTER_PORT}",
         # torchrun sends a stop signal on to every rank, then kills them after this long.
-        f"--shutdown-timeout={int(stop.STOP_DEADLINE_S) - 5}",
+        f"--shutdown-timeout={int(stop_signal.STOP_DEADLINE_S) - 5}",
         "-m", "train.worker", f.name,
     ]
     failure = Path(env.output_dir) / "failure"
-    if stop.requested():
+    if stop_signal.requested():
         os.unlink(f.name)
-        raise JobStopped(f"stopped by {stop.signal_name()} before training started")
+        raise JobStopped(f"stopped by {stop_signal.signal_name()} before training started")
     logger.info("starting DDP: %s", " ".join(cmd))
     # A session of its own: a terminal's Ctrl-C reaches torchrun through us alone, once.
     proc = subprocess.Popen(cmd, start_new_session=True)
-    stop.install(on_signal=lambda signum: proc.send_signal(signal.SIGTERM),
+    stop_signal.install(on_signal=lambda signum: proc.send_signal(signal.SIGTERM),
                  on_deadline=lambda reason: (write_failure(env.output_dir, reason),
                                              os.killpg(proc.pid, signal.SIGKILL)))
     returncode = proc.wait()
     os.unlink(f.name)
     reason = failure.read_text() if failure.exists() else ""
-    if stop.requested():
-        raise JobStopped(reason or f"stopped by {stop.signal_name()}")
+    if stop_signal.requested():
+        raise JobStopped(reason or f"stopped by {stop_signal.signal_name()}")
     if returncode != 0:
         raise TrainingError(reason or f"a DDP training process failed (torchrun exit code "
                                       f"{returncode}); see the log above")
 
 
 def install_stop_handler() -> None:
-    """Handle SIGTERM and SIGINT (train/stop.py); on the watchdog's deadline the failure file
-    under SAGEMAKER_BASE_DIR (/opt/ml) says so."""
+    """Handle SIGTERM and SIGINT (train/stop_signal.py); on the watchdog's deadline the failure
+    file under SAGEMAKER_BASE_DIR (/opt/ml) says so."""
     output_dir = os.path.join(environment.base_dir, "output")
-    stop.install(on_deadline=lambda reason: write_failure(output_dir, reason))
+    stop_signal.install(on_deadline=lambda reason: write_failure(output_dir, reason))
 
 
 def main() -> None:
@@ -122,7 +122,7 @@ def main() -> None:
     job = job_from_environment(env)
     if checkpoint.CHANNEL in job.channels:
         checkpoint.seed_from_channel(job.channels[checkpoint.CHANNEL], job.checkpoint_dir)
-    nproc = job.hyperparameters["processes-per-host"] or max(env.num_gpus, 1)
+    nproc = job.hyperparameters.processes_per_host or max(env.num_gpus, 1)
     try:
         if nproc * len(env.hosts) > 1:
             _torchrun(env, job, nproc)

@@ -20,6 +20,7 @@ import gc
 
 from train import data
 from train.distributed import Dist
+from train.hyperparameters import Hyperparameters
 
 # start_workers() freezes the objects built before the workers fork (gc.freeze). Objects still
 # frozen at exit are never collected, and nanobind (triton's bindings, which torch imports)
@@ -33,14 +34,14 @@ class Feed:
     rank's shard of each in DDP), and ``steps_per_epoch`` of the train channel."""
 
     def __init__(self, channels: dict[str, str], classes: list[str], pre: data.Preprocess,
-                 hp: dict, d: Dist, pin_memory: bool):
+                 hp: Hyperparameters, d: Dist, pin_memory: bool):
         self.pre, self.hp, self.d, self.pin_memory = pre, hp, d, pin_memory
-        self.datasets = data.build_datasets(channels, classes, pre, hp["min-crop-scale"],
-                                            hp["max-images-per-class"], hp["seed"])
-        workers = (hp["num-workers"] if hp["num-workers"] >= 0
+        self.datasets = data.build_datasets(channels, classes, pre, hp.min_crop_scale,
+                                            hp.max_images_per_class, hp.seed)
+        workers = (hp.num_workers if hp.num_workers >= 0
                    else data.default_num_workers(pin_memory, d.local_world_size))
         self.loaders = {
-            name: data.make_loader(ds, hp["batch-size"], name == "train", workers, hp["seed"],
+            name: data.make_loader(ds, hp.batch_size, name == "train", workers, hp.seed,
                                    d.rank, d.world_size, pin_memory)
             for name, ds in self.datasets.items()
         }
@@ -60,7 +61,7 @@ class Feed:
 
     def set_position(self, split: str, epoch: int, step: int = 0) -> None:
         """Set ``split``'s loader to iterate ``epoch`` from training step ``step``."""
-        self.loaders[split].sampler.set_epoch(epoch, step * self.hp["batch-size"])
+        self.loaders[split].sampler.set_epoch(epoch, step * self.hp.batch_size)
 
     def batches(self, split: str, epoch: int = 0, start: int = 0):
         """What a pass over ``split`` iterates: the iterator start_workers() started, the first
@@ -78,8 +79,8 @@ class Feed:
         if not self.d.enabled:
             self.set_position(split, 0)
             return self.loaders[split]
-        return data.make_loader(self.datasets[split], self.hp["batch-size"], False, 0,
-                                self.hp["seed"], 0, 1, self.pin_memory)
+        return data.make_loader(self.datasets[split], self.hp.batch_size, False, 0,
+                                self.hp.seed, 0, 1, self.pin_memory)
 
     def calibration_dataset(self) -> data.ChannelDataset:
         """The train channel's photos under the evaluation transform and decoding (no

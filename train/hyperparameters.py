@@ -9,10 +9,11 @@ FailureReason naming the key and what is accepted.
 Keys the platform adds are ignored: ``sagemaker_*`` (the toolkit strips them) and
 ``_tuning_objective_metric`` (HyperparameterTuner adds it).
 
-The one schema of the hyperparameters: the training job parses with it (``parse``), deploy.py
-checks ``--hp`` names and values with it before any AWS call (``validate``), and the README's
-table is generated from it (``python -m train.hyperparameters --markdown``; a test compares
-them). So it imports nothing heavy: no toolkit, no torch.
+The one schema of the hyperparameters: the training job parses with it (``parse``, into the
+typed ``Hyperparameters`` it reads by attribute), deploy.py checks ``--hp`` names and values with
+it before any AWS call (``validate``), and the README's table is generated from it
+(``python -m train.hyperparameters --markdown``; a test compares them). So it imports nothing
+heavy: no toolkit, no torch.
 """
 
 from __future__ import annotations
@@ -161,6 +162,52 @@ SPECS: dict[str, Spec] = {
 }
 
 
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The job's hyperparameters, typed: one attribute per ``SPECS`` key, named as the key with
+    '-' -> '_' (``batch-size`` is ``batch_size``); a test keeps the fields and ``SPECS`` equal."""
+
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    label_smoothing: float
+    freeze_epochs: int
+    image_size: int
+    min_crop_scale: float
+    num_workers: int
+    seed: int
+    amp: bool
+    early_stopping_patience: int
+    max_images_per_class: int
+    pretrained: bool
+    debugger_rules: bool
+    profiler_steps: int
+    int8_calibration_images: int
+    processes_per_host: int
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
+        """From ``validate``'s result (or ``as_dict``'s): every ``SPECS`` key, typed.
+
+        Raises:
+            TypeError: a key that is not in ``SPECS``, or one missing.
+        """
+        return cls(**{field_name(key): value for key, value in values.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The values under the names users type, in ``SPECS``'s order: what ``validate``
+        returns, and what the manifest records."""
+        return {key: getattr(self, field_name(key)) for key in SPECS}
+
+
+def field_name(key: str) -> str:
+    """The ``Hyperparameters`` attribute of hyperparameter ``key``: "batch-size" -> "batch_size"."""
+    return key.replace("-", "_")
+
+
 def names() -> list[str]:
     """The accepted hyperparameter names, sorted."""
     return sorted(SPECS)
@@ -194,14 +241,17 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def parse(raw: dict[str, Any]) -> dict[str, Any]:
-    """``validate`` for the training job.
+def parse(raw: dict[str, Any]) -> Hyperparameters:
+    """``validate`` for the training job, typed.
+
+    Returns:
+        Every hyperparameter (defaults filled in) as a ``Hyperparameters``.
 
     Raises:
         TrainingError: what ``validate`` raises, as the job's FailureReason.
     """
     try:
-        return validate(raw)
+        return Hyperparameters.from_dict(validate(raw))
     except HyperparameterError as exc:
         from train.errors import TrainingError  # the toolkit's error type: only the job has it
 

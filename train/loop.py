@@ -6,10 +6,13 @@ artifact and reports; every rank computes, and metrics are summed across ranks b
 printed. The other jobs of a training process have modules of their own, each used from here:
 
 - train/feed.py: the channels' datasets and DataLoaders, and where a pass starts;
+- train/step.py: how a batch becomes a loss and an update (mixed precision, loss scaling);
+- train/evaluation.py: a pass over the valid or test channel, and its confusion matrix;
 - train/run_state.py: where training stands, its checkpoints and the resume from them;
-- train/stopping.py: the graceful stop (SIGTERM or SIGINT, honoured between two steps by every
-  rank at the same step: a checkpoint of that exact position, a model, a failure reason);
-- train/export.py: the artifact and its post-training passes.
+- train/stop_protocol.py: the graceful stop (SIGTERM or SIGINT, train/stop_signal.py, honoured
+  between two steps by every rank at the same step: a checkpoint of that exact position, a
+  model, a failure reason);
+- train/export/exporter.py: the artifact and its post-training passes.
 """
 
 from __future__ import annotations
@@ -21,17 +24,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from contract import tensors
-from train import data, metrics, model as model_lib, outputs, stop, stopping
+from train import data, evaluation, metrics, model as model_lib, outputs, stop_protocol, stop_signal
 from train.debugger import Debugger
 from train.distributed import Dist, seed_all
 from train.errors import TrainingError
-from train.export import Exporter, summary
+from train.export.exporter import Exporter, summary
 from train.feed import Feed
 from train.job import Job
 from train.run_state import Checkpoints, RunState, new_accumulators
+from train.step import Step
 from train.step_sums import StepSums, read_or_fail
-from train.stopping import JobStopped, Stop
+from train.stop_protocol import JobStopped, StopAgreed
 
 __all__ = ["Dist", "Job", "JobStopped", "Trainer", "run"]
 logger = logging.getLogger(__name__)
@@ -45,51 +48,45 @@ class Trainer:
         self.job, self.d = job, d
         hp = job.hyperparameters
         self.hp = hp
-        seed_all(hp["seed"] + d.rank)
+        seed_all(hp.seed + d.rank)
         self.device = d.device()
         self.cuda = self.device.type == "cuda"
-        self.amp = bool(hp["amp"]) and self.cuda
-        self.amp_dtype = amp_dtype(self.device) if self.amp else None
         self.classes = data.discover_classes(job.channels)
-        self.pre = data.Preprocess.for_size(hp["image-size"])
-        self.mean_std = tensors.mean_std(self.pre.mean, self.pre.std, self.device)
+        self.pre = data.Preprocess.for_size(hp.image_size)
+        # Before the Feed and the model, where the loop always built its tensors: built after
+        # them, CPU steps ran slower (tests/train/test_rules.py's slow loader), cause not found.
+        self.step = Step(self.device, self.pre, hp.amp and self.cuda)
         self.feed = Feed(job.channels, self.classes, self.pre, hp, d, self.cuda)
         self.steps_per_epoch = self.feed.steps_per_epoch
-        self.net = model_lib.build(hp["arch"], len(self.classes))
+        self.net = model_lib.build(hp.arch, len(self.classes))
         self.backbone: set[str] = set()
-        if hp["pretrained"]:
-            self.backbone = model_lib.load_pretrained(self.net, hp["arch"],
+        if hp.pretrained:
+            self.backbone = model_lib.load_pretrained(self.net, hp.arch,
                                                       job.channels.get("pretrained"))
-        elif hp["freeze-epochs"]:
+        elif hp.freeze_epochs:
             logger.info("pretrained=false: freeze-epochs ignored (nothing pretrained to keep)")
-        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
-        self.net.to(self.device, memory_format=self.memory_format)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp["label-smoothing"])
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hp["lr"],
-                                         momentum=hp["momentum"],
-                                         weight_decay=hp["weight-decay"],
-                                         nesterov=hp["momentum"] > 0)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
-                                                                    T_max=hp["epochs"])
-        self.scaler = loss_scaler(self.amp_dtype)
+        self.net.to(self.device, memory_format=self.step.memory_format)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hp.lr, momentum=hp.momentum,
+                                         weight_decay=hp.weight_decay, nesterov=hp.momentum > 0)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=hp.epochs)
         self.model = self.net
         self.find_unused: bool | None = None
-        self._wrap(bool(self.backbone and hp["freeze-epochs"]))
+        self._wrap(bool(self.backbone and hp.freeze_epochs))
         self.state = RunState()
         self.skipped = 0  # unreadable photos of the last epoch, summed over the ranks
-        self.checkpoints = Checkpoints(job.checkpoint_dir, d, self.cuda, hp["arch"],
+        self.checkpoints = Checkpoints(job.checkpoint_dir, d, self.cuda, hp.arch,
                                        self.classes, self.net, self.optimizer, self.scheduler,
-                                       self.scaler)
-        if self.checkpoints.resume(self.state, hp["epochs"]):
+                                       self.step.scaler)
+        if self.checkpoints.resume(self.state, hp.epochs):
             logger.info("resumed after epoch %d, step %d of %d (of %d epochs)", self.state.epoch,
-                        self.state.step, self.steps_per_epoch, hp["epochs"])
-        # Before the hook: smdebug's import (train/debugger/hook.py) runs while the workers
-        # decode.
+                        self.state.step, self.steps_per_epoch, hp.epochs)
+        # Before the hook: smdebug's import (train/debugger/hook.py) runs while the workers decode.
         self.start_workers()
         self.exporter = Exporter(job, self.classes, self.pre, self.feed, self.device)
         # After the resume: the hook counts steps from 0 in every process, so it spreads its
         # saves over the steps this process will train, not the whole job's.
-        self.debugger = Debugger(bool(hp["debugger-rules"]), hp["profiler-steps"],
+        self.debugger = Debugger(hp.debugger_rules, hp.profiler_steps,
                                  job.input_config_dir, Path(job.output_data_dir) / "report",
                                  self.net, self.loss_fn, self.planned_steps(), d.main, self.cuda,
                                  job.job_name)
@@ -105,7 +102,7 @@ class Trainer:
         """Training steps this process will run if no epoch stops early: batches per epoch times
         the epochs left after the checkpoint it resumed from, less the steps of the resumed
         epoch already done."""
-        return self.steps_per_epoch * (self.hp["epochs"] - self.state.epoch) - self.state.step
+        return self.steps_per_epoch * (self.hp.epochs - self.state.epoch) - self.state.step
 
     def start_workers(self) -> None:
         """Fork every loader's DataLoader workers now, before the first step (the constructor
@@ -113,17 +110,17 @@ class Trainer:
         self.feed.start_workers(self.state.epoch, self.state.step)
 
     def _stop_agreed(self) -> bool:
-        return stopping.agreed(self.d, self.device)
+        return stop_protocol.agreed(self.d, self.device)
 
     def stop_job(self, phase: str) -> None:
         """After an agreed stop: the checkpoint of this position, a model from the best weights
-        so far, the failure reason (train/stopping.py).
+        so far, the failure reason (train/stop_protocol.py).
 
         Raises:
             JobStopped: always; its message is the job's FailureReason.
         """
-        stopping.stop_job(
-            phase, self.state, self.hp["epochs"], self.steps_per_epoch,
+        stop_protocol.stop_job(
+            phase, self.state, self.hp.epochs, self.steps_per_epoch,
             lambda: self.checkpoints.save(self.state),
             lambda: self.exporter.write_stopped(phase, self.state, self.net,
                                                 self.steps_per_epoch),
@@ -131,41 +128,18 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def _forward(self, images: torch.Tensor, labels: torch.Tensor):
-        """Logits, mean loss and labels on the device for a batch from the loaders: training's
-        uint8 pixels are scaled and normalised here, on the device (contract/tensors.py)."""
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        if images.dtype == torch.uint8:
-            images = tensors.normalise(images, *self.mean_std)
-        labels = labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            logits = self.model(images)
-            loss = self.loss_fn(logits, labels)
-        return logits, loss, labels
-
-    def _join_with_no_images(self) -> None:
-        """A DDP step on a rank whose whole batch was unreadable: a forward and backward on two
-        blank images with a zero loss, so that the rank joins the gradient all-reduce (the
-        others would wait for it forever) and adds nothing to it; BatchNorm statistics are
-        left as they were."""
-        blank = torch.zeros(2, 3, self.pre.crop, self.pre.crop, device=self.device).to(
-            memory_format=self.memory_format)
-        with model_lib.batchnorm_stats_kept(self.net):
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                loss = self.model(blank).float().sum() * 0.0
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        """Logits, mean loss and labels on the device for a batch from the loaders (Step)."""
+        return self.step.forward(self.model, self.loss_fn, images, labels)
 
     def train_epoch(self, epoch: int, start: int = 0) -> dict:
         """Train ``epoch`` from step ``start`` (0, or where a resumed job stopped, with the
         running sums it restored) to its end.
 
         Raises:
-            Stop: every rank agreed to stop (after a whole step).
+            StopAgreed: every rank agreed to stop (after a whole step).
             TrainingError: a non-finite loss, or no readable image in the channel.
         """
-        frozen = bool(self.backbone) and epoch < self.hp["freeze-epochs"]
+        frozen = bool(self.backbone) and epoch < self.hp.freeze_epochs
         trainable = model_lib.set_backbone_frozen(self.net, self.backbone, frozen)
         self._wrap(find_unused=frozen)
         self.model.train()
@@ -183,17 +157,14 @@ class Trainer:
         for images, labels, n_skipped in batches:
             acc["skipped"] += n_skipped
             if images.numel() == 0 and self.d.enabled:
-                self._join_with_no_images()
+                self.step.join_with_no_images(self.model, self.net, self.optimizer)
             elif images.numel() > 0:
                 self.debugger.step_begin()
                 logits, loss, labels = self._forward(images, labels)
                 sums.add(state.step, loss, logits, labels)
                 if sums.due:  # every step on a CPU: a non-finite loss stops before its update
                     self._read_sums(sums, epoch)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                self.step.update(loss, self.optimizer)
                 # On a GPU the step may still be running: its time here is the host's, which
                 # the reads every few steps (StepSums) keep within a few steps of the device.
                 self.debugger.step_end(labels.shape[0])
@@ -202,7 +173,7 @@ class Trainer:
                 self._read_sums(sums, epoch)
                 acc["seconds"] += time.perf_counter() - start
                 self.debugger.epoch_end()
-                raise Stop("train")
+                raise StopAgreed("train")
         self._read_sums(sums, epoch)
         acc["seconds"] += time.perf_counter() - start
         self.debugger.epoch_end()
@@ -221,64 +192,37 @@ class Trainer:
         }
 
     def _read_sums(self, sums: StepSums, epoch: int) -> None:
-        read_or_fail(sums, self.state.acc, epoch, self.hp["lr"], self.state.epochs_done)
+        read_or_fail(sums, self.state.acc, epoch, self.hp.lr, self.state.epochs_done)
 
-    @torch.no_grad()
     def evaluate(self, split: str, confusion: bool = False
                  ) -> tuple[dict, outputs.Confusion | None]:
         """Loss, top-1 and top-5 accuracy on ``split`` (summed over ranks); optionally the
-        confusion matrix (kept sparse: memory grows with the images, not the classes squared).
+        confusion matrix (train/evaluation.py).
 
         Raises:
-            Stop: every rank agreed to stop (the pass is abandoned).
+            StopAgreed: every rank agreed to stop (the pass is abandoned).
             TrainingError: no readable image in the channel.
         """
         self.model.eval()
         self.debugger.mode(train=False)
-        c = len(self.classes)
-        pairs: list[torch.Tensor] = []
-        loss_sum, correct, top5, seen = 0.0, 0, 0, 0
-        for images, labels, _ in self.feed.batches(split):
-            if images.numel() > 0:
-                logits, loss, labels = self._forward(images, labels)
-                n = labels.shape[0]
-                loss_sum += loss.item() * n
-                pred = logits.argmax(1)
-                correct += int((pred == labels).sum())
-                k = min(5, c)
-                top5 += int((logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
-                seen += n
-                if confusion:
-                    pairs.append(torch.stack([labels.cpu(), pred.cpu()]))
-            if self._stop_agreed():
-                raise Stop(split)
-        loss_sum, correct, top5, seen = self.d.sum([loss_sum, correct, top5, seen], self.device)
-        matrix = None
-        if confusion:
-            mine = torch.cat(pairs, dim=1) if pairs else torch.zeros(2, 0, dtype=torch.int64)
-            if self.d.enabled:
-                mine = torch.cat(self.d.gather(mine), dim=1)
-            matrix = outputs.Confusion.from_pairs(mine[0].numpy(), mine[1].numpy(), c)
-        if seen == 0:
-            raise TrainingError(f"no readable image in the {split} channel")
-        result = {f"{split}_loss": loss_sum / seen, f"{split}_accuracy": correct / seen,
-                  f"{split}_top5_accuracy": top5 / seen}
-        return result, matrix
+        return evaluation.evaluate(split, self.feed.batches(split), self._forward,
+                                   len(self.classes), self.d, self.device, self._stop_agreed,
+                                   confusion)
 
     # ---------------------------------------------------------------- the job
     def fit(self) -> None:
         """Train the epochs left, validating and checkpointing after each.
 
         Raises:
-            Stop: every rank agreed to stop.
+            StopAgreed: every rank agreed to stop.
             TrainingError: a non-finite loss, or no readable image.
         """
         hp, state = self.hp, self.state
-        patience = hp["early-stopping-patience"]
+        patience = hp.early_stopping_patience
         self.debugger.start(self.planned_steps())
-        if state.epochs_done < hp["epochs"] and self._stop_agreed():
-            raise Stop("train")  # asked to stop before the first step
-        for epoch in range(state.epoch, hp["epochs"]):
+        if state.epochs_done < hp.epochs and self._stop_agreed():
+            raise StopAgreed("train")  # asked to stop before the first step
+        for epoch in range(state.epoch, hp.epochs):
             state.epoch = epoch
             lr = self.optimizer.param_groups[0]["lr"]
             row = {"epoch": epoch + 1}
@@ -298,8 +242,8 @@ class Trainer:
                 logger.info("early stopping: no better valid_loss for %d epochs (best: epoch %d)",
                             patience, state.best["epoch"])
                 break
-            if epoch + 1 < hp["epochs"] and self._stop_agreed():
-                raise Stop("train")  # asked during the checkpoint write: nothing more to save
+            if epoch + 1 < hp.epochs and self._stop_agreed():
+                raise StopAgreed("train")  # asked during the checkpoint write: nothing more to save
 
     def finish(self) -> None:
         """Evaluate the best weights on test (or valid), log the final line, and on rank 0 write
@@ -307,7 +251,7 @@ class Trainer:
         the reports (a failure in a pass or a report is logged; the job keeps its model).
 
         Raises:
-            Stop: every rank agreed to stop during the final evaluation.
+            StopAgreed: every rank agreed to stop during the final evaluation.
         """
         state = self.state
         if state.best_state is not None:
@@ -320,12 +264,12 @@ class Trainer:
         if not self.d.main:
             return
         self.exporter.write(self.net.state_dict(), summary(final, state),
-                            {"complete": True, "epochs": self.hp["epochs"],
+                            {"complete": True, "epochs": self.hp.epochs,
                              "epochs_completed": state.epochs_done,
                              "weights_from": f"epoch {state.best['epoch']}"},
-                            passes_on=None if stop.requested() else split)
+                            passes_on=None if stop_signal.requested() else split)
         self.exporter.written = True
-        if stop.requested():
+        if stop_signal.requested():
             return  # run() reports the stop; the reports are what a stop may skip
         try:
             labels = [data.readable_label(c) for c in self.classes]
@@ -337,18 +281,6 @@ class Trainer:
             self.debugger.report(state.history)
         except Exception:  # noqa: BLE001 - likewise
             logger.exception("debugger report not written")
-
-
-def loss_scaler(dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """The AMP loss scaler for autocast ``dtype``: on for fp16, whose small gradients would
-    flush to zero unscaled; off for bf16 (fp32's exponent range) and without autocast."""
-    return torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """The autocast dtype of mixed precision on a GPU: bf16 where it has bf16 tensor cores
-    (compute capability 8.0 and later, NVIDIA's CUDA programming guide), else fp16."""
-    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
 
 
 def run(job: Job, d: Dist | None = None) -> None:
@@ -363,7 +295,7 @@ def run(job: Job, d: Dist | None = None) -> None:
     try:
         trainer.fit()
         trainer.finish()
-    except Stop as stopped:
+    except StopAgreed as stopped:
         trainer.stop_job(stopped.phase)
     except TrainingError:
         # A failing job (a NaN loss) is when the rules matter most: report, then fail.
@@ -372,5 +304,5 @@ def run(job: Job, d: Dist | None = None) -> None:
         except Exception:  # noqa: BLE001 - the job's own failure is the one to report
             logger.exception("could not write the debugger report")
         raise
-    if stop.requested():
+    if stop_signal.requested():
         trainer.stop_job("finish")

@@ -3,7 +3,7 @@
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; the process group uses NCCL on GPUs and gloo on
 CPUs. A failing rank writes the cause to output/failure (the first rank to fail wins) and exits 1;
 torchrun then stops the others and train.entry reports the cause. SIGTERM from torchrun stops
-the rank gracefully (train/stop.py): every rank stops after the same step.
+the rank gracefully (train/stop_signal.py): every rank stops after the same step.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import traceback
 
 import torch.distributed as dist
 
-from train import loop, stop
+from train import loop, stop_signal
 from train.distributed import Dist
 from train.errors import TrainingError, write_failure
 from train.job import Job
@@ -24,9 +24,9 @@ from train.job import Job
 
 def main(job_file: str) -> int:
     with open(job_file) as f:
-        job = Job(**json.load(f))
+        job = Job.from_dict(json.load(f))
     output_dir = os.path.dirname(job.output_data_dir.rstrip("/"))
-    stop.install(on_deadline=lambda reason: write_failure(output_dir, reason))
+    stop_signal.install(on_deadline=lambda reason: write_failure(output_dir, reason))
     d = Dist(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
              local_rank=int(os.environ["LOCAL_RANK"]),
              local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))

@@ -100,7 +100,7 @@ def test_sigterm_stops_training_in_the_container_with_a_servable_partial_model(i
     """`podman kill --signal TERM` on `IMAGE train` (PID 1, as SageMaker runs it) mid-job: the
     container exits within the stop bound, with a checkpoint, a failure reason, and a partial
     model that `IMAGE serve` loads and answers with."""
-    from train import stop
+    from train import stop_signal
 
     base = make_job(tmp_path / "ml", digit_channels(digits_dir),
                     {"arch": "resnet18", "epochs": 30, "batch-size": 16, "lr": 0.02,
@@ -123,7 +123,7 @@ def test_sigterm_stops_training_in_the_container_with_a_servable_partial_model(i
     finally:
         sh("podman", "rm", "-f", name, check=False)
     assert code == "1", logs[-3000:]
-    assert seconds < stop.STOP_DEADLINE_S, seconds
+    assert seconds < stop_signal.STOP_DEADLINE_S, seconds
     failure = (base / "output" / "failure").read_text()
     match = re.match(r"stopped by SIGTERM at epoch (\d+), step \d+ of \d+; checkpoint "
                      r"checkpoints/(\S+\.pt); model written from epoch (\d+)$", failure)

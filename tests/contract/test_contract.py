@@ -62,7 +62,7 @@ def _rotated_png() -> bytes:
 
 @pytest.mark.parametrize("body", [p.read_bytes() for p in DOG_PHOTOS[:3]] + [_rotated_png()])
 def test_the_training_jobs_decoding_gives_the_servers_pixels(body):
-    """The drift baseline (train/baseline.py) decodes training photos through the contract;
+    """The drift baseline (train/export/baseline.py) decodes training photos through the contract;
     serve decodes requests through serve/decode.py: the same pixels."""
     from serve.decode import decode
 

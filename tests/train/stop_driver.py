@@ -17,12 +17,12 @@ import os
 import signal
 import sys
 
-from train import checkpoint, hyperparameters, loop, stop
+from train import checkpoint, hyperparameters, loop, stop_signal
 
 
 def main(root: str, out: str, hp_json: str, point: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    stop.install()
+    stop_signal.install()
     kind, *where = point.split(":")
     where = [int(w) for w in where]
     eval_batches = {}  # epoch -> evaluation batches run in it

@@ -1,5 +1,5 @@
-"""Writing the artifact (train/artifact.py) and atomic files (train/checkpoint.py) when the disk
-or torch's writer fails, and the order that keeps an older artifact whole until the new program
+"""Writing the artifact (train/export/artifact.py) and atomic files (train/checkpoint.py) when the
+disk or torch's writer fails, and the order that keeps an older artifact whole until the new program
 is in place."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import full_disk, write_untrained_artifact
-from train import artifact, checkpoint
+from train import checkpoint
+from train.export import artifact
 from train.errors import TrainingError
 
 

@@ -1,5 +1,8 @@
 """Hyperparameters arrive as strings (or the toolkit's json.loads of them) and are typed here."""
 
+import dataclasses
+import json
+
 import pytest
 
 from train import hyperparameters
@@ -8,9 +11,40 @@ from train.errors import TrainingError
 
 def test_defaults_fill_every_name():
     values = hyperparameters.parse({})
-    assert values["arch"] == "resnet50"
-    assert values["epochs"] == 10 and values["amp"] is True and values["pretrained"] is True
-    assert set(values) == set(hyperparameters.names())
+    assert values.arch == "resnet50"
+    assert values.epochs == 10 and values.amp is True and values.pretrained is True
+    assert set(values.as_dict()) == set(hyperparameters.names())
+
+
+def test_every_spec_has_a_typed_field_and_every_field_a_spec():
+    fields = {f.name: f.type for f in dataclasses.fields(hyperparameters.Hyperparameters)}
+    specs = {hyperparameters.field_name(key): spec
+             for key, spec in hyperparameters.SPECS.items()}
+    assert set(fields) == set(specs), "SPECS and Hyperparameters' fields differ"
+    # The annotation is the type of the default, which the spec's parser returns.
+    assert {name: type(spec.default).__name__ for name, spec in specs.items()} == fields
+
+
+def test_the_typed_values_are_validates_under_the_old_names():
+    raw = {"batch-size": "16", "amp": "false", "lr": "0.05", "sagemaker_region": "x"}
+    typed = hyperparameters.parse(raw)
+    assert typed.batch_size == 16 and typed.amp is False and typed.lr == 0.05
+    assert typed.as_dict() == hyperparameters.validate(raw)
+    # In order and in JSON too: the manifest records as_dict() as it recorded validate's dict.
+    assert json.dumps(typed.as_dict()) == json.dumps(hyperparameters.validate(raw))
+    assert hyperparameters.Hyperparameters.from_dict(typed.as_dict()) == typed
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        typed.lr = 1.0
+
+
+def test_a_job_goes_to_a_ddp_rank_as_json_and_comes_back_typed():
+    from train.job import Job
+
+    job = Job(channels={"train": "/t"}, hyperparameters=hyperparameters.parse({"epochs": "2"}),
+              model_dir="/m", output_data_dir="/o", checkpoint_dir="/c", input_config_dir="/i")
+    sent = json.loads(json.dumps(job.as_dict()))
+    assert sent["hyperparameters"]["epochs"] == 2 and "batch-size" in sent["hyperparameters"]
+    assert Job.from_dict(sent) == job
 
 
 @pytest.mark.parametrize(
@@ -29,7 +63,7 @@ def test_defaults_fill_every_name():
     ],
 )
 def test_values_are_coerced(raw, key, expected):
-    value = hyperparameters.parse(raw)[key]
+    value = getattr(hyperparameters.parse(raw), hyperparameters.field_name(key))
     assert value == expected and type(value) is type(expected)
 
 
@@ -66,7 +100,7 @@ def test_unknown_key_lists_the_accepted_names():
 def test_platform_keys_are_ignored():
     values = hyperparameters.parse({"_tuning_objective_metric": "valid_accuracy",
                                     "sagemaker_estimator_class_name": "Estimator"})
-    assert "_tuning_objective_metric" not in values
+    assert "_tuning_objective_metric" not in values.as_dict()
 
 
 def test_the_schema_imports_nothing_heavy():

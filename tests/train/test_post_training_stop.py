@@ -1,5 +1,5 @@
 """A stop in the job's last minutes: after training, while the post-training passes (int8
-calibration, serving precisions, drift baseline; train/post_training.py) add to the written
+calibration, serving precisions, drift baseline; train/export/post_training.py) add to the written
 model. The model stays complete and servable, the pass in progress ends, and the manifest and
 the failure file say which passes did not run. Also: the stop path when the model cannot be
 written (a failing writer, a full disk).
@@ -25,7 +25,7 @@ import torch
 
 from tests.conftest import (FAST_HYPERPARAMETERS, ROOT, TRAIN_ENTRY, TrainingRun, digit_channels,
                             full_disk, make_job)
-from train import post_training
+from train.export import post_training
 
 pytestmark = pytest.mark.model
 
@@ -37,7 +37,7 @@ class StopWhenThePassStarts(logging.Handler):
     def emit(self, record):
         if record.getMessage() == f"post-training pass {name} started":
             os.kill(os.getpid(), signal.SIGTERM)
-logging.getLogger("train.post_training").addHandler(StopWhenThePassStarts())
+logging.getLogger("train.export.post_training").addHandler(StopWhenThePassStarts())
 sys.argv = [entry]
 runpy.run_path(entry, run_name="__main__")
 """

@@ -1,5 +1,6 @@
-"""The int8 program's inputs and its place in the artifact (train/quantize.py, train/artifact.py);
-the trained model's int8 accuracy is checked in tests/serve/test_precision.py."""
+"""The int8 program's inputs and its place in the artifact (train/export/quantize.py,
+train/export/artifact.py); the trained model's int8 accuracy is checked in
+tests/serve/test_precision.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import write_untrained_artifact
-from train import artifact, data, quantize
+from train import data
+from train.export import artifact, quantize
 
 
 def test_an_older_jobs_int8_program_does_not_survive_a_new_artifact(tmp_path):

@@ -328,8 +328,8 @@ def test_sigterm_reaches_every_ddp_rank_and_they_stop_at_the_same_step(tmp_path,
     assert proc.wait(timeout=120) != 0
     assert time.monotonic() - start < 100
     text = log.read_text()
-    stops = dict(re.findall(r"rank(\d) INFO train\.stopping: stopping at (epoch \d+, step \d+)",
-                            text))
+    stops = dict(re.findall(r"rank(\d) INFO train\.stop_protocol: stopping at "
+                            r"(epoch \d+, step \d+)", text))
     assert set(stops) == {"0", "1"} and stops["0"] == stops["1"], text[-3000:]
     failure = (base / "output" / "failure").read_text()
     assert failure.startswith(f"stopped by SIGTERM at {stops['0']} of "), failure

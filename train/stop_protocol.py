@@ -1,10 +1,10 @@
 """The graceful-stop protocol of a training process: agreeing to stop, and what a stopped job
 leaves behind.
 
-train/stop.py turns SIGTERM and SIGINT into a request; this module is what the loop does with
-it. Every rank asks, at the same points (after each training step, each evaluation batch and
+train/stop_signal.py turns SIGTERM and SIGINT into a request; this module is what the loop does
+with it. Every rank asks, at the same points (after each training step, each evaluation batch and
 each checkpoint), whether any rank was asked to stop (``agreed``), so all of them stop after the
-same step; the loop then raises ``Stop`` and ``stop_job`` writes the checkpoint of that exact
+same step; the loop then raises ``StopAgreed`` and ``stop_job`` writes the checkpoint of that exact
 position and a model from the best weights so far, writes the failure reason and raises
 ``JobStopped``, whose message is the job's FailureReason:
 ``stopped by SIGTERM at epoch 3, step 120 of 209; checkpoint checkpoints/epoch-0002-step-000120.pt;
@@ -20,7 +20,7 @@ from typing import Callable, NoReturn
 
 import torch
 
-from train import stop
+from train import stop_signal
 from train.distributed import Dist
 from train.errors import TrainingError, write_failure
 from train.run_state import RunState
@@ -33,7 +33,7 @@ class JobStopped(TrainingError):
     says where it stopped and what it wrote."""
 
 
-class Stop(Exception):
+class StopAgreed(Exception):
     """Raised inside the loop when every rank agreed to stop; ``phase`` is where ("train",
     "valid", "test" or "finish")."""
 
@@ -45,7 +45,7 @@ class Stop(Exception):
 def agreed(d: Dist, device: torch.device) -> bool:
     """Whether to stop now: this rank was asked to, or (in DDP) any rank was. Every rank calls
     it at the same points, so all of them stop after the same step."""
-    return d.any(stop.requested(), device)
+    return d.any(stop_signal.requested(), device)
 
 
 def where(phase: str, run: RunState, epochs: int, steps_per_epoch: int) -> str:
@@ -70,7 +70,7 @@ def stop_job(phase: str, run: RunState, epochs: int, steps_per_epoch: int,
     started = time.monotonic()
     logger.info("stopping at epoch %d, step %d of %d (%s)", run.epoch + 1, run.step,
                 steps_per_epoch, phase)
-    name = stop.signal_name() or "a stop request"
+    name = stop_signal.signal_name() or "a stop request"
     place = where(phase, run, epochs, steps_per_epoch)
     try:
         path = save_checkpoint()

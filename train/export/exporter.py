@@ -2,12 +2,12 @@
 add to it, and the partial model of a stopped job.
 
 Rank 0 writes it from a fresh copy of the network (no DDP wrapper, no debugger hooks)
-through train/artifact.py: the complete fp32 program and its manifest first, so the job has a
-servable model before anything optional runs. The passes then add to it, in
-train/post_training.py's order: the int8 program (train/quantize.py), the serving precisions
-measured on a channel (train/precision.py) and the drift baseline (train/baseline.py). A pass
-that fails is logged and recorded, and a stop ends them; the manifest's ``post_training``
-section says which did not run.
+through train/export/artifact.py: the complete fp32 program and its manifest first, so the job
+has a servable model before anything optional runs. The passes then add to it, in
+train/export/post_training.py's order: the int8 program (train/export/quantize.py), the serving
+precisions measured on a channel (train/export/precision.py) and the drift baseline
+(train/export/baseline.py). A pass that fails is logged and recorded, and a stop ends them; the
+manifest's ``post_training`` section says which did not run.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from contract.artifact import MAX_BATCH, PROGRAM, file_sha256
-from train import artifact, baseline, model as model_lib, post_training, precision, quantize, stop
+from train import model as model_lib, stop_signal
 from train.data import Preprocess
 from train.errors import TrainingError
+from train.export import artifact, baseline, post_training, precision, quantize
 from train.feed import Feed
 from train.job import Job
 from train.run_state import RunState
@@ -60,15 +61,15 @@ class Exporter:
         Raises:
             TrainingError: the artifact cannot be written (disk full, permissions).
         """
-        plain = model_lib.build(self.hp["arch"], len(self.classes))
+        plain = model_lib.build(self.hp.arch, len(self.classes))
         plain.load_state_dict({k: v.cpu() for k, v in weights.items()})
         passes = self._passes(plain, passes_on) if passes_on else {}
         off = ({"int8_calibration": "int8-calibration-images=0"}
-               if passes_on and not self.hp["int8-calibration-images"] else {})
-        self.post_training = post_training.plan(
-            passes, off, f"stopped by {stop.signal_name()}" if stop.requested() else None)
-        manifest = artifact.write(self.model_dir, plain, self.hp["arch"], self.classes, self.pre,
-                                  self.job.job_name, metrics, self.hp, training,
+               if passes_on and not self.hp.int8_calibration_images else {})
+        stopped = f"stopped by {stop_signal.signal_name()}" if stop_signal.requested() else None
+        self.post_training = post_training.plan(passes, off, stopped)
+        manifest = artifact.write(self.model_dir, plain, self.hp.arch, self.classes, self.pre,
+                                  self.job.job_name, metrics, self.hp.as_dict(), training,
                                   {"post_training": self.post_training})
         logger.info("model artifact written: %s", self.model_dir)
         post_training.run(self.model_dir, self.post_training, passes)
@@ -76,34 +77,35 @@ class Exporter:
 
     def _passes(self, plain: nn.Module, split: str) -> dict[str, post_training.Pass]:
         """The post-training passes over the artifact of ``plain``, name -> pass; each iterates
-        its batches through ``stop.checked``. ``split``: where the precisions are measured."""
+        its batches through ``stop_signal.checked``. ``split``: where the precisions are
+        measured."""
         program = self.model_dir / PROGRAM
         programs: dict[str, Path] = {}  # precision -> the program a pass wrote for it
 
         def int8_calibration() -> tuple[dict, dict]:
             batches = quantize.calibration_batches(
-                self.feed.calibration_dataset(), self.hp["int8-calibration-images"],
-                self.hp["batch-size"])
+                self.feed.calibration_dataset(), self.hp.int8_calibration_images,
+                self.hp.batch_size)
             path = quantize.write(self.model_dir, quantize.quantize(
-                plain, stop.checked(batches), self.pre.crop, MAX_BATCH))
+                plain, stop_signal.checked(batches), self.pre.crop, MAX_BATCH))
             programs["int8"] = path
             return {}, {"program": path.name, "program_sha256": file_sha256(path)}
 
         def precisions() -> tuple[dict, dict]:
             return {"precisions": precision.evaluate(
-                program, stop.checked(self.feed.unsharded(split)), self.device, split,
+                program, stop_signal.checked(self.feed.unsharded(split)), self.device, split,
                 programs or None)}, {}
 
         def drift_baseline() -> tuple[dict, dict]:
             predictions, confidences = baseline.valid_outputs(
-                program, stop.checked(self.feed.unsharded("valid")), self.device)
+                program, stop_signal.checked(self.feed.unsharded("valid")), self.device)
             return {"baseline": baseline.compute(
                 predictions, confidences, len(self.classes), self.feed.train_photos(),
-                self.pre.geometry, self.hp["seed"])}, {}
+                self.pre.geometry, self.hp.seed)}, {}
 
         passes = {"int8_calibration": int8_calibration, "precisions": precisions,
                   "baseline": drift_baseline}
-        if not self.hp["int8-calibration-images"]:
+        if not self.hp.int8_calibration_images:
             del passes["int8_calibration"]
         return passes
 
@@ -113,7 +115,7 @@ class Exporter:
         ``net``, if it trained at all), marked partial in the manifest, unless the complete
         model is written already. Returns what to say of it in the failure reason."""
         done = run.epochs_done
-        complete = done >= self.hp["epochs"]
+        complete = done >= self.hp.epochs
         if self.written:
             return f"model written from epoch {run.best['epoch']}{self._complete_note()}"
         if run.best_state is not None:
@@ -125,8 +127,8 @@ class Exporter:
             return "no model: stopped before the first training step"
         training = {
             "complete": complete,
-            "stopped_by": stop.signal_name(),
-            "epochs": self.hp["epochs"],
+            "stopped_by": stop_signal.signal_name(),
+            "epochs": self.hp.epochs,
             "epochs_completed": done,
             "epoch_in_progress": None if complete else run.epoch + 1,
             "steps_completed_in_epoch": 0 if complete else run.step,

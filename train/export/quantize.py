@@ -20,8 +20,8 @@ from torch import nn
 
 from contract.artifact import INT8_PROGRAM
 from contract.precisions import import_x86_quantizer
-from train.artifact import save_program
 from train.data import skip_collate
+from train.export.artifact import save_program
 
 logger = logging.getLogger(__name__)
 

@@ -4,17 +4,17 @@ model.tar.gz); its format, file names and manifest checks are the contract's
 
 - ``model.pt2``: a ``torch.export`` program of the eval-mode network, batch dynamic from 1 to
   ``MAX_BATCH``; ``model-int8.pt2`` (optional): the same network quantized to int8 for CPU
-  serving (train/quantize.py), named in ``precisions.int8.program``.
+  serving (train/export/quantize.py), named in ``precisions.int8.program``.
 - ``manifest.json``: architecture, class names in index order, preprocessing (resize, crop, mean,
   std), versions, metrics, hyperparameters, ``program_sha256`` (of ``model.pt2``), and
   ``training``: whether training completed, or where a stop (SIGTERM: StopTrainingJob, a spot
   interruption, MaxRuntimeInSeconds) cut it short and which weights the program holds
   (``complete`` false: a partial model). Then what the optional passes after the export add
-  (train/post_training.py): ``precisions``: the program's top-1 and top-5 accuracy on the test
-  (else valid) channel in fp32 and in each reduced precision serve may run it in
-  (train/precision.py), which serve's choice is gated by; ``baseline``: the distributions the
-  endpoint's drift scores compare against (train/baseline.py); and ``post_training``: each
-  pass's outcome, ``{"int8_calibration"|"precisions"|"baseline": {"status": ..., "reason":
+  (train/export/post_training.py): ``precisions``: the program's top-1 and top-5 accuracy on the
+  test (else valid) channel in fp32 and in each reduced precision serve may run it in
+  (train/export/precision.py), which serve's choice is gated by; ``baseline``: the distributions
+  the endpoint's drift scores compare against (train/export/baseline.py); and ``post_training``:
+  each pass's outcome, ``{"int8_calibration"|"precisions"|"baseline": {"status": ..., "reason":
   ...}}`` with status ``pending`` (not run yet, or the job ended before it), ``done``,
   ``skipped`` (a stop came first: ``reason`` says which signal), ``failed`` (``reason``: the
   error) or ``off`` (not asked for); a done int8 calibration also names its ``program`` and

@@ -1,4 +1,6 @@
-"""Stopping a training job the way SageMaker stops it: SIGTERM, then SIGKILL 120 s later.
+"""The stop signal of a training process: SIGTERM and SIGINT turned into a request that the
+training reads, bounded by a watchdog; what the loop then does with the request is
+train/stop_protocol.py's.
 
 SageMaker sends SIGTERM on StopTrainingJob, on a managed spot interruption and when
 MaxRuntimeInSeconds is reached, and SIGKILL 120 s after it; the API reference
@@ -12,9 +14,9 @@ job fails with a reason that says so. A watchdog bounds the whole stop: ``STOP_D
 after the first signal it writes the failure file and ends the process, so a stop that hangs
 (a stuck data loader, a slow disk) still ends before SIGKILL, keeping what was written
 atomically before it. Work that a stop may cut short (the optional passes after the model is
-written, train/post_training.py) iterates through ``checked()``, which raises ``Stopped`` at
-the next item once a stop is requested. This module imports nothing heavy: the entry program
-installs it first.
+written, train/export/post_training.py) iterates through ``checked()``, which raises
+``StopRequested`` at the next item once a stop is requested. This module imports nothing heavy
+(no torch): the entry program installs it first.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def seconds_since() -> float:
     return 0.0 if _state.at is None else time.monotonic() - _state.at
 
 
-class Stopped(Exception):
+class StopRequested(Exception):
     """A stop was requested while work iterated through ``checked()``: that work is abandoned."""
 
 
@@ -75,17 +77,17 @@ class _Checked:
 
     def __iter__(self) -> Iterator:
         if requested():
-            raise Stopped(f"stopped by {signal_name()}")
+            raise StopRequested(f"stopped by {signal_name()}")
         for item in self.iterable:
             if requested():
-                raise Stopped(f"stopped by {signal_name()}")
+                raise StopRequested(f"stopped by {signal_name()}")
             yield item
 
 
 def checked(iterable: Iterable) -> Iterable:
     """``iterable``'s items (re-iterable when ``iterable`` is), but each pass over them raises
-    ``Stopped`` before it starts and before each item once a stop is requested: a pass over
-    batches ends within a batch of the signal."""
+    ``StopRequested`` before it starts and before each item once a stop is requested: a pass
+    over batches ends within a batch of the signal."""
     return _Checked(iterable)
 
 

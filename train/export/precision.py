@@ -10,7 +10,7 @@ the contract's table (contract/precisions.py) that it measures on its device, un
 fp32's. fp16 is measured on a GPU only (a CPU has no fast fp16).
 
 A precision with a program of its own is measured where the job wrote that program: int8
-(train/quantize.py) on the CPU, as the reference decomposition of that program (serve runs it
+(train/export/quantize.py) on the CPU, as the reference decomposition of that program (serve runs it
 compiled into oneDNN int8 kernels, which round differently in the last bit; the tests hold the
 two to one photo of each other).
 """

@@ -24,7 +24,7 @@ from PIL import Image
 
 from contract import preprocess
 from contract.preprocess import Geometry
-from train import stop
+from train import stop_signal
 
 MAX_CLASS_GROUPS = 10
 IMAGE_SAMPLE = 1000
@@ -51,12 +51,12 @@ def image_statistics(paths: list[str], geometry: Geometry, seed: int = 0) -> np.
     ``paths`` (a seeded sample; unreadable ones left out).
 
     Raises:
-        train.stop.Stopped: a stop was requested (checked before each photo).
+        train.stop_signal.StopRequested: a stop was requested (checked before each photo).
     """
     rng = random.Random(seed)
     sample = rng.sample(paths, min(len(paths), IMAGE_SAMPLE))
     rows = []
-    for path in stop.checked(sample):
+    for path in stop_signal.checked(sample):
         try:
             with open(path, "rb") as f:
                 body = f.read()

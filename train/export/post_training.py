@@ -1,16 +1,16 @@
 """The optional passes after the fp32 artifact is written, and their record in its manifest.
 
-``train.artifact.write`` leaves a complete, servable fp32 artifact. Three passes then add to it,
-in this order, each followed by an atomic rewrite of the manifest:
+``train.export.artifact.write`` leaves a complete, servable fp32 artifact. Three passes then add
+to it, in this order, each followed by an atomic rewrite of the manifest:
 
-- ``int8_calibration``: the int8 program for CPU serving (train/quantize.py);
-- ``precisions``: the programs' accuracy in each serving precision (train/precision.py);
-- ``baseline``: the drift baseline (train/baseline.py).
+- ``int8_calibration``: the int8 program for CPU serving (train/export/quantize.py);
+- ``precisions``: the programs' accuracy in each serving precision (train/export/precision.py);
+- ``baseline``: the drift baseline (train/export/baseline.py).
 
 The model does not depend on them: a pass that fails is logged and recorded, and the others
-still run. A stop (SIGTERM or SIGINT, train/stop.py) ends them: a pass iterates its batches
-through ``train.stop.checked``, so the one in progress is abandoned within a batch of the
-signal, the rest are not started, and the manifest's ``post_training`` section says so
+still run. A stop (SIGTERM or SIGINT, train/stop_signal.py) ends them: a pass iterates its
+batches through ``train.stop_signal.checked``, so the one in progress is abandoned within a batch
+of the signal, the rest are not started, and the manifest's ``post_training`` section says so
 (``skipped``). For resnet50 on 2 vCPUs the passes take minutes (benchmarks/README.md), more
 than the stop watchdog's 100 s; a stop in the job's last minutes must not cost the model.
 """
@@ -21,8 +21,9 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterable
 
-from train import artifact, stop
+from train import stop_signal
 from train.checkpoint import failure_cause
+from train.export import artifact
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +70,11 @@ def run(model_dir: Path, record: dict, passes: dict[str, Pass]) -> dict:
     names = list(passes)
     for i, name in enumerate(names):
         try:
-            if stop.requested():
-                raise stop.Stopped(f"stopped by {stop.signal_name()}")
+            if stop_signal.requested():
+                raise stop_signal.StopRequested(f"stopped by {stop_signal.signal_name()}")
             logger.info("post-training pass %s started", name)
             sections, details = passes[name]()
-        except stop.Stopped as exc:
+        except stop_signal.StopRequested as exc:
             for rest in names[i:]:
                 record[rest] = {"status": "skipped", "reason": str(exc)}
             logger.warning("%s: post-training passes not run: %s; the model is complete (%s)",
