@@ -53,7 +53,9 @@ def add_model_arguments(p) -> None:
     variant's shape. Their defaults are None (not given): ``deploy`` fills in the creation
     defaults above, ``update`` keeps what the endpoint has."""
     add_artifact_arguments(p)
-    p.add_argument("--instance-type", dest="endpoint_instance_type")
+    p.add_argument("--instance-type", dest="endpoint_instance_type", metavar="TYPE",
+                   help="the endpoint's instance type (new endpoint: deploy.toml's "
+                        "endpoint_instance_type, else ml.g5.xlarge)")
     p.add_argument("--instance-types", metavar="TYPE,TYPE,...",
                    help="instance pools: up to 5 types in priority order, SageMaker falling back "
                         "to the next when one has no capacity (in place of --instance-type)")

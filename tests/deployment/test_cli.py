@@ -106,3 +106,21 @@ def test_image_pushed_to_another_region_is_one_line_naming_both(aws, capsys):
     assert code == 1 and err.count("\n") == 1, err
     assert f"is not in ECR in {REGION}" in err and f"{REPO}:v2 is in eu-west-1" in err
     assert "--region eu-west-1" in err and f"DEPLOY_REGION={REGION}" in err
+
+
+def test_docs_cli_md_is_the_parsers_help():
+    """docs/cli.md is generated (python -m deployment.cli --markdown): a changed option fails
+    here until the page is made again."""
+    from deployment.cli import markdown
+    from tests.conftest import ROOT
+
+    assert (ROOT / "docs" / "cli.md").read_text() == markdown()
+
+
+def test_help_shows_each_default_once():
+    from deployment.cli import markdown
+
+    page = markdown()
+    assert "--max-jobs MAX_JOBS           (default: 12)" in page
+    assert "--instance-type TYPE" in page and "ENDPOINT_INSTANCE_TYPE" not in page
+    assert "(default: None)" not in page and "default: the last one) (default" not in page
