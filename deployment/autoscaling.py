@@ -13,10 +13,36 @@ from __future__ import annotations
 from deployment.errors import UserError
 
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
-INVOCATIONS_TARGET = 100.0  # invocations per instance per minute
+# The most requests per second one vCPU answered: 57.8 requests/s at concurrency 16 on a 2-vCPU
+# AMD EPYC instance (int8, the sample photos; the slower of the two CPUs benchmarks/README.md
+# names). GPU types are not measured yet: their vCPUs give a floor.
+MEASURED_REQUESTS_PER_VCPU_S = 57.8 / 2
+# AWS's rule for the target of SageMakerVariantInvocationsPerInstance (a per-minute metric):
+# the highest load-tested requests per second x 0.5 x 60 (SageMaker Developer Guide, "Load
+# testing your auto scaling configuration").
+SAFETY_FACTOR = 0.5
 BACKLOG_TARGET = 5.0  # queued requests per instance: AWS's example value
 # Cooldowns (s): scale out fast, in slowly, as AWS's async example does.
 SCALE_IN_COOLDOWN_S, SCALE_OUT_COOLDOWN_S = 600, 300
+
+
+def vcpus(instance_type: str) -> int:
+    """The vCPUs of an ``ml.FAMILY.SIZE`` type by AWS's size names: medium 1, large 2, xlarge 4,
+    Nxlarge 4N (ml.t2.medium has 2; the rule is a floor)."""
+    size = instance_type.rsplit(".", 1)[-1]
+    if size == "medium":
+        return 1
+    if size == "large":
+        return 2
+    multiple = size.removesuffix("xlarge")
+    return 4 * (int(multiple) if multiple.isdigit() else 1)
+
+
+def invocations_target(instance_type: str) -> float:
+    """The default target of SageMakerVariantInvocationsPerInstance for ``instance_type``, in
+    invocations per instance per minute: the measured requests/s of its vCPUs x SAFETY_FACTOR
+    x 60."""
+    return round(vcpus(instance_type) * MEASURED_REQUESTS_PER_VCPU_S * SAFETY_FACTOR * 60)
 
 
 def resource_id(endpoint: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from deployment import ecr, endpoint_config, models, versions
-from deployment.autoscaling import (BACKLOG_TARGET, INVOCATIONS_TARGET,
+from deployment.autoscaling import (BACKLOG_TARGET, invocations_target, vcpus,
                                     configure_async_autoscaling, configure_autoscaling)
 from deployment.endpoints import (ASYNC_TIMEOUT_S, async_config, async_environment,
                                   check_async_options, endpoint_status, make_predictor_cls)
@@ -25,8 +25,10 @@ def add_arguments(p) -> None:
     models.add_model_arguments(p)
     p.add_argument("--autoscale-max", type=int, help="target-tracking autoscaling up to N")
     p.add_argument("--autoscale-target", type=float,
-                   help=f"invocations per instance per minute (default "
-                        f"{INVOCATIONS_TARGET:g}); with --async, queued requests per instance "
+                   help="invocations per instance per MINUTE (SageMakerVariantInvocationsPer"
+                        "Instance; default: from the instance type's vCPUs, "
+                        f"{invocations_target('ml.m5.xlarge'):g} on 4 vCPUs: half the measured "
+                        "throughput); with --async, queued requests per instance "
                         f"(ApproximateBacklogSizePerInstance, default {BACKLOG_TARGET:g})")
     a = p.add_argument_group("asynchronous endpoint (--async)")
     a.add_argument("--async", dest="asynchronous", action="store_true",
@@ -66,7 +68,8 @@ def run(ctx: Context, args) -> int:
         code = update_model(ctx, UpdateOptions.from_args(args))
         if code == 0 and args.autoscale_max:
             configure_autoscaling(ctx.boto, ctx.get("endpoint"), args.instance_count,
-                                  args.autoscale_max, args.autoscale_target or INVOCATIONS_TARGET)
+                                  args.autoscale_max, args.autoscale_target or invocations_target(
+                                      _instance_type(ctx, ctx.get("endpoint"))))
         return code
     types = endpoint_config.parse_types(args.instance_types)
     if types and (args.serverless or args.endpoint_instance_type):
@@ -140,11 +143,21 @@ def run(ctx: Context, args) -> int:
         configure_async_autoscaling(ctx.boto, endpoint, *scaling,
                                     args.autoscale_target or BACKLOG_TARGET)
     elif scaling:
+        smallest = min(types or [instance_type], key=vcpus)
         configure_autoscaling(ctx.boto, endpoint, *scaling,
-                              args.autoscale_target or INVOCATIONS_TARGET)
+                              args.autoscale_target or invocations_target(smallest))
     print(f"try it: python deploy.py predict {'--async ' if args.asynchronous else ''}"
           f"--endpoint {endpoint} tests/data/dogs/*.jpg")
     return 0
+
+
+def _instance_type(ctx: Context, endpoint: str) -> str:
+    """The instance type an endpoint's config runs (its smallest, for pools)."""
+    sm = ctx.session.sagemaker_client
+    config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    (variant,) = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"][:1]
+    types = [p["InstanceType"] for p in variant.get("InstancePools", [])]
+    return min(types or [variant["InstanceType"]], key=vcpus)
 
 
 def autoscaling_range(args, instance_count: int) -> tuple[int, int] | None:

@@ -36,6 +36,9 @@ def test_deploy_real_time_with_autoscaling_then_delete_twice(aws, capsys):
     assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
     policy = aws.one("PutScalingPolicy", "application-auto-scaling")
     assert policy["PolicyType"] == "TargetTrackingScaling"
+    # 4 vCPUs x 28.9 measured requests/s x 0.5 x 60: invocations per instance per minute.
+    assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 3468
+    assert "target 3468 invocations per instance per minute" in out
     assert "created model" in out and "autoscaling" in out
 
     code, out, _ = run(capsys, "deploy", "--no-wait", "--model-data", model_data,
@@ -320,3 +323,12 @@ def test_env_puts_any_serving_setting_in_the_model_and_serve_checks_it_first(aws
                            "--env", option)
         assert code == 1 and err.startswith(f"error: {line}"), err
         assert sum(len(v) for v in aws.calls.values()) == calls  # nothing sent
+
+
+def test_the_autoscaling_target_follows_the_instance_types_vcpus():
+    from deployment.autoscaling import invocations_target, vcpus
+
+    assert [vcpus(t) for t in ("ml.t2.medium", "ml.c5.large", "ml.m5.xlarge", "ml.c5.9xlarge",
+                               "ml.g5.48xlarge")] == [1, 2, 4, 36, 192]
+    assert invocations_target("ml.c5.large") == 1734  # 2 x 28.9 requests/s x 0.5 x 60
+    assert invocations_target("ml.c5.9xlarge") == 18 * invocations_target("ml.c5.large")
