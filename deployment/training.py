@@ -188,8 +188,9 @@ def best_hyperparameters(sm, tuning_job: str) -> tuple[str, dict[str, str]]:
     best = desc.get("BestTrainingJob")
     if not best:
         raise UserError(f"tuning job {tuning_job} has no best training job yet "
-                        f"({desc['HyperParameterTuningJobStatus']}); wait for it with "
-                        f"python deploy.py tune --attach {tuning_job}")
+                        f"({desc['HyperParameterTuningJobStatus']}); python deploy.py tune --attach "
+                        f"{tuning_job} prints its jobs so far; run this again once one has "
+                        "completed")
     job = sm.describe_training_job(TrainingJobName=best["TrainingJobName"])
     hps = {k: v.strip('"') for k, v in job["HyperParameters"].items()
            if not k.startswith(IGNORED_PREFIXES)}

@@ -124,7 +124,7 @@ def run(ctx: Context, args) -> int:
     print(f"started tuning job {name}: {args.max_jobs} jobs, {args.max_parallel_jobs} at a time, "
           f"objective {args.objective} ({OBJECTIVES[args.objective]})")
     if not args.wait:
-        print(f"follow it with: python deploy.py tune --attach {name}")
+        print(f"see its jobs so far with: python deploy.py tune --attach {name}")
         return 0
     tuner.wait()
     return print_tuning_results(ctx.session.sagemaker_client, name)
