@@ -19,7 +19,7 @@ from pathlib import Path
 COMPOSE_WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
 ENGINE_HELP = ("the SDK's local mode needs a docker command and docker compose (v2, or Debian's "
                "docker-compose 1.29) on a Docker engine, or podman's service through DOCKER_HOST "
-               "(README: 'deploy.py local')")
+               "(docs/operations.md, 'local')")
 
 
 def engine_error(exc: BaseException) -> str | None:

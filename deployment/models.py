@@ -43,7 +43,7 @@ def add_artifact_arguments(p) -> None:
                         f"{DEFAULT_MAX_BATCH_DELAY_MS['cpu']} on CPU, "
                         f"{DEFAULT_MAX_BATCH_DELAY_MS['gpu']} on GPU)")
     p.add_argument("--env", action="append", metavar="NAME=VALUE",
-                   help="any other serving setting in the model's environment (the README's "
+                   help="any other serving setting in the model's environment (docs/serving.md's "
                         "serving table: SERVE_COMPILE=off, SERVE_PRECISION=fp32, ...); repeat "
                         "it for more; checked by serve's own reader before any AWS call")
 

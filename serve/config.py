@@ -2,7 +2,7 @@
 serve/settings_table.py (one row per variable, with SageMaker's names and defaults, and the
 sources of their rules), and the host it reads them on.
 
-``python -m serve.config --markdown`` prints the README's serving table from that table.
+``python -m serve.config --markdown`` prints docs/serving.md's serving table from that table.
 """
 
 from __future__ import annotations

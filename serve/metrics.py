@@ -16,7 +16,7 @@ or instances, alarm on their Maximum.
 GET /metrics (serve/prometheus.py) carries requests and latencies too, as counters and
 histograms for SageMaker's detailed observability; these lines stay for deploy.py monitor's
 alarms and dashboard, which read them, and alone carry confidence, drift and failures by kind
-(README, "Monitoring the endpoint", says which switch does what).
+(docs/serving.md, "Monitoring the endpoint", says which switch does what).
 """
 
 from __future__ import annotations

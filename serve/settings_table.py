@@ -2,7 +2,7 @@
 ``Settings`` field it fills, its parser, its default (a value, or a function of the host and of
 the other variables) and what it accepts and does, in words.
 
-``Settings.from_env`` (serve/config.py) is this table walked; the README's serving table is it
+``Settings.from_env`` (serve/config.py) is this table walked; docs/serving.md's serving table is it
 printed (``python -m serve.config --markdown``; a test compares them); deploy.py's ``--env``
 check reads its names (deployment/models.py). So it imports nothing heavy: no torch, no Flask.
 
@@ -135,7 +135,7 @@ class Reading:
 
 
 def _number(value: int) -> str:
-    """An integer as the README writes it: thousands separated from 10,000 on."""
+    """An integer as docs/serving.md writes it: thousands separated from 10,000 on."""
     return f"{value:,}" if value >= 10_000 else str(value)
 
 
@@ -243,7 +243,7 @@ def _is_on(value: str) -> bool:
 class Setting:
     """One variable: the ``Settings`` field it fills (through ``store``, from the variable's
     unit to the field's), its parser, its default (a value, or a function of the ``Reading``,
-    then ``default_words`` says it for the README) and what it does."""
+    then ``default_words`` says it for docs/serving.md) and what it does."""
 
     variable: str
     field: str
@@ -271,7 +271,7 @@ class Setting:
 
     @property
     def default_cell(self) -> str:
-        """The default as the README says it."""
+        """The default as docs/serving.md says it."""
         if self.default_words:
             return self.default_words
         if isinstance(self.default, str):
@@ -312,7 +312,7 @@ def _body_memory(r: Reading) -> int:
     return max(DEFAULT_BODY_MEMORY_MB, BODY_COPIES["json"] * r["SAGEMAKER_MAX_PAYLOAD_IN_MB"])
 
 
-# README order: SageMaker's variables, then serve's own by subject.
+# docs/serving.md's order: SageMaker's variables, then serve's own by subject.
 ROWS: tuple[Setting, ...] = (
     Setting("SAGEMAKER_MODEL_SERVER_WORKERS", "workers", Integer(),
             lambda r: default_workers(r.gpus, r.cpus),
@@ -429,7 +429,7 @@ BY_VARIABLE = {row.variable: row for row in ROWS}
 
 
 def markdown_table() -> str:
-    """The README's serving table: variable, default, accepted values, what it does."""
+    """docs/serving.md's serving table: variable, default, accepted values, what it does."""
     rows = ["| variable | default | accepted | meaning |", "|---|---|---|---|"]
     rows += [f"| `{row.variable}` | {row.default_cell} | {row.accepted} | {row.help} |"
              for row in ROWS]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's main job (`make demo`): train, serve and classify on this machine, no AWS.
+"""The main job (`make demo`): train, serve and classify on this machine, no AWS.
 
 1. Data: dogImages (tools/dogimages.py: from DOG_IMAGES_URL, the Udacity URL by default;
    reused when data/dogImages is there) and ImageNet weights for resnet50 (PRETRAINED_WEIGHTS, a
@@ -76,7 +76,7 @@ def fallback(reason: str) -> tuple[Path, dict, str, Path | None]:
     print("!! Training on scikit-learn's handwritten digits (shipped in the package) instead,")
     print("!! from scratch. The whole pipeline is the same, but the dog photos below will be")
     print("!! classified as DIGITS: the labels are meaningless for dogs. Set DOG_IMAGES_URL and")
-    print("!! PRETRAINED_WEIGHTS to copies you can reach (see README) for real breeds.")
+    print("!! PRETRAINED_WEIGHTS to copies you can reach (docs/training.md, 'The demo') for real breeds.")
     print("!" * 78, flush=True)
     return datasets.write_digits(OUT / "data" / "digits"), DIGITS, "digits fallback", None
 

@@ -11,7 +11,7 @@ Keys the platform adds are ignored: ``sagemaker_*`` (the toolkit strips them) an
 
 The one schema of the hyperparameters: the training job parses with it (``parse``, into the
 typed ``Hyperparameters`` it reads by attribute), deploy.py checks ``--hp`` names and values with
-it before any AWS call (``validate``), and the README's table is generated from it
+it before any AWS call (``validate``), and docs/training.md's table is generated from it
 (``python -m train.hyperparameters --markdown``; a test compares them). So it imports nothing
 heavy: no toolkit, no torch.
 """
@@ -33,7 +33,7 @@ class HyperparameterError(ValueError):
 @dataclass(frozen=True)
 class Spec:
     """One hyperparameter: its parser (raises ValueError), default, the accepted values in
-    words (for error messages and the README) and what it does (the README)."""
+    words (for error messages and docs/training.md) and what it does (docs/training.md)."""
 
     parse: Callable[[Any], Any]
     default: Any
@@ -263,7 +263,7 @@ def _cell(value: Any) -> str:
 
 
 def markdown_table() -> str:
-    """The README's hyperparameter table: name, default, accepted values, what it does."""
+    """docs/training.md's hyperparameter table: name, default, accepted values, what it does."""
     rows = ["| name | default | accepted | what it does |", "|---|---|---|---|"]
     rows += [f"| `{name}` | `{_cell(spec.default)}` | {spec.accepted} | {spec.help} |"
              for name, spec in SPECS.items()]

@@ -11,7 +11,7 @@ What it holds (each off when not asked for):
   ``/opt/ml/output/data/report/``, written by rank 0.
 
 The managed Debugger service closed to new customers on 2026-07-30; this package is what a new
-account gets instead (README, "Training").
+account gets instead (docs/training.md).
 """
 
 from __future__ import annotations
