@@ -14,14 +14,21 @@ from deployment.output import print_table
 from deployment.settings import DEFAULT_REPOSITORY, ROOT, SPLITS, Context, timestamp
 from deployment.options import TrainingLimits
 from deployment.training import make_estimator
+from train.hyperparameters import names
 
 NAME = "local"
 HELP = "train and deploy on local Docker"
-JOB_OPTIONS = True
+# Only what local mode reads: spot, time limits, volumes, data in S3 and instance preferences are
+# SageMaker's, and the SDK's local mode ignores them.
+JOB_OPTIONS = False
 
 
 def add_arguments(p) -> None:
     """This verb's options."""
+    p.add_argument("--job-name")
+    p.add_argument("--instance-count", type=int, help="training containers (default 1)")
+    p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"hyperparameter, repeatable; names: {', '.join(names())}")
     p.add_argument("--mode", choices=["local", "local_gpu"], default="local")
     p.add_argument("--image-tag", default=f"{DEFAULT_REPOSITORY}:latest",
                    help="local image (default sagemaker-dog-breeds:latest)")
@@ -77,7 +84,8 @@ def _train_deploy_classify(ctx: Context, args, inputs: dict, hyperparameters: di
     region = ctx.get("region") or "us-east-1"
     session = local_mode.make_session(sessions.make_boto_session(region), args.port, container_root)
     image = args.image_tag
-    estimator = make_estimator(ctx, TrainingLimits.from_args(args), hyperparameters,
+    limits = TrainingLimits(max_run=24 * 3600, volume_size=50, job_name=args.job_name)
+    estimator = make_estimator(ctx, limits, hyperparameters,
                                session=session, image=image,
                                role=LOCAL_ROLE, output_path=f"file://{out}", spot=False)
     estimator.instance_type = args.mode
