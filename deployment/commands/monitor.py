@@ -9,8 +9,10 @@ lines on stdout, serve/metrics.py): SageMaker Model Monitor is closed to new cus
 from __future__ import annotations
 
 import json
+import sys
 
 from deployment.cloudwatch import dashboard_body, dashboard_name, delete, put_alarms
+from deployment.errors import UserError
 from deployment.settings import Context, save_state
 from tools import monitoring
 
@@ -23,14 +25,34 @@ def add_arguments(p) -> None:
     """This verb's options."""
     p.add_argument("--latency-p99-ms", type=float, default=1000.0,
                    help="alarm when a worker's p99 latency is over this (default 1000)")
-    p.add_argument("--error-rate", type=float, default=0.05,
-                   help="alarm when this share of invocations answer 5xx (default 0.05)")
+    p.add_argument("--error-percent", type=float, default=5.0, metavar="PERCENT",
+                   help="alarm when this percentage of invocations answer 5xx, 0-100 (default 5, "
+                        "as --capture and the update strategies' percentages)")
+    p.add_argument("--error-rate", type=float, metavar="SHARE",
+                   help="deprecated: the same as a share, 0-1 (0.05 is --error-percent 5)")
     p.add_argument("--queue-depth", type=float, default=monitoring.QUEUE_DEPTH,
                    help="alarm when a worker's queue holds more jobs than this (default "
                         f"{monitoring.QUEUE_DEPTH:g})")
     p.add_argument("--sns-topic", help="SNS topic ARN the alarms notify")
     p.add_argument("--variant", default="AllTraffic", help="production variant (AllTraffic)")
     p.add_argument("--delete", action="store_true", help="remove the alarms and the dashboard")
+
+
+def error_share(args) -> float:
+    """The error-rate alarm's threshold as a share (0-1): --error-percent / 100, or the
+    deprecated --error-rate (said on stderr).
+
+    Raises:
+        UserError: a percentage outside (0, 100).
+    """
+    if args.error_rate is not None:
+        print(f"warning: --error-rate is deprecated; use --error-percent "
+              f"{args.error_rate * 100:g}", file=sys.stderr)
+        return args.error_rate
+    if not 0 < args.error_percent < 100:
+        raise UserError(f"--error-percent {args.error_percent:g}: a percentage between 0 and "
+                        "100, e.g. 5")
+    return args.error_percent / 100
 
 
 def run(ctx: Context, args) -> int:
@@ -40,7 +62,7 @@ def run(ctx: Context, args) -> int:
     if args.delete:
         delete(cw, endpoint)
         return 0
-    names = put_alarms(cw, endpoint, args.variant, args.latency_p99_ms, args.error_rate,
+    names = put_alarms(cw, endpoint, args.variant, args.latency_p99_ms, error_share(args),
                        args.sns_topic, args.queue_depth)
     body = dashboard_body(endpoint, args.variant, ctx.region)
     cw.put_dashboard(DashboardName=dashboard_name(endpoint), DashboardBody=json.dumps(body))

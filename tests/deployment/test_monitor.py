@@ -54,4 +54,17 @@ def test_monitor_puts_alarms_and_a_dashboard_idempotently_and_delete_removes_the
 def test_monitor_rejects_a_bad_error_rate_before_any_call(aws, capsys):
     code, out, err = run(capsys, "monitor", "--endpoint", "dogs-ep", "--error-rate", "5")
     assert code == 1 and "--error-rate 5.0: a share between 0 and 1" in err
+    assert "warning: --error-rate is deprecated; use --error-percent 500" in err
+    code, out, err = run(capsys, "monitor", "--endpoint", "dogs-ep", "--error-percent", "150")
+    assert code == 1 and "--error-percent 150: a percentage between 0 and 100" in err
     assert not aws.calls[("cloudwatch", "PutMetricAlarm")]
+
+
+def test_the_error_alarm_takes_a_percentage_as_every_other_percent_flag(aws, capsys):
+    code, _, err = run(capsys, "monitor", "--endpoint", "dogs-ep", "--error-percent", "2")
+    assert code == 0, err
+    code, _, err = run(capsys, "monitor", "--endpoint", "dogs-ep", "--error-rate", "0.02")
+    assert code == 0 and "deprecated" in err
+    first, second = [[c for c in aws.calls[("cloudwatch", "PutMetricAlarm")]
+                      if c["AlarmName"] == "dogs-ep-error-rate"][i] for i in (0, 1)]
+    assert first["Threshold"] == second["Threshold"] == 0.02
