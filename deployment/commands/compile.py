@@ -6,6 +6,7 @@ requests as fast as the rest (autoscaling, blue/green updates, serverless cold s
 from __future__ import annotations
 
 from container import gpu_hosts
+from deployment.aliases import renamed
 from deployment.errors import UserError
 from deployment.models import add_artifact_arguments, model_data_uri, serving_environment
 from deployment.options import ArtifactOptions, ServingOptions
@@ -24,7 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--instance-type", dest="compile_instance_type", required=True,
                    help="the endpoint's instance type: the packages are built on it and only "
                         "hosts of its kind load them")
-    p.add_argument("--output", help="S3 folder of the new model.tar.gz (default "
+    renamed(p, "--output-path", "--output", help="S3 folder of the new model.tar.gz (default "
                                     "s3://BUCKET/PREFIX/compiled/JOB/)")
     p.add_argument("--job-name", help="default dog-breeds-compile-YYMMDD-HHMMSS")
     p.add_argument("--no-wait", dest="wait", action="store_false")
@@ -46,7 +47,7 @@ def run(ctx: Context, args) -> int:
                               container="the compile job's container")
     model_data = model_data_uri(ctx, ArtifactOptions.from_args(args))
     name = args.job_name or f"dog-breeds-compile-{timestamp()}"
-    output = (args.output or f"{ctx.s3_prefix()}/compiled/{name}").rstrip("/")
+    output = (args.output_path or f"{ctx.s3_prefix()}/compiled/{name}").rstrip("/")
     processor = Processor(role=ctx.role(), image_uri=ctx.image(), instance_count=1,
                           instance_type=args.compile_instance_type, entrypoint=["compile"],
                           env=env or None, base_job_name="dog-breeds-compile",

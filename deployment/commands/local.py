@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from deployment.aliases import renamed
 from deployment import local_mode, sessions
 from deployment.endpoints import make_predictor_cls, predict_table
 from deployment.errors import UserError
@@ -33,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--image-tag", default=f"{DEFAULT_REPOSITORY}:latest",
                    help="local image (default sagemaker-dog-breeds:latest)")
     p.add_argument("--data-dir", required=True, help="local ImageFolder tree")
-    p.add_argument("--output", default="out/local",
+    renamed(p, "--output-dir", "--output", default="out/local",
                    help="where each job's model.tar.gz and output.tar.gz go (OUTPUT/JOB/)")
     p.add_argument("--checkpoints", help="resume: a stopped job's output.tar.gz or a folder of "
                                          "checkpoints (the job's checkpoints channel)")
@@ -60,7 +61,7 @@ def run(ctx: Context, args) -> int:
         inputs["checkpoints"] = f"file://{checkpoints}"
     hyperparameters = parse_hyperparameters(args.hp)
     job_name = args.job_name or f"dog-breeds-local-{timestamp()}"
-    out = Path(args.output).resolve() / job_name
+    out = Path(args.output_dir).resolve() / job_name
     out.mkdir(parents=True, exist_ok=True)
     container_root = Path(tempfile.mkdtemp(prefix="sagemaker-local-"))
     try:

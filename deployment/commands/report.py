@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from deployment.aliases import renamed
 from deployment.errors import UserError
 from deployment.output import print_table
 from deployment.settings import Context
@@ -17,7 +18,7 @@ JOB_OPTIONS = False
 def add_arguments(p) -> None:
     """This verb's options."""
     p.add_argument("training_job", help="training job name")
-    p.add_argument("--output", default="out/reports", help="where the report is unpacked")
+    renamed(p, "--output-dir", "--output", default="out/reports", help="where the report is unpacked")
     p.add_argument("--open", action="store_true", help="open report.html in a browser")
 
 
@@ -33,7 +34,7 @@ def run(ctx: Context, args) -> int:
     output = job.get("OutputDataConfig", {}).get("S3OutputPath", "").rstrip("/")
     uri = f"{output}/{name}/output/output.tar.gz"
     bucket, _, key = uri.removeprefix("s3://").partition("/")
-    dest = Path(args.output) / name
+    dest = Path(args.output_dir) / name
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / "output.tar.gz"
     try:

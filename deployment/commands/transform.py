@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from container import gpu_hosts
+from deployment.aliases import renamed
 from deployment import transform
 from deployment.errors import UserError
 from deployment.models import (add_artifact_arguments, base_environment, check_seconds,
@@ -27,7 +28,7 @@ def add_arguments(p) -> None:
     """This verb's options."""
     p.add_argument("--input", help="S3 folder of photos, at any depth (class folders give "
                                    "the accuracy per class)")
-    p.add_argument("--output", help="S3 folder of the .out answers (default "
+    renamed(p, "--output-path", "--output", help="S3 folder of the .out answers (default "
                                     "s3://BUCKET/PREFIX/transform-output/JOB/)")
     p.add_argument("--jsonlines", action="store_true",
                    help="pack the photos into JSON Lines files and send many a request "
@@ -79,7 +80,7 @@ def start(ctx: Context, args, job: str) -> tuple[transform.Inputs, str]:
     s3 = ctx.boto.client("s3")
     photos = transform.list_photos(s3, args.input)
     model_data = model_data_uri(ctx, ArtifactOptions.from_args(args))
-    output = transform.folder_uri(args.output or f"{ctx.s3_prefix()}/transform-output/{job}")
+    output = transform.folder_uri(args.output_path or f"{ctx.s3_prefix()}/transform-output/{job}")
     if args.jsonlines:
         inputs, longest = transform.pack_jsonlines(
             s3, photos, f"{ctx.s3_prefix()}/transform-input/{job}")

@@ -174,7 +174,7 @@ def deploy_py_local(engine, image, digits_dir):
     env.pop("SAGEMAKER_USER_CONFIG_OVERRIDE", None)
     run = subprocess.run(
         [sys.executable, str(ROOT / "deploy.py"), "local", "--region", REGION, "--image-tag",
-         image, "--data-dir", str(digits_dir), "--output", str(out), "--job-name", job,
+         image, "--data-dir", str(digits_dir), "--output-dir", str(out), "--job-name", job,
          "--port", str(free_port()), *hp],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, env=env,
         cwd=ROOT)

@@ -41,7 +41,7 @@ def test_local_builds_local_session_train_and_deploy(capsys, monkeypatch, tmp_pa
     monkeypatch.setattr(Estimator, "model_data", property(lambda self: self._fake_model))
     monkeypatch.setattr(Model, "deploy", deploy_)
     code, out, err = run(capsys, "local", "--data-dir", str(data), "--mode", "local_gpu",
-                         "--hp", "epochs=1", "--output", str(tmp_path / "out"),
+                         "--hp", "epochs=1", "--output-dir", str(tmp_path / "out"),
                          "--images", str(DOG_PHOTOS[0]))
     assert code == 0, err
     est, inputs, _ = seen["fit"]

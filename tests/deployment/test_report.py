@@ -31,7 +31,7 @@ def test_report_downloads_and_prints_the_rules(aws, capsys, trained_job, tmp_pat
                     recursive=False)
     boto3.client("s3", region_name=REGION).put_object(
         Bucket=BUCKET, Key="output/dogs-1/output/output.tar.gz", Body=buf.getvalue())
-    code, out, err = run(capsys, "report", "dogs-1", "--output", str(tmp_path / "reports"))
+    code, out, err = run(capsys, "report", "dogs-1", "--output-dir", str(tmp_path / "reports"))
     assert code == 0, err
     assert "0 of 12 rules triggered" in out
     for rule in ("VanishingGradient", "Overfit", "StepOutlier", "LowGPUUtilization"):
@@ -42,10 +42,15 @@ def test_report_downloads_and_prints_the_rules(aws, capsys, trained_job, tmp_pat
 
 def test_report_before_the_job_wrote_output_is_one_line(aws, capsys, tmp_path):  # noqa: F811
     _job("dogs-2")
-    code, out, err = run(capsys, "report", "dogs-2", "--output", str(tmp_path))
+    code, out, err = run(capsys, "report", "dogs-2", "--output-dir", str(tmp_path))
     assert code == 1 and "has written no output yet" in err and "Traceback" not in err
 
 
 def test_report_of_an_unknown_job_is_one_line(aws, capsys, tmp_path):  # noqa: F811
-    code, out, err = run(capsys, "report", "nope", "--output", str(tmp_path))
+    code, out, err = run(capsys, "report", "nope", "--output-dir", str(tmp_path))
     assert code == 1 and err.count("\n") == 1
+
+
+def test_the_old_output_flag_still_works_and_says_its_new_name(aws, capsys, tmp_path):
+    code, out, err = run(capsys, "report", "nope", "--output", str(tmp_path))
+    assert code == 1 and "warning: --output is deprecated; use --output-dir" in err
