@@ -156,3 +156,33 @@ def test_training_preferences_are_refused_in_one_line_before_any_aws_call(aws, c
     code, _, err = run(capsys, "train", "--no-wait", *options)
     assert code == 1 and says in err and err.count("\n") == 1, err
     assert not aws.calls[("sagemaker", "CreateTrainingJob")]
+
+
+def test_train_attach_follows_a_started_job_to_its_model(aws, capsys, monkeypatch):
+    import time
+
+    # The SDK's logs_for_job sleeps 5 s before its first look (and LOG_POLL_S between looks);
+    # moto's job is complete at once.
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    code, out, err = run(capsys, "train", "--no-wait", "--job-name", "dogs-3")
+    assert code == 0 and "follow it with: python deploy.py train --attach dogs-3" in out, err
+    code, out, err = run(capsys, "train", "--attach", "dogs-3")
+    assert code == 0, err
+    model = aws.calls[("sagemaker", "DescribeTrainingJob")][-1]["TrainingJobName"]
+    assert model == "dogs-3" and "model: s3://" in out
+    assert "deploy it with: python deploy.py deploy --training-job dogs-3" in out
+
+
+def test_an_interrupted_train_says_the_job_keeps_running_and_how_to_follow_or_stop_it(
+        aws, capsys, monkeypatch):
+    from sagemaker.estimator import Estimator
+
+    def fit(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Estimator, "fit", fit)
+    code, _, err = run(capsys, "train", "--job-name", "dogs-4")
+    assert code == 130
+    assert "training job dogs-4, once started, keeps running in AWS" in err
+    assert "python deploy.py train --attach dogs-4" in err
+    assert "aws sagemaker stop-training-job --training-job-name dogs-4" in err
