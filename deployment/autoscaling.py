@@ -13,9 +13,9 @@ from __future__ import annotations
 from deployment.errors import UserError
 
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
-# The most requests per second one vCPU answered: 57.8 requests/s at concurrency 16 on a 2-vCPU
-# AMD EPYC instance (int8, the sample photos; the slower of the two CPUs benchmarks/README.md
-# names). GPU types are not measured yet: their vCPUs give a floor.
+# The most requests per second one vCPU answered: 57.8 at concurrency 16 on a 2-vCPU AMD EPYC
+# (benchmarks/README.md, "Throughput per vCPU"). GPU types are not measured: their vCPUs give a
+# floor.
 MEASURED_REQUESTS_PER_VCPU_S = 57.8 / 2
 # AWS's rule for the target of SageMakerVariantInvocationsPerInstance (a per-minute metric):
 # the highest load-tested requests per second x 0.5 x 60 (SageMaker Developer Guide, "Load

@@ -150,19 +150,21 @@ def preferring(client, types: list[str], count: int):
     place of InstanceType and InstanceCount), and a tuning job's training jobs go through the
     types in order (HyperParameterTuningResourceConfig.InstanceConfigs with AllocationStrategy
     Prioritized); SageMaker API reference. Nothing changes when ``types`` is empty."""
+    if not types:
+        return contextlib.nullcontext()
+
     def prefer(params: dict) -> None:
-        if types:
-            resources = params["ResourceConfig"]
-            resources.pop("InstanceType", None)
-            resources.pop("InstanceCount", None)
-            resources["InstancePreferences"] = [{"InstanceType": t, "InstanceCount": count}
-                                                for t in types]
+        resources = params["ResourceConfig"]
+        resources.pop("InstanceType", None)
+        resources.pop("InstanceCount", None)
+        resources["InstancePreferences"] = [{"InstanceType": t, "InstanceCount": count}
+                                            for t in types]
 
     def prioritize(params: dict) -> None:
         definition = params["TrainingJobDefinition"]
         resources = definition.get("HyperParameterTuningResourceConfig") or definition.get(
             "ResourceConfig")
-        if types and resources is not None:
+        if resources is not None:
             volume = resources.get("VolumeSizeInGB")
             definition.pop("ResourceConfig", None)
             definition["HyperParameterTuningResourceConfig"] = {

@@ -29,6 +29,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from deployment import storage
 from deployment.errors import UserError
 from serve.batch_transform import TRANSFORM_MAX_PAYLOAD_MB
 from serve.settings_table import DEFAULT_MAX_PAYLOAD_MB
@@ -86,12 +87,8 @@ def folder_uri(uri: str) -> str:
 def list_objects(s3, uri: str) -> dict[str, int]:
     """Every object under the S3 prefix ``uri``: its key relative to the prefix -> bytes."""
     bucket, prefix = split_uri(uri)
-    found = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if not obj["Key"].endswith("/"):
-                found[obj["Key"][len(prefix):]] = obj["Size"]
-    return found
+    found = storage.objects(s3, bucket, prefix)
+    return {key[len(prefix):]: obj["Size"] for key, obj in found.items() if not key.endswith("/")}
 
 
 def list_photos(s3, uri: str) -> Inputs:

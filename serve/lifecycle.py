@@ -203,7 +203,11 @@ class ModelHolder:
         loaded_s = time.perf_counter() - start
         hearers = [m.queue_changed for m in (self.prometheus, self.metrics) if m is not None]
         if hearers:
-            scheduler.on_queue = lambda depth: [hear(depth) for hear in hearers]
+            def on_queue(depth: int) -> None:
+                for hear in hearers:
+                    hear(depth)
+
+            scheduler.on_queue = on_queue
         if self.prometheus is not None:
             self.prometheus.model_loaded(loaded_s)
             self.prometheus.model_changed(classifier.version, classifier.describe())

@@ -13,7 +13,7 @@ from deployment.endpoints import (ASYNC_TIMEOUT_S, async_config, async_environme
 from deployment.errors import UserError
 from deployment.settings import Context, save_state
 from deployment.options import ArtifactOptions, AsyncOptions, ServingOptions, UpdateOptions
-from deployment.updates import update_model
+from deployment.updates import pool_types, update_model
 
 NAME = "deploy"
 HELP = "model, endpoint config and endpoint"
@@ -156,8 +156,7 @@ def _instance_type(ctx: Context, endpoint: str) -> str:
     sm = ctx.session.sagemaker_client
     config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
     (variant,) = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"][:1]
-    types = [p["InstanceType"] for p in variant.get("InstancePools", [])]
-    return min(types or [variant["InstanceType"]], key=vcpus)
+    return min(pool_types(variant) or [variant["InstanceType"]], key=vcpus)
 
 
 def autoscaling_range(args, instance_count: int) -> tuple[int, int] | None:
