@@ -26,4 +26,4 @@ def renamed(p, new: str, old: str, **kwargs) -> None:
     alias."""
     action = p.add_argument(new, **kwargs)
     p.add_argument(old, dest=action.dest, action=Deprecated, new=new, default=argparse.SUPPRESS,
-                   metavar=action.metavar)
+                   metavar=action.metavar, type=action.type)

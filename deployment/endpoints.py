@@ -46,7 +46,7 @@ def check_async_options(options: AsyncOptions) -> None:
         check_seconds("--invocation-timeout", options.invocation_timeout)
     n = options.max_concurrent_invocations
     if n is not None and not 1 <= n <= MAX_CONCURRENT_INVOCATIONS:
-        raise UserError(f"--max-concurrent-invocations {n}: from 1 to "
+        raise UserError(f"--async-concurrency {n}: from 1 to "
                         f"{MAX_CONCURRENT_INVOCATIONS} (MaxConcurrentInvocationsPerInstance)")
     for option in ("sns_success", "sns_error"):
         topic = getattr(options, option)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from container import gpu_hosts
 from contract.artifact import MAX_BATCH
+from deployment.aliases import renamed
 from deployment.errors import UserError
 from deployment.options import ArtifactOptions, ServingOptions
 from deployment.settings import Context, load_state
@@ -76,8 +77,9 @@ def add_model_arguments(p) -> None:
     p.add_argument("--serverless", action="store_true")
     p.add_argument("--memory-mb", type=int,
                    help=f"serverless memory (new endpoint: {DEFAULT_MEMORY_MB})")
-    p.add_argument("--max-concurrency", type=int,
-                   help=f"serverless concurrency (new endpoint: {DEFAULT_MAX_CONCURRENCY})")
+    renamed(p, "--serverless-concurrency", "--max-concurrency", dest="max_concurrency", type=int,
+            metavar="N", help="serverless: requests the endpoint works on at once (MaxConcurrency; "
+                              f"new endpoint: {DEFAULT_MAX_CONCURRENCY})")
     p.add_argument("--capture", type=int, metavar="PERCENT",
                    help="capture this share of requests to S3 (SageMaker data capture; off by "
                         "default)")

@@ -10,6 +10,7 @@ from deployment.autoscaling import (BACKLOG_TARGET, invocations_target, vcpus,
                                     configure_async_autoscaling, configure_autoscaling)
 from deployment.endpoints import (ASYNC_TIMEOUT_S, async_config, async_environment,
                                   check_async_options, endpoint_status, make_predictor_cls)
+from deployment.aliases import renamed
 from deployment.errors import UserError
 from deployment.settings import Context, save_state
 from deployment.options import ArtifactOptions, AsyncOptions, ServingOptions, UpdateOptions
@@ -39,8 +40,10 @@ def add_arguments(p) -> None:
                                           "s3://BUCKET/PREFIX/async-failures/ENDPOINT)")
     a.add_argument("--sns-success", metavar="TOPIC_ARN", help="SNS topic told of each answer")
     a.add_argument("--sns-error", metavar="TOPIC_ARN", help="SNS topic told of each error")
-    a.add_argument("--max-concurrent-invocations", type=int, metavar="N",
-                   help="MaxConcurrentInvocationsPerInstance, 1-1000 (default: SageMaker's)")
+    renamed(a, "--async-concurrency", "--max-concurrent-invocations",
+            dest="max_concurrent_invocations", type=int, metavar="N",
+            help="asynchronous: requests each instance works on at once, 1-1000 "
+                 "(MaxConcurrentInvocationsPerInstance; default: SageMaker's)")
     a.add_argument("--invocation-timeout", type=int, metavar="S",
                    help=f"seconds one request may take, 1-3600 (default {ASYNC_TIMEOUT_S}, "
                         "InvokeEndpointAsync's)")

@@ -12,6 +12,7 @@ import json
 import sys
 
 from deployment.cloudwatch import dashboard_body, dashboard_name, delete, put_alarms
+from deployment.aliases import renamed
 from deployment.errors import UserError
 from deployment.settings import Context, save_state
 from tools import monitoring
@@ -33,7 +34,8 @@ def add_arguments(p) -> None:
     p.add_argument("--queue-depth", type=float, default=monitoring.QUEUE_DEPTH,
                    help="alarm when a worker's queue holds more jobs than this (default "
                         f"{monitoring.QUEUE_DEPTH:g})")
-    p.add_argument("--sns-topic", help="SNS topic ARN the alarms notify")
+    renamed(p, "--sns-alarm", "--sns-topic", dest="sns_topic", metavar="TOPIC_ARN",
+            help="SNS topic told of each alarm's change (as --sns-success and --sns-error)")
     p.add_argument("--variant", default="AllTraffic", help="production variant (AllTraffic)")
     p.add_argument("--delete", action="store_true", help="remove the alarms and the dashboard")
 

@@ -27,7 +27,7 @@ def deploy_async(capsys, *options):
 def test_deploy_async_that_scales_to_zero_then_delete(aws, capsys):
     code, out, err = deploy_async(capsys, "--output-path", f"s3://{BUCKET}/answers",
                                   "--sns-success", SUCCESS, "--sns-error", ERROR,
-                                  "--max-concurrent-invocations", "48",
+                                  "--async-concurrency", "48",
                                   "--invocation-timeout", "1800", "--autoscale-max", "3",
                                   "--min-instances", "0")
     assert code == 0, err
@@ -100,8 +100,8 @@ def test_deploy_async_defaults(aws, capsys):
      "zero)"),
     (["--min-instances", "0"], "--min-instances needs --autoscale-max N: it is autoscaling's "
                                "minimum"),
-    (["--async", "--max-concurrent-invocations", "0"],
-     "--max-concurrent-invocations 0: from 1 to 1000 (MaxConcurrentInvocationsPerInstance)"),
+    (["--async", "--async-concurrency", "0"],
+     "--async-concurrency 0: from 1 to 1000 (MaxConcurrentInvocationsPerInstance)"),
     (["--async", "--invocation-timeout", "4000"],
      "--invocation-timeout 4000: seconds from 1 to 3600 (SageMaker's limit for transform jobs "
      "and asynchronous endpoints)"),

@@ -9,7 +9,7 @@ from tests.deployment.conftest import ACCOUNT, REGION, run
 
 def test_monitor_puts_alarms_and_a_dashboard_idempotently_and_delete_removes_them(aws, capsys):
     topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:dogs-alarms"
-    argv = ("monitor", "--endpoint", "dogs-ep", "--latency-p99-ms", "800", "--sns-topic", topic,
+    argv = ("monitor", "--endpoint", "dogs-ep", "--latency-p99-ms", "800", "--sns-alarm", topic,
             "--queue-depth", "24")
     code, out, err = run(capsys, *argv)
     assert code == 0, err

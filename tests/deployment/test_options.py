@@ -54,3 +54,22 @@ def test_deployment_library_modules_take_no_command_line():
                     node.name != "from_args" and "args" in [a.arg for a in node.args.args]:
                 found.append(f"{path.name}:{node.lineno} {node.name}")
     assert not found
+
+
+def test_renamed_options_keep_their_old_names_with_a_warning(capsys):
+    """Concurrency is ``--*-concurrency`` and SNS topics ``--sns-*`` in every verb; the old names
+    still parse into the same destination and say which name to use."""
+    parser = build_parser()
+    for verb, new, old, dest in (("deploy", "--serverless-concurrency", "--max-concurrency",
+                                  "max_concurrency"),
+                                 ("update", "--serverless-concurrency", "--max-concurrency",
+                                  "max_concurrency"),
+                                 ("deploy", "--async-concurrency", "--max-concurrent-invocations",
+                                  "max_concurrent_invocations"),
+                                 ("monitor", "--sns-alarm", "--sns-topic", "sns_topic")):
+        value = "arn:aws:sns:eu-west-1:111122223333:t" if dest == "sns_topic" else "7"
+        expected = value if dest == "sns_topic" else 7
+        assert getattr(parser.parse_args([verb, new, value]), dest) == expected
+        assert capsys.readouterr().err == ""
+        assert getattr(parser.parse_args([verb, old, value]), dest) == expected
+        assert f"warning: {old} is deprecated; use {new}" in capsys.readouterr().err

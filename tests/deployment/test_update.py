@@ -114,7 +114,7 @@ def test_each_strategy_sends_its_deployment_config_and_keeps_the_endpoints_shape
 def test_a_serverless_endpoint_updates_all_at_once_and_keeps_its_memory(fake, aws, capsys):
     endpoint(capsys, "--serverless", "--memory-mb", "4096")
     code, out, err = run(capsys, "update", "--model-data", M2, "--endpoint", "dogs-ep",
-                         "--max-concurrency", "8")
+                         "--serverless-concurrency", "8")
     assert code == 0, err
     assert aws.one("UpdateEndpoint")["DeploymentConfig"] == blue_green(
         {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}, 2100)
