@@ -21,7 +21,18 @@ concurrency-1 throughput (>= 2.5), with the top-1 agreement of the two on the sa
 on flipped and cropped copies of them (a random-weights model: its top-1 margins are thin, so
 this is a harsh check).
 
+With ``--stages``, each server is also driven at concurrency 1, 8, 16 and 32 and every
+core-millisecond of the worker is accounted for, per request: the request threads' decode and
+the rest of their work in the app (the server's own ``decode_cpu_ms`` and ``cpu_ms``), their work
+outside it (gunicorn's HTTP parsing and writing, the access log), the model thread with torch's
+intra-op threads (batching and the forward), the worker's main thread and its other threads,
+the gunicorn master and this load client, read from /proc's per-thread schedstat by the OS
+thread names serve/threads.py gives. It sets their sum against the wall time of the two cores
+and the throughput against the decode + forward limit measured in the same run:
+1000 / (bare max-batch forward ms per image + concurrency-1 decode CPU ms per image / cores).
+
     .venv/bin/python benchmarks/bench_serve.py [--requests 48] [--arch resnet50] [--compare]
+                                               [--stages]
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -84,6 +96,195 @@ def run_load(url: str, bodies: list[bytes], n: int, concurrency: int) -> tuple[l
     return latencies, n / (time.perf_counter() - start)
 
 
+STAGE_CONCURRENCY = (1, 8, 16, 32)
+# The accounting's rows: (name, what it holds), in ms of CPU per request.
+STAGES = (("decode", "request threads: decode and resize"),
+          ("app", "request threads: body, parse, answer (app)"),
+          ("http", "request threads: gunicorn HTTP, access log"),
+          ("model", "model + intra-op threads: batch, forward"),
+          ("main", "worker main thread: accept, keep-alive"),
+          ("other", "worker's other threads (metrics, load)"),
+          ("master", "gunicorn master"),
+          ("client", "this load client (not on an endpoint)"))
+
+
+def thread_cpu_ms(pids: set[int]) -> dict[str, float]:
+    """CPU time in ms of each kind of thread of the processes ``pids``: the first field of
+    /proc/PID/task/TID/schedstat (ns on a CPU), by the thread's OS name (serve/threads.py);
+    a process's first thread is ``main``, an unnamed one ``other``."""
+    out: dict[str, float] = defaultdict(float)
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                comm = (task / "comm").read_text().strip()
+                ns = int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            kind = comm if comm.startswith("serve-") else (
+                "main" if int(task.name) == pid else "other")
+            out[kind] += ns / 1e6
+    return out
+
+
+def access_lines(log: Path, offset: int) -> tuple[list[dict], int]:
+    """The invocations' access-log records the server wrote to ``log`` after byte ``offset``,
+    and the new offset."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        text = f.read()
+    records = []
+    for line in text.decode(errors="replace").splitlines():
+        start = line.find('{"method"')
+        if start >= 0 and '"/invocations"' in line:
+            records.append(json.loads(line[start:]))
+    return records, offset + len(text)
+
+
+def stage_row(server, log: Path, bodies: list[bytes], requests: int, concurrency: int) -> dict:
+    """One load row with its CPU accounting: ms of CPU per request by stage (``STAGES``), the
+    throughput, the wall ms per request and the mean batch size."""
+    workers = server.worker_pids()
+    _, offset = access_lines(log, 0)
+    before = thread_cpu_ms(workers), thread_cpu_ms({server.proc.pid}), time.process_time()
+    latencies, rps = run_load(server.url, bodies, requests, concurrency)
+    after = thread_cpu_ms(workers), thread_cpu_ms({server.proc.pid}), time.process_time()
+    time.sleep(0.2)  # the last access-log lines
+    records, _ = access_lines(log, offset)
+    records = records[-requests:]  # the connecting requests came first
+    n = len(records)
+    worker = {k: after[0][k] - before[0].get(k, 0.0) for k in after[0]}
+    total = sum(worker.values())
+    # run_load's connecting requests are in the CPU snapshots too: scale them out.
+    share = requests / (requests + concurrency)
+    decode = sum(r.get("decode_cpu_ms", 0.0) for r in records) / n
+    app = sum(r.get("cpu_ms", 0.0) for r in records) / n - decode
+    request_threads = worker.get("serve-request", 0.0) * share / requests
+    row = {"decode": decode, "app": app, "http": request_threads - decode - app,
+           "model": worker.get("serve-model", 0.0) * share / requests,
+           "main": worker.get("main", 0.0) * share / requests,
+           "other": (total - sum(worker.get(k, 0.0) for k in ("serve-request", "serve-model",
+                                                               "main"))) * share / requests,
+           "master": (sum(after[1].values()) - sum(before[1].values())) * share / requests,
+           "client": (after[2] - before[2]) * 1000 * share / requests}
+    return {"stages": row, "rps": rps, "wall_ms": 1000 / rps, "latencies": latencies,
+            "batch": sum(r.get("batch_size", 1) for r in records) / n,
+            "decode_wall": sum(r.get("decode_ms", 0.0) for r in records) / n,
+            "queue": sum(r.get("queue_ms", 0.0) for r in records) / n,
+            "compute": sum(r.get("compute_ms", 0.0) for r in records) / n}
+
+
+def report_stages(m: dict, cores: int, limit: float | None = None) -> None:
+    """The accounting table of one server, and its throughput against the limit (measured
+    from its own rows unless given)."""
+    rows = m["stages"]
+    decode_c1 = rows[1]["stages"]["decode"]
+    limit = limit or 1000 / (m["bmax"] + decode_c1 / cores)
+    print(f"decode + forward limit: 1000 / ({m['bmax']:.1f} + {decode_c1:.1f} / {cores}) = "
+          f"{limit:.1f} images/s")
+    print(f"{'ms of CPU per request, by stage':<54}" + "".join(f"{'c' + str(c):>9}" for c in rows))
+    for name, what in STAGES:
+        print(f"  {name:<7} {what:<44}" + "".join(
+            f"{r['stages'][name]:>9.2f}" for r in rows.values()))
+    lines = (("sum", lambda r: sum(r["stages"].values())),
+             (f"{cores} cores x wall ms per request", lambda r: cores * r["wall_ms"]),
+             ("idle", lambda r: cores * r["wall_ms"] - sum(r["stages"].values())),
+             ("wall: decode (mean)", lambda r: r["decode_wall"]),
+             ("wall: queue (mean)", lambda r: r["queue"]),
+             ("wall: forward of its batch (mean)", lambda r: r["compute"]),
+             ("batch size (mean)", lambda r: r["batch"]),
+             ("requests/s", lambda r: r["rps"]),
+             ("p50 latency ms", lambda r: percentile(r["latencies"], 50)),
+             ("p99 latency ms", lambda r: percentile(r["latencies"], 99)),
+             ("requests/s / limit", lambda r: r["rps"] / limit))
+    for name, value in lines:
+        print(f"  {name:<52}" + "".join(f"{value(r):>9.2f}" for r in rows.values()))
+
+
+def measure_ab(model_dir: Path, tmp: Path, requests: int, env_a: dict, env_b: dict,
+               rounds: int) -> None:
+    """Servers A (``env_a``) and B (``env_b``) at once; in each round the bare forward at the
+    max batch, then each server's rows (``STAGE_CONCURRENCY``, ``requests`` each), the order of
+    A and B alternating by round. Prints each server's accounting summed over the rounds, its
+    latencies, and B / A."""
+    env_a = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SM_MODEL_DIR": str(model_dir), **env_a}
+    env_b = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SM_MODEL_DIR": str(model_dir), **env_b}
+    settings = Settings.from_env({**os.environ, **env_a})
+    cores = settings.threads_per_worker * settings.workers
+    bodies = [p.read_bytes() for p in DOG_PHOTOS]
+    servers, logs = {}, {"A": tmp / "serve-a.log", "B": tmp / "serve-b.log"}
+    try:
+        for label, env in (("A", env_a), ("B", env_b)):
+            servers[label] = start_server(model_dir, logs[label], env=env, wait_ready=600)
+            if env.get("SERVE_COMPILE") != "off":
+                servers[label].wait_compiled(1)
+        for label, server in servers.items():
+            _local.__dict__.pop("conn", None)
+            for body in bodies:
+                post(server.url, body)  # warm-up
+            chosen = [line for line in logs[label].read_text().splitlines()
+                      if "precision " in line or "batches of up to" in line]
+            print(f"{label}: " + " | ".join(line.split("INFO", 1)[-1].strip()
+                                            for line in chosen[:2]))
+        torch.set_num_threads(settings.threads_per_worker)
+        cpu = torch.device("cpu")
+        bare = Classifier(model_dir, cpu, choose_precision(settings, cpu))
+        bare.warm_up(settings.max_batch_size, compile_here=True)
+        one = decode(bodies[0], bare.geometry, 50_000_000, 2_000_000)[None].copy()
+        full = np.repeat(one, settings.max_batch_size, axis=0)
+        bmax, rows = [], {"A": defaultdict(list), "B": defaultdict(list)}
+        for r in range(rounds):
+            for _ in range(4):
+                t = time.perf_counter()
+                bare.forward(full)
+                bmax.append((time.perf_counter() - t) * 1000 / len(full))
+            for label in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                _local.__dict__.pop("conn", None)
+                for c in STAGE_CONCURRENCY:
+                    rows[label][c].append(stage_row(servers[label], logs[label], bodies,
+                                                    requests, c))
+    finally:
+        for server in servers.values():
+            server.stop()
+    b = statistics.median(bmax)
+    merged = {label: {c: merge_rows(rs) for c, rs in by_c.items()} for label, by_c in
+              rows.items()}
+    decode_c1 = statistics.mean(merged[label][1]["stages"]["decode"] for label in merged)
+    limit = 1000 / (b + decode_c1 / cores)
+    print(f"bare forward at batch {settings.max_batch_size}: {b:.2f} ms per image (median of "
+          f"{len(bmax)}); {rounds} rounds of {requests} requests per row and server")
+    for label in ("A", "B"):
+        print(f"== {label}")
+        report_stages({"stages": merged[label], "bmax": b}, cores, limit)
+    print(f"{'== B / A':<54}" + "".join(f"{'c' + str(c):>9}" for c in STAGE_CONCURRENCY))
+    for name, value in (("requests/s", lambda m: m["rps"]),
+                        ("model + intra-op CPU ms per request",
+                         lambda m: m["stages"]["model"]),
+                        ("CPU ms per request, all stages", lambda m: sum(m["stages"].values())),
+                        ("p50 latency", lambda m: percentile(m["latencies"], 50)),
+                        ("p99 latency", lambda m: percentile(m["latencies"], 99))):
+        print(f"  {name:<52}" + "".join(
+            f"{value(merged['B'][c]) / value(merged['A'][c]):>9.3f}" for c in STAGE_CONCURRENCY))
+
+
+def merge_rows(rows: list[dict]) -> dict:
+    """Rounds of one row (``stage_row``'s) as one: CPU and wall means weighted by time,
+    throughput over the summed time, latencies pooled."""
+    seconds = [len(r["latencies"]) / r["rps"] for r in rows]
+    total = sum(seconds)
+    out = {"stages": {name: statistics.mean(r["stages"][name] for r in rows)
+                      for name, _ in STAGES},
+           "rps": sum(len(r["latencies"]) for r in rows) / total,
+           "latencies": [x for r in rows for x in r["latencies"]]}
+    out["wall_ms"] = 1000 / out["rps"]
+    for key in ("batch", "decode_wall", "queue", "compute"):
+        out[key] = statistics.mean(r[key] for r in rows)
+    return out
+
+
 def variants(bodies: list[bytes]) -> list[bytes]:
     """The photos, mirrored and cropped too: more inputs for the agreement check."""
     import io
@@ -115,7 +316,7 @@ def top1(url: str, bodies: list[bytes]) -> list[int]:
     return answers
 
 
-def measure(model_dir: Path, log: Path, requests: int, env: dict) -> dict:
+def measure(model_dir: Path, log: Path, requests: int, env: dict, stages: bool = False) -> dict:
     """One server with ``env``: its bare forward (the same precision and mode), concurrency
     1/8/16, start-up seconds and top-1 answers."""
     # The server's own settings, so that the bare forward runs as its one worker does.
@@ -162,10 +363,13 @@ def measure(model_dir: Path, log: Path, requests: int, env: dict) -> dict:
         for concurrency in (8, 16):
             latencies, rps = run_load(server.url, bodies, requests, concurrency)
             rows[concurrency] = (statistics.median(latencies), percentile(latencies, 99), rps)
+        accounting = {c: stage_row(server, log, bodies, requests * 2, c)
+                      for c in STAGE_CONCURRENCY} if stages else None
     finally:
         server.stop()
     return {"settings": settings, "rows": rows, "b1": statistics.median(b1),
             "bmax": statistics.median(bmax), "startup_s": startup_s, "answers": answers,
+            "stages": accounting,
             "chosen": chosen[0].split("precision ", 1)[1] if chosen else "?"}
 
 
@@ -184,6 +388,8 @@ def report(name: str, m: dict, requests: int) -> None:
     print(f"c1 p50 / bare batch-1 forward:        {c1[0] / m['b1']:.3f} (goal <= 1.10)")
     print(f"c8 throughput / c1 throughput:        {c8[2] / c1[2]:.3f} (goal >= 1.3)")
     print(f"c8 throughput / bare max-batch img/s: {c8[2] * m['bmax'] / 1000:.3f} (goal >= 0.9)")
+    if m["stages"]:
+        report_stages(m, s.threads_per_worker * s.workers)
 
 
 def main() -> int:
@@ -192,6 +398,18 @@ def main() -> int:
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--compare", action="store_true",
                         help="fp32 eager and this host's chosen path, in one run")
+    parser.add_argument("--stages", action="store_true",
+                        help="also account for the worker's CPU by stage at concurrency "
+                             f"{', '.join(map(str, STAGE_CONCURRENCY))}")
+    parser.add_argument("--ab", metavar="NAME=VALUE",
+                        help="serve each run twice at once, the second server (B) with this "
+                             "variable set, and alternate their rows (concurrency 1, 8, 16, "
+                             "32 with the CPU accounting) with the bare forward for --rounds "
+                             "rounds, so that a shared machine's drift falls on both")
+    parser.add_argument("--rounds", type=int, default=3, help="with --ab (default 3)")
+    parser.add_argument("--only", metavar="NAME",
+                        help="with --compare, serve only this run (fp32 eager, bf16 compiled "
+                             "or chosen); its ratios to fp32 eager are then not printed")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
@@ -219,12 +437,24 @@ def main() -> int:
         if args.compare:
             runs["bf16 compiled"] = {"SERVE_PRECISION": "bf16", "SERVE_COMPILE": "on"}
             runs["chosen"] = {}
-        results = {name: measure(model_dir, Path(tmp) / f"serve-{i}.log", args.requests, env)
-                   for i, (name, env) in enumerate(runs.items())}
+        if args.only:
+            runs = {args.only: runs[args.only]}
+        if args.ab:
+            name, _, value = args.ab.partition("=")
+            for run, env in runs.items():
+                print(f"{args.arch}, 133 classes, random weights; {run}: A, and with {args.ab} "
+                      "(B)")
+                measure_ab(model_dir, Path(tmp), args.requests, env, {**env, name: value},
+                           args.rounds)
+            return 0
+        results = {name: measure(model_dir, Path(tmp) / f"serve-{i}.log", args.requests, env,
+                                 args.stages) for i, (name, env) in enumerate(runs.items())}
     print(f"{args.arch}, 133 classes, random weights")
     for name, m in results.items():
         report(name, m, args.requests)
-    base = results["fp32 eager"]
+    base = results.get("fp32 eager")
+    if base is None:
+        return 0
     for name, run in results.items():
         if name == "fp32 eager":
             continue

@@ -28,6 +28,7 @@ from serve.invocation import CONTENT_TYPES, InvocationHandler
 from serve.lifecycle import ModelHolder
 from serve.prometheus import CONTENT_TYPE, PrometheusMetrics, label
 from serve.record import Invocation
+from serve.threads import name_this_thread
 from serve.errors import BodyTimeout, ClientError, ModelFailed, Overloaded
 
 access_log = logging.getLogger("serve.access")
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
 
     @app.before_request
     def _start_timer():
+        name_this_thread("serve-request")
         start = time.monotonic()
         g.invocation = Invocation(request, start, start + settings.timeout_s)
         if prometheus is not None and request.path == "/invocations":
@@ -85,8 +87,10 @@ def create_app(settings: Settings | None = None, device: torch.device | None = N
     def _access_log(response):
         inv = g.get("invocation") or Invocation(request, time.monotonic(), 0.0)
         latency_ms = (time.monotonic() - inv.started) * 1000
-        fields = inv.log_fields()
         invocation = request.path == "/invocations"
+        if invocation:
+            inv.finished_cpu()
+        fields = inv.log_fields()
         if invocation and holder.metrics is not None:
             holder.metrics.record(response.status_code, {"latency_ms": latency_ms, **fields},
                                   inv.confidences, inv.decode_failure)

@@ -74,6 +74,7 @@ class Settings:
     port: int
     precision: str  # auto or one of contract.precisions.NAMES
     compile: str  # auto, on, off
+    cpu_turns: bool  # decodes and the forward take turns on a CPU (serve/cpu_turns.py)
     precision_tolerance_points: float
     metrics: bool
     prometheus: bool  # GET /metrics (serve/prometheus.py)

@@ -161,7 +161,7 @@ class _Lines:
                 check_deadline(inv.deadline, self.decoded, len(self.spans), "lines",
                                SMALLER_PAYLOAD)
                 try:
-                    decoded.append((i, pipeline.decode(image, geometry, inv.deadline),
+                    decoded.append((i, pipeline.decode(image, geometry, inv),
                                     image.size, k, want_all))
                     self.decoded += 1
                 except BadImage as exc:

@@ -35,6 +35,7 @@ import torch
 
 from serve import precision
 from serve.config import Settings
+from serve.cpu_turns import CpuTurns
 from serve.drift import DriftWindow, load_baseline
 from serve.metrics import EndpointMetrics
 from serve.prometheus import PrometheusMetrics
@@ -43,6 +44,7 @@ from serve.compiled import CompileUnavailable
 from serve.compiling import Watcher
 from serve.model import Classifier
 from serve.scheduler import Scheduler
+from serve.threads import name_this_thread
 
 logger = logging.getLogger("serve")
 
@@ -93,6 +95,9 @@ class ModelHolder:
         self.classifier: Classifier | None = None
         self.scheduler: Scheduler | None = None
         self.metrics: EndpointMetrics | None = None
+        # One per worker, kept across model loads: the decodes' and forwards' turns on a CPU.
+        self.turns = CpuTurns(settings.max_batch_delay_ms / 1000.0) \
+            if settings.cpu_turns and device.type == "cpu" else None
         self.drift: DriftWindow | None = None
         self.watcher: Watcher | None = None  # while compiled programs are being built
         self.error: str | None = None
@@ -133,6 +138,7 @@ class ModelHolder:
         return self.ready.is_set()
 
     def _load(self) -> None:
+        name_this_thread("serve-load")
         last, seen = None, None
         while True:
             signature = _artifact_signature(Path(self.settings.model_dir))
@@ -183,7 +189,8 @@ class ModelHolder:
         crop = classifier.geometry.crop
         # The scheduler forms no batch larger than the largest one worth forming (cheaper per
         # image than every smaller one, as the warm-up timed them: serve/buckets.py).
-        scheduler = Scheduler(classifier.forward, classifier.plan.max_batch,
+        forward = self.turns.forward(classifier.forward) if self.turns else classifier.forward
+        scheduler = Scheduler(forward, classifier.plan.max_batch,
                               s.max_batch_delay_ms / 1000.0, s.max_queue, ms_per_image,
                               probe=np.zeros((1, crop, crop, 3), np.uint8),
                               on_fatal=self._on_fatal,

@@ -10,10 +10,9 @@ decode memory budget, the decoders' places and the decode cost they measure.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import threading
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from serve.decode import Inspected, inspect, to_model_input
 from serve.errors import BadImage, ClientError, ModelFailed, Overloaded
 from serve.lifecycle import ModelHolder
 from serve.record import Invocation
+from serve.threads import libc
 
 # First guess of the decode cost (ms per decoded megapixel), refined from every decode.
 DECODE_MS_PER_MEGAPIXEL = 10.0
@@ -142,7 +142,7 @@ class ImagePipeline:
             check_deadline(inv.deadline, i, len(inspected), "images",
                            "; send fewer or smaller images")
             try:
-                arrays.append(self.decode(image, geometry, inv.deadline))
+                arrays.append(self.decode(image, geometry, inv))
                 sizes.append(image.size)
             except BadImage as exc:
                 inv.failed_decode(exc.kind)
@@ -151,14 +151,21 @@ class ImagePipeline:
                 inspected[i] = None  # the lazy image holds its frame until it is dropped
         return np.stack(arrays), sizes
 
-    def decode(self, image: Inspected, geometry: Geometry, deadline: float) -> np.ndarray:
+    def decode(self, image: Inspected, geometry: Geometry, inv: Invocation) -> np.ndarray:
         """One inspected image's model input, uint8 [crop, crop, 3], decoded by one of the
-        worker's decoders under its memory budget.
+        worker's decoders under its memory budget before ``inv``'s deadline; the decode's CPU
+        time (this thread's) is added to ``inv``'s ``decode_cpu_ms``.
 
         Raises:
             serve.errors.BadImage: the image fails to decode.
             Overloaded: the decoders or the memory stayed in use until the deadline.
         """
+        turns = self.holder.turns
+        with turns.decode(inv.deadline) if turns is not None else nullcontext():
+            return self._decode(image, geometry, inv)
+
+    def _decode(self, image: Inspected, geometry: Geometry, inv: Invocation) -> np.ndarray:
+        deadline = inv.deadline
         if not self._decoders.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
             raise Overloaded("the worker's decoders stayed busy until this invocation's "
                              "deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT); retry", 1)
@@ -167,10 +174,11 @@ class ImagePipeline:
         except BaseException:
             self._decoders.release()
             raise
-        start = time.monotonic()
+        start, cpu_start = time.monotonic(), time.thread_time()
         try:
             return to_model_input(image, geometry)
         finally:
+            inv.add_ms("decode_cpu_ms", (time.thread_time() - cpu_start) * 1000)
             self.budget.release(image.decode_bytes)
             self._decoders.release()
             self._measured(image.megapixels, (time.monotonic() - start) * 1000)
@@ -210,20 +218,10 @@ class ImagePipeline:
         release_free_heap()
 
 
-_libc = None
-
-
 def release_free_heap() -> None:
     """Return the free pages of every malloc arena to the system (glibc ``malloc_trim(0)``;
     nothing on another C library). Large frames freed by request threads otherwise stay in
     their threads' arenas as resident memory."""
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        try:
-            _libc = ctypes.CDLL(name) if name else False
-            _libc = _libc if _libc and hasattr(_libc, "malloc_trim") else False
-        except OSError:
-            _libc = False
-    if _libc:
-        _libc.malloc_trim(0)
+    c = libc()
+    if c is not None and hasattr(c, "malloc_trim"):
+        c.malloc_trim(0)

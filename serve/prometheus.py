@@ -105,6 +105,10 @@ class PrometheusMetrics:
                                "batch to start", buckets=s, registry=r)
         self.compute = Histogram(f"{p}compute_seconds", "an invocation's time in the model "
                                  "(its batch's forward pass)", buckets=s, registry=r)
+        self.request_cpu = Counter(f"{p}request_cpu_seconds", "CPU time of the request threads "
+                                   "in invocations, by stage: decode (decoding and resizing "
+                                   "images) and other (reading the body, parsing, answering)",
+                                   ["stage"], registry=r)
         self.batch = Histogram(f"{p}batch_size", "the largest batch an invocation's images ran "
                                "in", buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge(f"{p}queue_depth", "invocations waiting for a batch, summed "
@@ -145,6 +149,10 @@ class PrometheusMetrics:
                                 (self.compute, "compute_ms")):
             if name in fields:
                 histogram.observe(fields[name] / 1000)
+        if "cpu_ms" in fields:
+            decode_ms = fields.get("decode_cpu_ms", 0.0)
+            self.request_cpu.labels("decode").inc(decode_ms / 1000)
+            self.request_cpu.labels("other").inc(max(fields["cpu_ms"] - decode_ms, 0.0) / 1000)
         if fields.get("batch_size"):
             self.batch.observe(fields["batch_size"])
         if fields.get("images"):

@@ -5,18 +5,21 @@ unread body)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-# The access log's timings, summed over the batches of a JSON Lines request.
-TIMINGS_MS = ("decode_ms", "queue_ms", "compute_ms")
+# The access log's timings, summed over the batches of a JSON Lines request: wall times, and the
+# request thread's CPU time in its decodes and in all (``cpu_ms``: body, decode, answer).
+TIMINGS_MS = ("decode_ms", "queue_ms", "compute_ms", "decode_cpu_ms", "cpu_ms")
 
 
 @dataclass
 class Invocation:
     """One request to the server.
 
-    ``request`` is the Flask request, ``started`` and ``deadline`` are time.monotonic() seconds.
+    ``request`` is the Flask request, ``started`` and ``deadline`` are time.monotonic() seconds,
+    ``cpu_started`` the request thread's time.thread_time() seconds when it arrived.
     ``fields`` are the access log's fields beyond the HTTP ones (images, lines, line_errors,
     batch_size, and ``TIMINGS_MS`` in ms); ``confidences`` the top-1 probabilities of the images
     answered, for the metrics; ``decode_failure`` the kind of the first image that failed to
@@ -33,6 +36,7 @@ class Invocation:
     decode_failure: str | None = None
     body_read: bool = False
     refusal: str | None = None
+    cpu_started: float = field(default_factory=time.thread_time)
 
     def failed_decode(self, kind: str) -> None:
         """Note an image that failed to decode; the first failure's kind is the one counted."""
@@ -49,6 +53,11 @@ class Invocation:
         self.fields["batch_size"] = max(self.fields.get("batch_size", 0), job.batch_size)
         self.add_ms("queue_ms", job.queue_ms)
         self.add_ms("compute_ms", job.compute_ms)
+
+    def finished_cpu(self) -> None:
+        """Note the request thread's CPU time since the invocation arrived (``cpu_ms``); call
+        it on that thread as the answer leaves."""
+        self.fields["cpu_ms"] = (time.thread_time() - self.cpu_started) * 1000
 
     def log_fields(self) -> dict:
         """The fields for the access log and the metrics, timings rounded to 0.01 ms."""

@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from serve.errors import ModelFailed, Overloaded
+from serve.threads import name_this_thread
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +263,7 @@ class Scheduler:
                 logger.exception("a task on the model thread failed")
 
     def _run(self) -> None:
+        name_this_thread("serve-model")  # torch's intra-op threads started here inherit it
         try:
             if self.launch is None:
                 while True:

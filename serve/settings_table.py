@@ -384,6 +384,10 @@ ROWS: tuple[Setting, ...] = (
     Setting("SERVE_COMPILE", "compile", Choice(("auto", "on", "off")), "auto",
             "compile the program (AOTInductor) once per host for the batch sizes the scheduler "
             "forms"),
+    Setting("SERVE_CPU_TURNS", "cpu_turns", Choice(("on", "off")), "on",
+            "on a CPU host, decodes and the forward take turns on the worker's cores (the "
+            "forward waits up to the max batch delay for running decodes) instead of sharing "
+            "them; `off` lets them overlap", store=_is_on),
     Setting("SERVE_COMPILE_CACHE_DIR", "compile_cache_dir", Text("a folder's path"),
             lambda r: default_compile_cache_dir(r.env),
             "where a host's workers keep the compiled programs (each worker and each restarted "

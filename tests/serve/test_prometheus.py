@@ -80,6 +80,15 @@ def test_metrics_parse_follow_the_naming_rules_and_count_413s_and_503s_by_reason
     assert samples(text, f"{PREFIX}requests_in_flight")[0].value == 0
 
 
+def test_the_request_threads_cpu_time_is_counted_by_stage():
+    metrics = PrometheusMetrics()
+    inv = Invocation(None, 0.0, 1.0, fields={"cpu_ms": 5.0, "decode_cpu_ms": 3.0})
+    metrics.finished("/invocations", 200, "image/jpeg", 0.01, inv)
+    text = metrics.exposition().decode()
+    got = {s.labels["stage"]: s.value for s in samples(text, f"{PREFIX}request_cpu_seconds_total")}
+    assert got == pytest.approx({"decode": 0.003, "other": 0.002})
+
+
 def test_a_refusal_reason_outside_the_fixed_set_counts_as_other():
     metrics = PrometheusMetrics()
     inv = Invocation(None, 0.0, 1.0, refusal="the worker holds 12 invocations; retry")

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -188,6 +189,7 @@ def test_execution_parameters(server):
 
 
 def test_access_log_is_structured_and_never_holds_the_image(server):
+    """With the request thread's CPU time, and the worker's threads named by kind."""
     predict(server)
     lines = access_lines(server)
     ok = [e for e in lines if e["path"] == "/invocations" and e["status"] == 200
@@ -197,7 +199,14 @@ def test_access_log_is_structured_and_never_holds_the_image(server):
     assert line["latency_ms"] > 0 and line["images"] == 1 and line["batch_size"] >= 1
     for part in ("decode_ms", "queue_ms", "compute_ms"):
         assert 0 <= line[part] <= line["latency_ms"], line
+    # The request thread's CPU time: its decode's, within all of its work in the app.
+    assert 0 < line["decode_cpu_ms"] <= line["cpu_ms"], line
     assert base64.b64encode(DOG_PHOTOS[0].read_bytes()[:30]).decode()[:20] not in server.log
+    # The worker's threads carry their kind in the OS's names (serve/threads.py): what `top -H`
+    # shows and bench_serve.py --stages reads.
+    names = {(task / "comm").read_text().strip() for pid in server.worker_pids()
+             for task in Path(f"/proc/{pid}/task").iterdir()}
+    assert {"serve-request", "serve-model", "serve-load"} <= names, names
 
 
 def test_ping_is_503_until_the_model_is_there(tmp_path, trained_model_dir):
