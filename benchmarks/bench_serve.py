@@ -31,8 +31,12 @@ thread names serve/threads.py gives. It sets their sum against the wall time of 
 and the throughput against the decode + forward limit measured in the same run:
 1000 / (bare max-batch forward ms per image + concurrency-1 decode CPU ms per image / cores).
 
+With ``--ab NAME=VALUE``, two servers run at once, the second with that variable set, and
+their accounted rows alternate round by round with the bare forward, then B / A is printed: a
+shared machine drifts too much between runs minutes apart for separate runs to compare.
+
     .venv/bin/python benchmarks/bench_serve.py [--requests 48] [--arch resnet50] [--compare]
-                                               [--stages]
+                                               [--stages] [--only NAME] [--ab NAME=VALUE]
 """
 
 from __future__ import annotations
@@ -401,7 +405,7 @@ def main() -> int:
     parser.add_argument("--stages", action="store_true",
                         help="also account for the worker's CPU by stage at concurrency "
                              f"{', '.join(map(str, STAGE_CONCURRENCY))}")
-    parser.add_argument("--ab", metavar="NAME=VALUE",
+    parser.add_argument("--ab", metavar="NAME=VALUE[,NAME=VALUE]",
                         help="serve each run twice at once, the second server (B) with this "
                              "variable set, and alternate their rows (concurrency 1, 8, 16, "
                              "32 with the CPU accounting) with the bare forward for --rounds "
@@ -440,11 +444,11 @@ def main() -> int:
         if args.only:
             runs = {args.only: runs[args.only]}
         if args.ab:
-            name, _, value = args.ab.partition("=")
+            changed = dict(pair.split("=", 1) for pair in args.ab.split(","))
             for run, env in runs.items():
                 print(f"{args.arch}, 133 classes, random weights; {run}: A, and with {args.ab} "
                       "(B)")
-                measure_ab(model_dir, Path(tmp), args.requests, env, {**env, name: value},
+                measure_ab(model_dir, Path(tmp), args.requests, env, {**env, **changed},
                            args.rounds)
             return 0
         results = {name: measure(model_dir, Path(tmp) / f"serve-{i}.log", args.requests, env,

@@ -6,17 +6,20 @@ to 8 computes 8), and on some CPUs a larger batch costs more per image than a sm
 int8 program on a 2-vCPU Zen 4 ran batch 8 at about the cost per image of batch 1): so the warm-up
 times every compiled size, and each batch size from 1 to the max runs as the cheapest sequence of
 compiled sizes by those times (``Plan.chunks``). The scheduler forms batches of at most
-``Plan.max_batch``: the largest size that is cheaper per image than every smaller one, so it
-never waits for, or holds requests in, a batch whose images cost more than a smaller batch's.
+``Plan.max_batch``: the largest size that runs as one forward and costs at most ``COST_MARGIN``
+more per image than the cheapest size. Under load a larger batch pays even where the warm-up
+found the cost per image flat: each forward costs the worker more than its images (the
+batcher's wake-ups, the turns with the decodes, the Python around it), and a flat profile's
+cheapest size is the warm-up's noise (benchmarks/README.md, "Where the cores go").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# A larger batch is worth forming only if its images are this much cheaper than a smaller
-# batch's: a warm-up timing on a shared CPU is noisy by a few percent.
-GAIN_MARGIN = 0.03
+# A batch size is formed if its cost per image is within this share of the cheapest size's:
+# warm-up timings on a shared 2-vCPU machine differ by 5-10 % from one start to the next.
+COST_MARGIN = 0.10
 
 
 # Each compiled size is a compile (tens of seconds on a small CPU) on a host's first start.
@@ -77,9 +80,10 @@ class Plan:
 
 
 def plan(costs: dict[int, float], largest: int) -> Plan:
-    """The cheapest way to run each batch of 1 to ``largest`` images with the sizes in
-    ``costs`` (size -> measured ms for one forward at that size, the smallest size 1), and the
-    max batch worth forming.
+    """How to run each batch of 1 to ``largest`` images with the sizes in ``costs`` (size ->
+    measured ms for one forward at that size, the smallest size 1): as one forward of the
+    smallest size that holds it (padded) where that costs at most ``COST_MARGIN`` more than the
+    cheapest sequence of sizes, else as that sequence; and the max batch worth forming.
 
     Raises:
         ValueError: no size 1 in ``costs`` (a batch of one must run unpadded).
@@ -93,15 +97,20 @@ def plan(costs: dict[int, float], largest: int) -> Plan:
             total = ms + best[max(0, n - size)]
             if total < best[n]:
                 best[n], first[n] = total, size
-    runs = {}
+    runs, cost = {}, {}
+    sizes = sorted(costs)
     for n in range(1, largest + 1):
+        one = compiled_size(n, sizes)
+        if one >= n and costs[one] <= best[n] * (1 + COST_MARGIN):
+            runs[n], cost[n] = (one,), costs[one]  # one forward: fewer per-forward costs
+            continue
         left, seq = n, []
         while left > 0:
             seq.append(first[left])
             left -= min(first[left], left)
-        runs[n] = tuple(seq)
-    max_batch, per_image = 1, best[1]
-    for n in range(2, largest + 1):
-        if best[n] / n < per_image * (1 - GAIN_MARGIN):
-            max_batch, per_image = n, best[n] / n
+        runs[n], cost[n] = tuple(seq), best[n]
+    cheapest = min(best[n] / n for n in range(1, largest + 1))
+    # Only sizes that run as one forward: a batch run as two waits for the second for nothing.
+    max_batch = max(n for n in range(1, largest + 1)
+                    if len(runs[n]) == 1 and cost[n] / n <= cheapest * (1 + COST_MARGIN))
     return Plan(dict(costs), runs, max_batch)

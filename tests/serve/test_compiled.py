@@ -53,10 +53,17 @@ def test_a_size_dearer_per_image_than_a_smaller_one_is_split_and_never_formed():
     assert plan.ms(6) == 28.0
 
 
+def test_a_flat_cost_per_image_forms_the_largest_batch():
+    # Within the noise margin of each other: under load the larger batch pays (fewer forwards).
+    assert buckets.plan({1: 10.0, 2: 21.0, 4: 41.0, 8: 79.0}, 8).max_batch == 8
+    assert buckets.plan({1: 10.0, 2: 21.0, 4: 43.0, 8: 88.0}, 8).max_batch == 8  # 10 % over
+    assert buckets.plan({1: 10.0, 2: 21.0, 4: 43.0, 8: 90.0}, 8).max_batch == 4
+
+
 def test_when_batching_does_not_pay_the_scheduler_forms_batches_of_one():
-    plan = buckets.plan({1: 10.0, 2: 21.0, 4: 41.0, 8: 79.0}, 8)  # 8: within the noise margin
+    plan = buckets.plan({1: 10.0, 2: 23.0, 4: 46.0, 8: 92.0}, 8)  # each 15 % dearer per image
     assert plan.max_batch == 1
-    assert all(plan.runs[n] == (1,) * n for n in range(1, 8)) and plan.runs[8] == (8,)
+    assert all(plan.runs[n] == (1,) * n for n in range(1, 9))
     assert plan.chunks(3) == [(0, 1, 1), (1, 2, 1), (2, 3, 1)]
     with pytest.raises(ValueError, match="batch size 1"):
         buckets.plan({2: 10.0}, 2)
