@@ -13,7 +13,9 @@ while it ran (NVML, sampled every 0.1 s):
   worker count, and its ratio to the bare step;
 - serve: images/s, p50 and p99 ms of the real server (container/serve: gunicorn, the batcher,
   the default precision, eager) at concurrency 64 with one image/jpeg photo per request, for
-  each worker count (all workers share the one GPU);
+  each worker count (all workers share the one GPU), with where a request's time goes: the
+  mean decode wall and CPU ms, queue ms, compute ms (copy in, forward, copy out) and the
+  request thread's CPU ms in the app, from the access log's tail;
 - forward: the served model's own images/s at the max batch (32) eager, compiled as serve
   compiles it (AOTInductor, its sizes 1 to 32: serve/compiled.py), and compiled with CUDA graphs
   (torch.compile, mode reduce-overhead), with the compile times, and the
@@ -55,6 +57,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from contract import tensors  # noqa: E402
+from serve.record import TIMINGS_MS  # noqa: E402
 from train import data, hyperparameters, loop, model as model_lib  # noqa: E402
 from train.export import artifact  # noqa: E402
 from train.step import amp_dtype  # noqa: E402
@@ -332,11 +335,19 @@ def serve_phase(sizes: Sizes, model_dir: Path, workers: int, out: Path, env: dic
     text = log_path.read_text(errors="replace")
     batches = [int(b) for b in re.findall(r'"batch_size": (\d+)', text)]
     precision = re.search(r"precision (\w+), (\w+):", text)
+    # Where a request's time goes, from the access log's tail (serve/record.py TIMINGS_MS): the
+    # decode's wall and CPU, the queue, the batch's compute (on a GPU: copy in, forward, copy
+    # out) and the request thread's CPU in the app.
+    records = [json.loads(line[line.index('{"method"'):]) for line in text.splitlines()
+               if '{"method"' in line and '"/invocations"' in line and '"status": 200' in line]
+    stages = {name: round(statistics.fmean(r.get(name, 0.0) for r in records), 2)
+              for name in TIMINGS_MS} if records else None
     return {"workers": workers, "concurrency": sizes.concurrency,
             "images_per_second": load["per_second"], "p50_ms": load["p50_ms"],
             "p99_ms": load["p99_ms"], "statuses": load["statuses"], "errors": load["errors"],
             "ping_ready_s": round(ready_s, 1),
             "mean_batch_in_log_tail": round(statistics.fmean(batches), 1) if batches else None,
+            "ms_per_request_in_log_tail": stages,
             "precision": f"{precision[1]} {precision[2]}" if precision else None}
 
 

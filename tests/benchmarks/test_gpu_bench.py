@@ -28,4 +28,6 @@ def test_the_gpu_benchmark_s_dry_run_measures_every_cpu_phase(tmp_path):
     # Every answer in the measured seconds was a 200, and there were some.
     assert set(serve["statuses"]) == {"200"} and serve["statuses"]["200"] > 0, serve
     assert serve["precision"].endswith(" eager")  # the worker logged its choice
+    stages = serve["ms_per_request_in_log_tail"]
+    assert 0 < stages["decode_cpu_ms"] <= stages["cpu_ms"] and stages["compute_ms"] > 0, stages
     assert "| trainer b32 w2 |" in run.stdout  # the summary table
