@@ -136,7 +136,8 @@ def thread_cpu_ms(pids: set[int]) -> dict[str, float]:
 
 def access_lines(log: Path, offset: int) -> tuple[list[dict], int]:
     """The invocations' access-log records the server wrote to ``log`` after byte ``offset``,
-    and the new offset."""
+    and the new offset. Lines that are no record (a logged exception) are skipped, where the
+    tests' reader (tests/helpers/serving.py) fails on them."""
     with open(log, "rb") as f:
         f.seek(offset)
         text = f.read()
@@ -152,7 +153,7 @@ def stage_row(server, log: Path, bodies: list[bytes], requests: int, concurrency
     """One load row with its CPU accounting: ms of CPU per request by stage (``STAGES``), the
     throughput, the wall ms per request and the mean batch size."""
     workers = server.worker_pids()
-    _, offset = access_lines(log, 0)
+    offset = log.stat().st_size
     before = thread_cpu_ms(workers), thread_cpu_ms({server.proc.pid}), time.process_time()
     latencies, rps = run_load(server.url, bodies, requests, concurrency)
     after = thread_cpu_ms(workers), thread_cpu_ms({server.proc.pid}), time.process_time()
@@ -208,23 +209,53 @@ def report_stages(m: dict, cores: int, limit: float | None = None) -> None:
         print(f"  {name:<52}" + "".join(f"{value(r):>9.2f}" for r in rows.values()))
 
 
+def server_env(model_dir: Path, env: dict) -> dict:
+    """``env`` for a benchmark server: one worker on ``model_dir`` unless ``env`` says else."""
+    return {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SM_MODEL_DIR": str(model_dir), **env}
+
+
+def serving(model_dir: Path, log: Path, env: dict):
+    """A started server (``server_env``'s ``env``) whose workers run compiled programs only,
+    unless compiling is off."""
+    server = start_server(model_dir, log, env=env, wait_ready=600)
+    if env.get("SERVE_COMPILE") != "off":
+        server.wait_compiled(int(env["SAGEMAKER_MODEL_SERVER_WORKERS"]))
+    return server
+
+
+def bare_model(model_dir: Path, settings: Settings, body: bytes
+               ) -> tuple[Classifier, np.ndarray, np.ndarray]:
+    """The model in this process with the server's thread count, precision and mode, and
+    ``body`` decoded as the server does, uint8 [1, crop, crop, 3] and [max batch, ...]."""
+    torch.set_num_threads(settings.threads_per_worker)
+    cpu = torch.device("cpu")
+    bare = Classifier(model_dir, cpu, choose_precision(settings, cpu))
+    bare.warm_up(settings.max_batch_size, compile_here=True)
+    one = decode(body, bare.geometry, 50_000_000, 2_000_000)[None].copy()
+    return bare, one, np.repeat(one, settings.max_batch_size, axis=0)
+
+
+def forward_ms(bare: Classifier, x: np.ndarray) -> float:
+    """One bare forward of ``x``, ms per image."""
+    t = time.perf_counter()
+    bare.forward(x)
+    return (time.perf_counter() - t) * 1000 / len(x)
+
+
 def measure_ab(model_dir: Path, tmp: Path, requests: int, env_a: dict, env_b: dict,
                rounds: int) -> None:
     """Servers A (``env_a``) and B (``env_b``) at once; in each round the bare forward at the
     max batch, then each server's rows (``STAGE_CONCURRENCY``, ``requests`` each), the order of
     A and B alternating by round. Prints each server's accounting summed over the rounds, its
     latencies, and B / A."""
-    env_a = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SM_MODEL_DIR": str(model_dir), **env_a}
-    env_b = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SM_MODEL_DIR": str(model_dir), **env_b}
+    env_a, env_b = server_env(model_dir, env_a), server_env(model_dir, env_b)
     settings = Settings.from_env({**os.environ, **env_a})
     cores = settings.threads_per_worker * settings.workers
     bodies = [p.read_bytes() for p in DOG_PHOTOS]
     servers, logs = {}, {"A": tmp / "serve-a.log", "B": tmp / "serve-b.log"}
     try:
         for label, env in (("A", env_a), ("B", env_b)):
-            servers[label] = start_server(model_dir, logs[label], env=env, wait_ready=600)
-            if env.get("SERVE_COMPILE") != "off":
-                servers[label].wait_compiled(1)
+            servers[label] = serving(model_dir, logs[label], env)
         for label, server in servers.items():
             _local.__dict__.pop("conn", None)
             for body in bodies:
@@ -233,18 +264,10 @@ def measure_ab(model_dir: Path, tmp: Path, requests: int, env_a: dict, env_b: di
                       if "precision " in line or "batches of up to" in line]
             print(f"{label}: " + " | ".join(line.split("INFO", 1)[-1].strip()
                                             for line in chosen[:2]))
-        torch.set_num_threads(settings.threads_per_worker)
-        cpu = torch.device("cpu")
-        bare = Classifier(model_dir, cpu, choose_precision(settings, cpu))
-        bare.warm_up(settings.max_batch_size, compile_here=True)
-        one = decode(bodies[0], bare.geometry, 50_000_000, 2_000_000)[None].copy()
-        full = np.repeat(one, settings.max_batch_size, axis=0)
+        bare, _, full = bare_model(model_dir, settings, bodies[0])
         bmax, rows = [], {"A": defaultdict(list), "B": defaultdict(list)}
         for r in range(rounds):
-            for _ in range(4):
-                t = time.perf_counter()
-                bare.forward(full)
-                bmax.append((time.perf_counter() - t) * 1000 / len(full))
+            bmax += [forward_ms(bare, full) for _ in range(4)]
             for label in ("A", "B") if r % 2 == 0 else ("B", "A"):
                 _local.__dict__.pop("conn", None)
                 for c in STAGE_CONCURRENCY:
@@ -324,14 +347,12 @@ def measure(model_dir: Path, log: Path, requests: int, env: dict, stages: bool =
     """One server with ``env``: its bare forward (the same precision and mode), concurrency
     1/8/16, start-up seconds and top-1 answers."""
     # The server's own settings, so that the bare forward runs as its one worker does.
-    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SM_MODEL_DIR": str(model_dir), **env}
+    env = server_env(model_dir, env)
     settings = Settings.from_env({**os.environ, **env})
     max_batch = settings.max_batch_size
     _local.__dict__.pop("conn", None)  # this thread's connection to an earlier server
     start = time.monotonic()
-    server = start_server(model_dir, log, env=env, wait_ready=600)
-    if env.get("SERVE_COMPILE") != "off":
-        server.wait_compiled(int(env.get("SAGEMAKER_MODEL_SERVER_WORKERS", "1")))
+    server = serving(model_dir, log, env)
     startup_s = time.monotonic() - start
     try:
         bodies = [p.read_bytes() for p in DOG_PHOTOS]
@@ -343,25 +364,15 @@ def measure(model_dir: Path, log: Path, requests: int, env: dict, stages: bool =
         # The bare forward in this process (the server idles meanwhile), with the server's
         # thread count, precision and mode, in rounds alternating with the concurrency-1
         # requests so that a shared machine's slow spells fall on both sides of the ratio.
-        torch.set_num_threads(settings.threads_per_worker)
-        cpu = torch.device("cpu")
-        bare = Classifier(model_dir, cpu, choose_precision(settings, cpu))
-        bare.warm_up(max_batch, compile_here=True)
-        one = decode(bodies[0], bare.geometry, 50_000_000, 2_000_000)[None].copy()
-        full = np.repeat(one, max_batch, axis=0)
-
-        def forward_ms(x: np.ndarray) -> float:
-            t = time.perf_counter()
-            bare.forward(x)
-            return (time.perf_counter() - t) * 1000 / len(x)
-
+        bare, one, full = bare_model(model_dir, settings, bodies[0])
         serial, b1, bmax = [], [], []
         rounds = 4
         for _ in range(rounds):
             serial += [post(server.url, bodies[i % len(bodies)])
                        for i in range(requests // rounds)]
-            b1 += [forward_ms(one) for _ in range(requests // rounds)]
-            bmax += [forward_ms(full) for _ in range(max(2, requests // rounds // max_batch))]
+            b1 += [forward_ms(bare, one) for _ in range(requests // rounds)]
+            bmax += [forward_ms(bare, full)
+                     for _ in range(max(2, requests // rounds // max_batch))]
         rows = {1: (statistics.median(serial), percentile(serial, 99),
                     1000 / statistics.mean(serial))}
         for concurrency in (8, 16):

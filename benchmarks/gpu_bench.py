@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from contract import tensors  # noqa: E402
+from benchmarks.bench_serve import access_lines  # noqa: E402
 from serve.record import TIMINGS_MS  # noqa: E402
 from train import data, hyperparameters, loop, model as model_lib  # noqa: E402
 from train.export import artifact  # noqa: E402
@@ -338,8 +339,7 @@ def serve_phase(sizes: Sizes, model_dir: Path, workers: int, out: Path, env: dic
     # Where a request's time goes, from the access log's tail (serve/record.py TIMINGS_MS): the
     # decode's wall and CPU, the queue, the batch's compute (on a GPU: copy in, forward, copy
     # out) and the request thread's CPU in the app.
-    records = [json.loads(line[line.index('{"method"'):]) for line in text.splitlines()
-               if '{"method"' in line and '"/invocations"' in line and '"status": 200' in line]
+    records = [r for r in access_lines(log_path, 0)[0] if r["status"] == 200]
     stages = {name: round(statistics.fmean(r.get(name, 0.0) for r in records), 2)
               for name in TIMINGS_MS} if records else None
     return {"workers": workers, "concurrency": sizes.concurrency,

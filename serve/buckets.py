@@ -4,8 +4,9 @@ A compiled program runs one batch size only, so a batch of ``n`` images runs as 
 compiled sizes, the last one padded with blank images. Padding is not free (a batch of 6 padded
 to 8 computes 8), and on some CPUs a larger batch costs more per image than a smaller one (the
 int8 program on a 2-vCPU Zen 4 ran batch 8 at about the cost per image of batch 1): so the warm-up
-times every compiled size, and each batch size from 1 to the max runs as the cheapest sequence of
-compiled sizes by those times (``Plan.chunks``). The scheduler forms batches of at most
+times every compiled size, and each batch size from 1 to the max runs as one forward of the
+smallest compiled size that holds it, unless a sequence of sizes is cheaper by more than
+``COST_MARGIN`` by those times (``Plan.chunks``). The scheduler forms batches of at most
 ``Plan.max_batch``: the largest size that runs as one forward and costs at most ``COST_MARGIN``
 more per image than the cheapest size. Under load a larger batch pays even where the warm-up
 found the cost per image flat: each forward costs the worker more than its images (the
@@ -18,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # A batch size is formed if its cost per image is within this share of the cheapest size's:
-# warm-up timings on a shared 2-vCPU machine differ by 5-10 % from one start to the next.
+# warm-up timings differ from one start to the next by more than a few percent
+# (benchmarks/README.md, "Where the cores go").
 COST_MARGIN = 0.10
 
 

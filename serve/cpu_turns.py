@@ -3,8 +3,8 @@
 The forward runs on ``threads_per_worker`` intra-op threads, one per core, and each of its
 operators ends in a barrier: when a request thread decoding a JPEG takes one of those cores,
 the other intra-op threads wait at the barrier (spinning, so the wait costs CPU too) for the one
-that lost its core. Under load that costs a quarter of the forward's CPU time
-(benchmarks/README.md, "Where the cores go"). Here the forward waits, for a bounded time, until
+that lost its core (what that costs and what the turns buy: benchmarks/README.md, "Where the
+cores go"). Here the forward waits, for a bounded time, until
 the decodes that are running or waiting are done, then holds the cores; decodes that arrive
 meanwhile wait for it to end. No library offers this: the ones that batch (TorchServe, Triton)
 decode in other processes or leave the cores to the operating system.

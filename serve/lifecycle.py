@@ -187,8 +187,8 @@ class ModelHolder:
             missing = classifier.warm_up(s.max_batch_size)
         ms_per_image = classifier.plan.ms(classifier.plan.max_batch) / classifier.plan.max_batch
         crop = classifier.geometry.crop
-        # The scheduler forms no batch larger than the largest one worth forming (cheaper per
-        # image than every smaller one, as the warm-up timed them: serve/buckets.py).
+        # The scheduler forms no batch larger than the largest one worth forming (within a
+        # margin of the cheapest cost per image, as the warm-up timed them: serve/buckets.py).
         forward = self.turns.forward(classifier.forward) if self.turns else classifier.forward
         scheduler = Scheduler(forward, classifier.plan.max_batch,
                               s.max_batch_delay_ms / 1000.0, s.max_queue, ms_per_image,
